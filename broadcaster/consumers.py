@@ -1,0 +1,69 @@
+"""The receiver endpoint, /ws/broadcast/: a thin adapter between a socket and the hub."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from redis.exceptions import RedisError
+
+from broadcaster import protocol
+from broadcaster.hub import get_hub
+from broadcaster.protocol import CloseCode
+
+logger = logging.getLogger(__name__)
+
+
+class ReceiverConsumer(AsyncWebsocketConsumer):
+    """One receiver: joins the broadcast group and gets every message and count update."""
+
+    joined = False
+
+    async def connect(self) -> None:
+        """Called when the WebSocket handshake arrives."""
+        await self.accept()
+        try:
+            await self.channel_layer.group_add(protocol.BROADCAST_GROUP, self.channel_name)
+        except (RedisError, OSError) as exc:
+            logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
+            await self.close(code=CloseCode.TRY_AGAIN_LATER)
+            return
+        self.joined = True
+        get_hub().add(self)
+        logger.info("Receiver connected: %s", self._peer())
+
+    async def disconnect(self, code: int) -> None:
+        """Called when the socket closes, by either side, for any reason."""
+        if not self.joined:
+            return
+        self.joined = False
+        get_hub().discard(self)
+        try:
+            await self.channel_layer.group_discard(protocol.BROADCAST_GROUP, self.channel_name)
+        except (RedisError, OSError) as exc:
+            logger.warning("Could not leave the group cleanly: %s", exc)
+        logger.info("Receiver disconnected: %s (code %s)", self._peer(), code)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Called with each frame the client sends; only `ping` is defined."""
+        if protocol.parse_client_frame(text_data) == protocol.FRAME_PING:
+            await self.send(text_data=protocol.pong_frame())
+            return
+        shown = (text_data or repr(bytes_data))[:80]
+        logger.warning("Closing receiver %s: unsupported frame %r", self._peer(), shown)
+        code = CloseCode.UNSUPPORTED_FRAME
+        await self.send(text_data=protocol.error_frame(code=code, reason="unsupported frame"))
+        await self.close(code=code)
+
+    async def broadcast_message(self, event: dict[str, Any]) -> None:
+        """Called for each broadcast (layer event `broadcast.message`); the frame is pre-encoded."""
+        await self.send(text_data=event["frame"])
+
+    async def push(self, frame: str) -> None:
+        """Called by the hub to send an already-encoded frame (count updates)."""
+        await self.send(text_data=frame)
+
+    def _peer(self) -> str:
+        client = self.scope.get("client") or ("?", 0)
+        return f"{client[0]}:{client[1]}"

@@ -1,0 +1,73 @@
+"""The terminal receiver behind `manage.py listen` (the original client.py, done properly).
+
+Prints each broadcast with its time and each count change, and reconnects with
+exponential backoff and jitter whenever the connection is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from datetime import datetime
+
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from broadcaster import protocol
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+
+
+def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based): exponential, jittered."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt)
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+def render(frame: str) -> str | None:
+    """The line to print for one frame from the server, or None to print nothing."""
+    try:
+        obj = json.loads(frame)
+    except ValueError:
+        return f"(unreadable frame: {frame[:80]!r})"
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind == protocol.FRAME_MESSAGE:
+        return f"[{_local_time(obj.get('time'))}] {obj.get('text', '')}"
+    if kind == protocol.FRAME_COUNT:
+        return f"Total clients: {obj.get('clients')}"
+    return None
+
+
+def _local_time(iso: object) -> str:
+    if not isinstance(iso, str):
+        return "--:--:--"
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return iso
+
+
+async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str], None]) -> None:
+    """Receive from `url` forever, reconnecting after every loss; cancel to stop."""
+    attempt = 0
+    while True:
+        try:
+            async with websockets.connect(url, open_timeout=10) as ws:
+                attempt = 0
+                status(f"Connected to {url}")
+                async for frame in ws:
+                    line = render(frame if isinstance(frame, str) else frame.decode())
+                    if line is not None:
+                        out(line)
+                reason = f"closed by the server (code {ws.close_code})"
+        except InvalidURI as exc:
+            raise ValueError(f"Not a WebSocket URL: {exc}") from exc
+        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        delay = backoff_delay(attempt)
+        attempt += 1
+        status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
+        await asyncio.sleep(delay)

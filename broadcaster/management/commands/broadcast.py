@@ -1,0 +1,50 @@
+"""`manage.py broadcast`: the operator console (the original server's input loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from broadcaster import console
+
+
+class Command(BaseCommand):
+    help = (
+        "Read lines from the console and broadcast each to every connected client. "
+        "Shows the live client count on a terminal; sends every line and exits at the "
+        "end of piped input."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--message", "-m", help="Send this one message and exit.")
+        parser.add_argument(
+            "--sender",
+            default=None,
+            help="Name recorded as the sender (default: console:<your OS user name>).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stdin = options.get("stdin") or sys.stdin
+        screen = console.Screen(self.stdout, self.stderr, interactive=console.is_interactive(stdin))
+        sender = options["sender"] or f"console:{getpass.getuser()}"
+        try:
+            tally = asyncio.run(
+                console.run(stdin=stdin, screen=screen, sender=sender, message=options["message"])
+            )
+        except console.ConsoleError as exc:
+            raise CommandError(str(exc)) from exc
+        except KeyboardInterrupt:
+            self.stdout.write("")
+            return
+        if screen.interactive:
+            self.stdout.write("")
+        elif options["message"] is None:
+            self.stdout.write(f"Sent {tally.sent} message{'s' if tally.sent != 1 else ''}.")
+        if tally.refused:
+            raise CommandError(f"{len(tally.refused)} line(s) were not sent.")
+        if options["message"] is not None:
+            self.stdout.write("Sent.")

@@ -1,0 +1,84 @@
+"""The wire contract: group names, layer events, client frames and close codes.
+
+Nothing else in the project builds these shapes; `docs/PROTOCOL.md` documents them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, TypedDict
+
+# The channel-layer group every receiver joins.
+BROADCAST_GROUP = "broadcast"
+
+# Channel-layer event type; Channels dispatches it to `broadcast_message`.
+BROADCAST_EVENT = "broadcast.message"
+
+# Frame types a client sees.
+FRAME_MESSAGE = "message"
+FRAME_COUNT = "count"
+FRAME_PONG = "pong"
+FRAME_ERROR = "error"
+
+# Frame types a client may send.
+FRAME_PING = "ping"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses, by name (RFC 6455 section 7.4 and 4000-4999)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    TRY_AGAIN_LATER = 1013  # Redis is unreachable; reconnect with backoff.
+    UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
+
+
+class BroadcastEvent(TypedDict):
+    """A broadcast as it travels through the channel layer: the client frame, encoded once."""
+
+    type: str
+    frame: str
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """Encode a frame compactly; non-ASCII text stays as UTF-8 rather than \\u escapes."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_frame(*, id: str, text: str, time: str) -> str:
+    """The frame every receiver gets for one broadcast."""
+    return dumps({"type": FRAME_MESSAGE, "id": id, "text": text, "time": time})
+
+
+def count_frame(*, clients: int) -> str:
+    """The frame that tells a receiver how many receivers are connected."""
+    return dumps({"type": FRAME_COUNT, "clients": clients})
+
+
+def pong_frame() -> str:
+    """The answer to a client's ping."""
+    return dumps({"type": FRAME_PONG})
+
+
+def error_frame(*, code: int, reason: str) -> str:
+    """Sent just before the server closes a connection for a protocol error."""
+    return dumps({"type": FRAME_ERROR, "code": code, "reason": reason})
+
+
+def broadcast_event(*, frame: str) -> BroadcastEvent:
+    """The channel-layer event that carries an already-encoded message frame."""
+    return {"type": BROADCAST_EVENT, "frame": frame}
+
+
+def parse_client_frame(text: str | None) -> str | None:
+    """Return the type of a client frame the protocol defines, or None for anything else."""
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and obj.get("type") == FRAME_PING:
+        return FRAME_PING
+    return None

@@ -1,0 +1,81 @@
+"""The one publish path: every sender (console, operator page, API) goes through here.
+
+This is the only module that calls `group_send`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from broadcaster import protocol, store
+
+logger = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """A message was not published; the text says why, for the sender."""
+
+
+class EmptyMessage(PublishError):
+    """The message has no visible text."""
+
+
+class MessageTooLong(PublishError):
+    """The message is longer than BROADCAST_MAX_LENGTH."""
+
+
+class BrokerUnavailable(PublishError):
+    """Redis could not be reached; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """A message that went out: its id and time as the receivers see them."""
+
+    id: str
+    text: str
+    time: str
+
+
+def validate(text: str) -> str:
+    """Return `text` if any sending path may publish it, else raise a PublishError."""
+    if not text.strip():
+        raise EmptyMessage("The message is empty.")
+    limit: int = settings.BROADCAST_MAX_LENGTH
+    if len(text) > limit:
+        raise MessageTooLong(
+            f"The message is {len(text)} characters long; the limit is {limit} "
+            "(BROADCAST_MAX_LENGTH)."
+        )
+    return text
+
+
+async def publish(*, text: str, sender: str) -> Published:
+    """Send `text` to every connected receiver, on every server process.
+
+    The frame is encoded here, once; server processes pass it through unchanged.
+    """
+    validate(text)
+    published = Published(
+        id=uuid.uuid4().hex,
+        text=text,
+        time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+    frame = protocol.message_frame(id=published.id, text=text, time=published.time)
+    layer = get_channel_layer()
+    try:
+        await layer.group_send(protocol.BROADCAST_GROUP, protocol.broadcast_event(frame=frame))
+    except (RedisError, OSError) as exc:
+        logger.warning("Broadcast from %s failed: Redis unreachable: %s", sender, exc)
+        raise BrokerUnavailable(
+            f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent."
+        ) from exc
+    logger.info("Broadcast %s from %s: %d characters", published.id, sender, len(text))
+    return published

@@ -1,0 +1,41 @@
+"""The project's Redis: its URL, and clients for it.
+
+Settings are read at call time, so tests and commands can point at another Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from broadcaster import embedded_redis
+
+# Seconds to wait for Redis before calling it unreachable.
+CONNECT_TIMEOUT = 2.0
+
+
+def redis_url() -> str:
+    """The Redis URL in force, starting the embedded Redis first when it is the one in use."""
+    if settings.EMBEDDED_REDIS:
+        embedded_redis.ensure_running(Path(settings.VAR_DIR))
+    return settings.REDIS_URL
+
+
+def display_url() -> str:
+    """The Redis URL with any password hidden, for error messages and logs."""
+    from urllib.parse import urlparse
+
+    url: str = settings.REDIS_URL
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def client() -> aioredis.Redis:
+    """A new asyncio Redis client; the caller closes it with `await client.aclose()`."""
+    return aioredis.Redis.from_url(
+        redis_url(), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+    )

@@ -1,0 +1,31 @@
+"""HTTP views: the receiver page and the health check."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from redis.exceptions import RedisError
+
+from broadcaster import store
+from broadcaster.presence import Presence
+
+
+def receiver_page(request: HttpRequest) -> HttpResponse:
+    """The web client: shows each broadcast, the connection state and the live count."""
+    return render(request, "broadcaster/receiver.html")
+
+
+async def health(request: HttpRequest) -> JsonResponse:
+    """200 with the global client count when Redis answers; 503 with the reason otherwise."""
+    redis = store.client()
+    try:
+        await redis.ping()
+        clients = await Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL).total()
+    except (RedisError, OSError) as exc:
+        return JsonResponse(
+            {"status": "unavailable", "redis": f"unreachable: {exc}", "clients": None}, status=503
+        )
+    finally:
+        await redis.aclose()
+    return JsonResponse({"status": "ok", "redis": "ok", "clients": clients})

@@ -1,0 +1,66 @@
+// The browser receiver: see docs/PROTOCOL.md for the frames.
+// Messages are inserted with textContent, never as HTML.
+(function () {
+  "use strict";
+  var BACKOFF_FIRST_MS = 500;
+  var BACKOFF_MAX_MS = 30000;
+  var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/broadcast/";
+  var list = document.getElementById("messages");
+  var empty = document.getElementById("empty");
+  var count = document.getElementById("count");
+  var state = document.getElementById("state");
+  var attempt = 0;
+  var retryTimer = null;
+
+  function setState(name, text) {
+    state.dataset.state = name;
+    state.textContent = text;
+  }
+
+  function showMessage(frame) {
+    var item = document.createElement("li");
+    item.dataset.id = frame.id || "";
+    var time = document.createElement("time");
+    time.dateTime = frame.time || "";
+    time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
+    var text = document.createElement("span");
+    text.className = "text";
+    text.textContent = frame.text;
+    item.appendChild(time);
+    item.appendChild(text);
+    list.insertBefore(item, list.firstChild);
+    empty.hidden = true;
+  }
+
+  function onFrame(event) {
+    var frame;
+    try { frame = JSON.parse(event.data); } catch (e) { return; }
+    if (frame.type === "message") showMessage(frame);
+    else if (frame.type === "count") count.textContent = String(frame.clients);
+  }
+
+  function delayMs() {
+    var ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * Math.pow(2, attempt));
+    return ceiling / 2 + Math.random() * ceiling / 2;
+  }
+
+  function connect() {
+    retryTimer = null;
+    setState("connecting", "connecting…");
+    var ws = new WebSocket(url);
+    ws.onopen = function () { attempt = 0; setState("open", "connected"); };
+    ws.onmessage = onFrame;
+    ws.onclose = function () {
+      var wait = delayMs();
+      attempt += 1;
+      setState("closed", "reconnecting in " + Math.ceil(wait / 1000) + " s");
+      retryTimer = setTimeout(connect, wait);
+    };
+  }
+
+  // Coming back online should not wait out a long backoff.
+  window.addEventListener("online", function () {
+    if (retryTimer !== null) { clearTimeout(retryTimer); attempt = 0; connect(); }
+  });
+  connect();
+})();
