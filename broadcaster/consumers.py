@@ -20,6 +20,19 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
     joined = False
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Runs the connection; refuses it with a named code when Redis is unreachable."""
+        try:
+            await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as exc:
+            if getattr(self, "channel_name", None) is not None:
+                raise
+            # The channel layer could not even create this consumer's channel.
+            logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()

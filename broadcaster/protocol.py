@@ -26,12 +26,15 @@ FRAME_PING = "ping"
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the server uses, by name (RFC 6455 section 7.4 and 4000-4999)."""
+    """WebSocket close codes the server sends, by name.
+
+    Daphne (autobahn) may send only 1000 or 3000-4999, so the project's codes are 4xxx,
+    numbered after the HTTP status with the same meaning.
+    """
 
     NORMAL = 1000
-    GOING_AWAY = 1001
-    TRY_AGAIN_LATER = 1013  # Redis is unreachable; reconnect with backoff.
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
+    TRY_AGAIN_LATER = 4503  # Redis is unreachable; reconnect with backoff.
 
 
 class BroadcastEvent(TypedDict):

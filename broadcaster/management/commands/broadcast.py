@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import sys
 from typing import Any
 
@@ -28,6 +29,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["verbosity"] < 2:
+            # The operator sees results and problems as plain lines; log lines are for -v 2.
+            logging.getLogger("broadcaster").setLevel(logging.ERROR)
         stdin = options.get("stdin") or sys.stdin
         screen = console.Screen(self.stdout, self.stderr, interactive=console.is_interactive(stdin))
         sender = options["sender"] or f"console:{getpass.getuser()}"

