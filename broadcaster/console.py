@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from aioconsole import ainput
 from aioconsole.stream import NonFileStreamReader, run_as_daemon
 from django.conf import settings
+from django.core.management.base import OutputWrapper
 from redis.exceptions import RedisError
 
 from broadcaster import store
@@ -43,7 +43,7 @@ class Tally:
 class Screen:
     """Writes to the operator without garbling the line being typed."""
 
-    def __init__(self, out: IO[str], err: IO[str], *, interactive: bool) -> None:
+    def __init__(self, out: OutputWrapper, err: OutputWrapper, *, interactive: bool) -> None:
         self.out = out
         self.err = err
         self.interactive = interactive
@@ -53,14 +53,14 @@ class Screen:
         if self.interactive:
             import readline
 
-            self.out.write(f"\r\x1b[2K{text}\n{PROMPT}{readline.get_line_buffer()}")
+            self.out.write(f"\r\x1b[2K{text}\n{PROMPT}{readline.get_line_buffer()}", ending="")
         else:
-            self.out.write(f"{text}\n")
+            self.out.write(text)
         self.out.flush()
 
     def error(self, text: str) -> None:
         """Print a problem with one line of input."""
-        self.err.write(f"{text}\n")
+        self.err.write(text)
         self.err.flush()
 
 
@@ -102,17 +102,15 @@ def line_reader(stdin: IO[str], *, interactive: bool) -> Callable[[], Awaitable[
 
         return lambda: run_as_daemon(input, PROMPT)
     reader = NonFileStreamReader(stdin)
-    return lambda: ainput(streams=(reader, _NullWriter()))
 
+    async def read() -> str:
+        # Not aioconsole.ainput: it drops a last line that has no newline.
+        data: bytes = await reader.readline()
+        if not data:
+            raise EOFError
+        return data.decode().rstrip("\r\n")
 
-class _NullWriter:
-    """aioconsole's ainput writes its (empty) prompt here when reading from a pipe."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
+    return read
 
 
 async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | None) -> Tally:

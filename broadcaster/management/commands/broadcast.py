@@ -20,6 +20,9 @@ class Command(BaseCommand):
         "end of piped input."
     )
 
+    # Tests (and callers of call_command) may pass stdin=, as with createsuperuser.
+    stealth_options = ("stdin",)
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--message", "-m", help="Send this one message and exit.")
         parser.add_argument(

@@ -1,0 +1,187 @@
+"""`manage.py broadcast`: call_command with exact output, a real pty, and real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import pty
+import subprocess
+import sys
+import threading
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from broadcaster.presence import Presence
+from broadcaster.protocol import BROADCAST_GROUP
+from tests.conftest import point_django_at
+from tests.support import ROOT, manage, wait_until
+
+
+class Subscriber:
+    """Reads what reaches the broadcast group's Redis channel, decoded by the real layer."""
+
+    def __init__(self, url: str) -> None:
+        layer = get_channel_layer()
+        self.layer = layer
+        self.pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(f"asgi__group__{BROADCAST_GROUP}")
+
+    def texts(self, n: int, timeout: float = 10) -> list[str]:
+        import json
+
+        got: list[str] = []
+
+        def more() -> bool:
+            msg = self.pubsub.get_message(timeout=0.1)
+            if msg is not None:
+                got.append(json.loads(self.layer.deserialize(msg["data"])["frame"])["text"])
+            return len(got) >= n
+
+        wait_until(more, timeout=timeout, what=f"{n} published messages", poll=0)
+        return got
+
+
+def run_command(*args: str, stdin: str = "") -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("broadcast", *args, stdin=io.StringIO(stdin), stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_message_option_sends_one_and_says_so(redis_url):
+    """--message publishes exactly that text and prints "Sent."."""
+    sub = Subscriber(redis_url)
+    assert run_command("--message", "deploy at 5") == ("Sent.\n", "")
+    assert sub.texts(1) == ["deploy at 5"]
+
+
+def test_piped_lines_all_sent_empty_ignored(redis_url):
+    """Every non-empty line of piped input is published in order; the count is reported."""
+    sub = Subscriber(redis_url)
+    assert run_command(stdin="one\n\n   \ntwo\nthree") == ("Sent 3 messages.\n", "")
+    assert sub.texts(3) == ["one", "two", "three"]
+
+
+def test_eof_at_once_sends_nothing(redis_url):
+    """Empty input is a clean exit."""
+    assert run_command(stdin="") == ("Sent 0 messages.\n", "")
+
+
+def test_oversize_line_refused_others_sent(redis_url):
+    """A line over BROADCAST_MAX_LENGTH is refused with a message; the rest still go out."""
+    sub = Subscriber(redis_url)
+    with override_settings(BROADCAST_MAX_LENGTH=10):
+        out, err = io.StringIO(), io.StringIO()
+        with pytest.raises(CommandError) as excinfo:
+            call_command("broadcast", stdin=io.StringIO("short\n" + "x" * 11 + "\nafter\n"),
+                         stdout=out, stderr=err)  # fmt: skip
+    assert str(excinfo.value) == "1 line(s) were not sent."
+    assert out.getvalue() == "Sent 2 messages.\n"
+    assert err.getvalue() == (
+        "Not sent: The message is 11 characters long; the limit is 10 (BROADCAST_MAX_LENGTH).\n"
+    )
+    assert sub.texts(2) == ["short", "after"]
+
+
+def test_redis_down_is_one_clear_error(dead_redis_url):
+    """With Redis unreachable the command fails at once, naming the URL."""
+    point_django_at(dead_redis_url)
+    with pytest.raises(CommandError) as excinfo:
+        run_command("--message", "hi")
+    assert str(excinfo.value).startswith(f"Cannot reach Redis at {dead_redis_url}: ")
+
+
+def test_redis_down_subprocess_exit_code_and_no_traceback(env_for, dead_redis_url):
+    """As a real process: exit status 1 and one error line, no traceback."""
+    done = manage(["broadcast"], env=env_for(dead_redis_url), stdin="hi\n")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"CommandError: Cannot reach Redis at {dead_redis_url}: ")
+
+
+def test_pipe_from_echo_exits_zero(env_for, redis_url):
+    """`echo hi | python manage.py broadcast` sends the line and exits 0."""
+    sub = Subscriber(redis_url)
+    done = subprocess.run(
+        f"echo hi | {sys.executable} manage.py broadcast", shell=True, cwd=ROOT,
+        env=env_for(redis_url), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, "Sent 1 message.\n", "")
+    assert sub.texts(1) == ["hi"]
+
+
+class PtyOutput:
+    """Everything a child wrote to its terminal, collected in a thread."""
+
+    def __init__(self, fd: int) -> None:
+        self.data = b""
+        self.fd = fd
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.data += chunk
+
+    def wait_for(self, text: str, *, timeout: float) -> None:
+        wait_until(lambda: text.encode() in self.data, timeout=timeout, what=repr(text))
+
+
+def test_terminal_count_notice_keeps_typed_line_and_ctrl_d_exits(env_for, redis_url):
+    """On a terminal the count appears above the prompt, the typed text is redrawn, Ctrl-D exits."""
+    sub = Subscriber(redis_url)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command on a real terminal
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "manage.py", "broadcast"], env_for(redis_url))
+    screen = PtyOutput(fd)
+    try:
+        screen.wait_for("Total clients: 0", timeout=20)
+        screen.wait_for("broadcast> ", timeout=10)
+        os.write(fd, b"hel")
+        screen.wait_for("broadcast> hel", timeout=10)
+        presence = Presence(redis.asyncio.Redis.from_url(redis_url), ttl=30)
+        asyncio.run(presence.report(server_id="test-server", count=7))
+        screen.wait_for("\r\x1b[2KTotal clients: 7\r\nbroadcast> hel", timeout=10)
+        os.write(fd, b"lo\n")
+        assert sub.texts(1) == ["hello"]
+        screen.wait_for("hello\r\nbroadcast> ", timeout=10)
+        os.write(fd, b"\x04")  # Ctrl-D
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    assert b"Traceback" not in screen.data
+
+
+def test_ctrl_c_on_terminal_is_a_clean_exit(env_for, redis_url):
+    """Ctrl-C at the prompt ends the command without a traceback."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "manage.py", "broadcast"], env_for(redis_url))
+    screen = PtyOutput(fd)
+    try:
+        screen.wait_for("broadcast> ", timeout=20)
+        os.write(fd, b"\x03")  # Ctrl-C
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+    assert b"Traceback" not in screen.data
