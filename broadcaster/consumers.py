@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -24,6 +25,11 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         """Runs the connection; refuses it with a named code when Redis is unreachable."""
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server is shutting down: disconnect() will not run.
+            if self.joined:
+                get_hub().discard(self)
+            raise
         except (RedisError, OSError) as exc:
             if getattr(self, "channel_name", None) is not None:
                 raise

@@ -10,6 +10,7 @@ frames per client, not 5,000.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol, store
-from broadcaster.presence import Presence
+from broadcaster.presence import Presence, withdraw_now
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Hub:
         self._fresh: set[Receiver] = set()
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
+        atexit.register(self._withdraw_at_exit)
 
     def add(self, receiver: Receiver) -> None:
         """Called when a receiver connection is accepted."""
@@ -70,6 +73,14 @@ class Hub:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+    def _withdraw_at_exit(self) -> None:
+        if self.total is None:
+            return  # never reported
+        try:
+            withdraw_now(settings.REDIS_URL, server_id=self.server_id)
+        except RedisError as exc:
+            logger.warning("Could not withdraw from presence at exit: %s", exc)
 
     async def _run(self) -> None:
         interval: float = settings.BROADCAST_COUNT_INTERVAL

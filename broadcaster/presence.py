@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from broadcaster.protocol import BROADCAST_GROUP
@@ -77,3 +78,12 @@ class Presence:
     async def withdraw(self, *, server_id: str) -> None:
         """Forget `server_id` at once (a clean shutdown)."""
         await self._withdraw(keys=self._keys, args=[server_id])
+
+
+def withdraw_now(url: str, *, server_id: str, group: str = BROADCAST_GROUP) -> None:
+    """Forget `server_id` from plain synchronous code (an exiting process, no event loop)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        client.eval(_WITHDRAW, 2, *_keys(group), server_id)
+    finally:
+        client.close()

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,17 +50,18 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, poll:
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
 
 
-async def async_wait_until(
-    predicate: Callable[[], Any], *, timeout: float, what: str, poll: float = 0.05
+async def eventually(
+    predicate: Callable[[], Awaitable[Any]], *, timeout: float, what: str, poll: float = 0.05
 ) -> Any:
-    """The asyncio form of `wait_until`."""
+    """Await `predicate()` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
+    last: Any = None
     while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
+        last = await predicate()
+        if last:
+            return last
         await asyncio.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def base_env(redis_url: str, var_dir: Path, **extra: str) -> dict[str, str]:

@@ -1,0 +1,63 @@
+"""Strict parsing of configuration from the environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from broadcast_site import env
+from tests.support import ROOT
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("TRUE", True), ("off", False), ("0", False)])
+def test_bool_spellings(raw, value):
+    """Known spellings parse; case and spaces do not matter."""
+    assert env.get_bool("X", False, environ={"X": f" {raw} "}) is value
+
+
+def test_bool_rejects_anything_else():
+    """A typo is an error that names the variable and the value."""
+    with pytest.raises(env.ConfigError) as excinfo:
+        env.get_bool("DJANGO_DEBUG", False, environ={"DJANGO_DEBUG": "ture"})
+    assert str(excinfo.value) == (
+        "Config 'DJANGO_DEBUG' has value 'ture'. Not a valid bool (use 1/0, true/false)."
+    )
+
+
+def test_int_and_minimum():
+    """Integers parse; below the minimum or not a number is an error."""
+    assert env.get_int("N", 5, environ={}) == 5
+    assert env.get_int("N", 5, minimum=1, environ={"N": "7"}) == 7
+    with pytest.raises(env.ConfigError, match="It must be at least 1"):
+        env.get_int("N", 5, minimum=1, environ={"N": "0"})
+    with pytest.raises(env.ConfigError, match="Not a valid integer"):
+        env.get_int("N", 5, environ={"N": "many"})
+
+
+def test_list():
+    """Comma-separated lists drop blanks."""
+    assert env.get_list("H", ["a"], environ={"H": "x.example, ,y.example"}) == ["x.example", "y.example"]
+
+
+def test_database_urls():
+    """SQLite relative and absolute paths and PostgreSQL URLs translate to Django settings."""
+    assert env.database_from_url("sqlite:///db.sqlite3", base_dir="/srv") == {
+        "ENGINE": "django.db.backends.sqlite3", "NAME": "/srv/db.sqlite3"}  # fmt: skip
+    assert env.database_from_url("sqlite:////var/db.sqlite3", base_dir="/srv")["NAME"] == "/var/db.sqlite3"
+    assert env.database_from_url("postgres://u:p%40ss@db:5433/site", base_dir="/srv") == {
+        "ENGINE": "django.db.backends.postgresql", "NAME": "site", "USER": "u",
+        "PASSWORD": "p@ss", "HOST": "db", "PORT": "5433"}  # fmt: skip
+    with pytest.raises(env.ConfigError):
+        env.database_from_url("mysql://x", base_dir="/srv")
+
+
+def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):
+    """With DJANGO_DEBUG=0 and no DJANGO_SECRET_KEY, the site refuses to start, saying why."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "0", "BROADCAST_VAR_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off" in done.stderr

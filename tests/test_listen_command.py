@@ -1,0 +1,60 @@
+"""`manage.py listen`: the terminal receiver, against a real daphne that restarts."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+from broadcaster.listener import backoff_delay, render
+from tests.support import ROOT, LineReader, manage
+
+TIMED = re.compile(r"^\[\d\d:\d\d:\d\d\] (.*)$")
+
+
+def test_prints_broadcasts_and_reconnects_after_restart(daphne, env_for, redis_url):
+    """A broadcast is printed with its time; after a server restart the listener is back by itself."""
+    server = daphne()
+    listener = subprocess.Popen(
+        [sys.executable, "manage.py", "listen", server.ws], cwd=ROOT, env=env_for(redis_url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = LineReader(listener.stdout), LineReader(listener.stderr)
+    try:
+        err.wait_for(lambda s: s == f"Connected to {server.ws}", timeout=20, what="connected")
+        out.wait_for(lambda s: s == "Total clients: 1", timeout=20, what="count")
+        assert manage(["broadcast", "-m", "first <b>one</b>"], env=env_for(redis_url)).returncode == 0
+        line = out.wait_for(lambda s: bool(TIMED.match(s)), timeout=20, what="first message")
+        assert TIMED.match(line).group(1) == "first <b>one</b>"
+
+        server.stop()
+        err.wait_for(lambda s: s.startswith("Connection lost"), timeout=20, what="loss noticed")
+        server.start()
+        err.wait_for(lambda s: s == f"Connected to {server.ws}", timeout=60, what="reconnected")
+        out.wait_for(lambda s: s == "Total clients: 1", timeout=20, what="count after restart")
+        assert manage(["broadcast", "-m", "second"], env=env_for(redis_url)).returncode == 0
+        line = out.wait_for(lambda s: bool(TIMED.match(s)), timeout=20, what="second message")
+        assert TIMED.match(line).group(1) == "second"
+    finally:
+        listener.send_signal(signal.SIGINT)
+        listener.wait(timeout=20)
+    assert listener.returncode == 0
+    err.wait_for(lambda s: s == "Stopped.", timeout=5, what="a clean stop")
+    assert not any("Traceback" in s for s in err.seen)
+
+
+def test_backoff_grows_jittered_and_capped():
+    """Delays double from 0.5 s, are jittered within the upper half, and stop at 30 s."""
+    assert [backoff_delay(n, rng=lambda: 0.0) for n in range(8)] == [
+        0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]  # fmt: skip
+    assert [backoff_delay(n, rng=lambda: 1.0) for n in (0, 3, 10)] == [0.5, 4.0, 30.0]
+
+
+def test_render_frames():
+    """Messages print with their local time, counts as the original did, unknown types not at all."""
+    assert render('{"type":"count","clients":3}') == "Total clients: 3"
+    assert render('{"type":"pong"}') is None
+    assert render("nonsense") == "(unreadable frame: 'nonsense')"
+    line = render('{"type":"message","id":"a","text":"hi","time":"2026-01-01T12:00:00.000Z"}')
+    assert TIMED.match(line).group(1) == "hi"
