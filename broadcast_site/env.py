@@ -35,9 +35,7 @@ def get_bool(name: str, default: bool, *, environ: Mapping[str, str] = os.enviro
     raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid bool (use 1/0, true/false).")
 
 
-def get_int(
-    name: str, default: int, *, minimum: int = 0, environ: Mapping[str, str] = os.environ
-) -> int:
+def get_int(name: str, default: int, *, minimum: int = 0, environ: Mapping[str, str] = os.environ) -> int:
     """Return the variable as an int no smaller than `minimum`."""
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
@@ -67,9 +65,7 @@ def get_float(
     return value
 
 
-def get_list(
-    name: str, default: list[str], *, environ: Mapping[str, str] = os.environ
-) -> list[str]:
+def get_list(name: str, default: list[str], *, environ: Mapping[str, str] = os.environ) -> list[str]:
     """Return a comma-separated variable as a list of non-empty, stripped items."""
     raw = environ.get(name)
     if raw is None:
@@ -85,10 +81,7 @@ def database_from_url(url: str, *, base_dir: str) -> dict[str, object]:
     if parsed.scheme == "sqlite":
         path = unquote(parsed.path)
         # sqlite:///relative.db -> path "/relative.db"; sqlite:////abs.db -> "//abs.db".
-        if path.startswith("//"):
-            name = path[1:]
-        else:
-            name = os.path.join(base_dir, path.lstrip("/"))
+        name = path[1:] if path.startswith("//") else os.path.join(base_dir, path.lstrip("/"))
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
     if parsed.scheme in {"postgres", "postgresql"}:
         return {

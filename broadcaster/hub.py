@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -68,10 +69,8 @@ class Hub:
         """Cancel the presence task and withdraw this process from the count."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def _withdraw_at_exit(self) -> None:
@@ -95,9 +94,7 @@ class Hub:
                 try:
                     if self._dirty.is_set() or loop.time() - last_report >= ttl / 3:
                         self._dirty.clear()
-                        total = await presence.report(
-                            server_id=self.server_id, count=len(self.receivers)
-                        )
+                        total = await presence.report(server_id=self.server_id, count=len(self.receivers))
                         last_report = loop.time()
                     else:
                         total = await presence.total()

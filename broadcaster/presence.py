@@ -58,9 +58,7 @@ def _keys(group: str) -> list[str]:
 class Presence:
     """The tracked size of one group, stored in Redis."""
 
-    def __init__(
-        self, redis: aioredis.Redis, *, ttl: float, group: str = BROADCAST_GROUP
-    ) -> None:
+    def __init__(self, redis: aioredis.Redis, *, ttl: float, group: str = BROADCAST_GROUP) -> None:
         self._redis = redis
         self._ttl = ttl
         self._keys = _keys(group)

@@ -51,8 +51,7 @@ def validate(text: str) -> str:
     limit: int = settings.BROADCAST_MAX_LENGTH
     if len(text) > limit:
         raise MessageTooLong(
-            f"The message is {len(text)} characters long; the limit is {limit} "
-            "(BROADCAST_MAX_LENGTH)."
+            f"The message is {len(text)} characters long; the limit is {limit} (BROADCAST_MAX_LENGTH)."
         )
     return text
 

@@ -20,9 +20,7 @@ async def test_200_clients_count_broadcast_once_and_disconnects(daphne, env_for,
 
     r = redis.Redis.from_url(redis_url)
     publishes_before = r.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
-    done = await asyncio.to_thread(
-        manage, ["broadcast"], env=env_for(redis_url), stdin="hello everyone\n"
-    )
+    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="hello everyone\n")
     assert (done.returncode, done.stdout, done.stderr) == (0, "Sent 1 message.\n", "")
     # One PUBLISH for 200 receivers: fan-out cost in Redis does not grow with clients.
     publishes = r.info("commandstats")["cmdstat_publish"]["calls"] - publishes_before
