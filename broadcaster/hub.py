@@ -45,8 +45,7 @@ class Hub:
         self._fresh: set[Receiver] = set()
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
-        atexit.register(self._withdraw_at_exit)
+        self._reported_to: str | None = None
 
     def add(self, receiver: Receiver) -> None:
         """Called when a receiver connection is accepted."""
@@ -74,18 +73,22 @@ class Hub:
             self._task = None
 
     def _withdraw_at_exit(self) -> None:
-        if self.total is None:
-            return  # never reported
+        """Runs at interpreter exit while this process still counts (daphne got SIGTERM)."""
+        if self._reported_to is None:
+            return
         try:
-            withdraw_now(settings.REDIS_URL, server_id=self.server_id)
+            withdraw_now(self._reported_to, server_id=self.server_id)
         except RedisError as exc:
             logger.warning("Could not withdraw from presence at exit: %s", exc)
 
     async def _run(self) -> None:
         interval: float = settings.BROADCAST_COUNT_INTERVAL
         ttl: float = settings.BROADCAST_PRESENCE_TTL
+        self._reported_to = store.redis_url()
         redis = store.client()
         presence = Presence(redis, ttl=ttl)
+        # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
+        atexit.register(self._withdraw_at_exit)
         loop = asyncio.get_running_loop()
         last_report = float("-inf")
         failing = False
@@ -118,6 +121,7 @@ class Hub:
         except RedisError as exc:
             logger.warning("Could not withdraw from presence: %s", exc)
         finally:
+            atexit.unregister(self._withdraw_at_exit)
             await redis.aclose()
 
     async def _push_count(self, total: int) -> None:

@@ -16,10 +16,19 @@ from broadcaster import embedded_redis
 CONNECT_TIMEOUT = 2.0
 
 
+_embedded_checked: set[Path] = set()
+
+
 def redis_url() -> str:
-    """The Redis URL in force, starting the embedded Redis first when it is the one in use."""
+    """The Redis URL in force, starting the embedded Redis first when it is the one in use.
+
+    The embedded Redis is checked once per process (a blocking ping), not on every call.
+    """
     if settings.EMBEDDED_REDIS:
-        embedded_redis.ensure_running(Path(settings.VAR_DIR))
+        var_dir = Path(settings.VAR_DIR)
+        if var_dir not in _embedded_checked:
+            embedded_redis.ensure_running(var_dir)
+            _embedded_checked.add(var_dir)
     return settings.REDIS_URL
 
 
