@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ def server_binary() -> str:
 
 
 def _answers(socket_path: Path) -> bool:
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1.0)
+    # No retries: "not running yet" must be answered at once, not after backoff.
+    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -89,7 +92,10 @@ def _start(var_dir: Path, socket_path: Path) -> None:
         "--appendonly", "no",
     ]  # fmt: skip
     try:
-        subprocess.run(args, check=True, capture_output=True, timeout=_START_TIMEOUT)
+        # No pipes: the daemonized server would hold them open, and run() would wait on them.
+        subprocess.run(
+            args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=_START_TIMEOUT
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise EmbeddedRedisError(
             f"REDIS_URL is not set and the embedded Redis could not start ({binary}): {exc}"

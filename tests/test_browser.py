@@ -51,12 +51,17 @@ async def test_two_tabs_show_console_message_and_same_count(browser, daphne, env
         await expect(tab.locator("#count")).to_have_text("2", timeout=15_000)
     assert await asyncio.to_thread(server.health) == (200, {"status": "ok", "redis": "ok", "clients": 2})
 
-    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url),
-                                   stdin="hello tabs\n")  # fmt: skip
+    done = await asyncio.to_thread(
+        manage, ["broadcast"], env=env_for(redis_url), stdin="hello tabs\nsecond line\n"
+    )
     assert done.returncode == 0, done.stderr
     for tab in tabs:
-        await expect(tab.locator("#messages li .text")).to_have_text(["hello tabs"], timeout=15_000)
+        # Newest first, each with its time.
+        await expect(tab.locator("#messages li .text")).to_have_text(
+            ["second line", "hello tabs"], timeout=15_000
+        )
         assert await tab.locator("#messages time").first.get_attribute("datetime")
+        await expect(tab.locator("#empty")).to_be_hidden()
     assert dialogs == []
 
 

@@ -59,5 +59,20 @@ def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):
         [sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "0", "BROADCAST_VAR_DIR": str(tmp_path)},
     )  # fmt: skip
-    assert done.returncode == 1
-    assert "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off" in done.stderr
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Configuration error: DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off: "
+        "set a long random secret.\n",
+    )
+
+
+def test_bad_value_at_start_up_names_variable(tmp_path):
+    """A malformed variable stops manage.py with one line naming it."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "BROADCAST_MAX_LENGTH": "lots", "BROADCAST_VAR_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Configuration error: Config 'BROADCAST_MAX_LENGTH' has value 'lots'. Not a valid integer.\n",
+    )

@@ -17,6 +17,12 @@ async def test_200_clients_count_broadcast_once_and_disconnects(daphne, env_for,
     server = daphne()
     clients = await asyncio.gather(*(Client(server.ws).connect() for _ in range(200)))
     await asyncio.to_thread(server.wait_for_clients, 200)
+    await asyncio.gather(
+        *(c.wait_for(lambda c: c.last_count() == 200, timeout=10, what="count 200") for c in clients)
+    )
+    # Coalesced: a burst of 200 connects is a few count frames per client, not one per connect.
+    count_frames = [sum(f["type"] == "count" for f in c.frames) for c in clients]
+    assert max(count_frames) <= 5, count_frames
 
     r = redis.Redis.from_url(redis_url)
     publishes_before = r.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
