@@ -14,6 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from broadcaster import startup  # noqa: E402
+from broadcaster.asgi_send import UnsentProbeMiddleware  # noqa: E402
 from broadcaster.origin import allowed_hosts_origin_validator  # noqa: E402
 from broadcaster.routing import websocket_urlpatterns  # noqa: E402
 
@@ -22,6 +23,9 @@ startup.prepare_server()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Outermost: sees the server's own `send`, to measure a connection's unsent output.
+        "websocket": UnsentProbeMiddleware(
+            allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

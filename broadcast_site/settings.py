@@ -95,10 +95,10 @@ if EMBEDDED_REDIS:
 
 CHANNEL_LAYERS = {
     "default": {
-        # The pub/sub layer publishes a group message once per message; each server
-        # process fans it out to its own consumers. The core layer writes one Redis
-        # entry per member and drops deliveries past a channel's capacity.
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # channels_redis's pub/sub layer (one PUBLISH per group message; the core layer
+        # writes one Redis entry per member and drops past a channel's capacity), plus a
+        # per-process fan-out fast path: see broadcaster/layer.py.
+        "BACKEND": "broadcaster.layer.FanoutChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL]},
     }
 }
@@ -111,6 +111,10 @@ BROADCAST_MAX_LENGTH = env.get_int("BROADCAST_MAX_LENGTH", 4096, minimum=1)
 BROADCAST_PRESENCE_TTL = env.get_float("BROADCAST_PRESENCE_TTL", 30.0, minimum=3.0)
 # How often, at most, a listener is told that the client count changed.
 BROADCAST_COUNT_INTERVAL = env.get_float("BROADCAST_COUNT_INTERVAL", 1.0, minimum=0.05)
+
+# A receiver for which the server holds more unsent output than this (it stopped reading)
+# is closed with SLOW_CONSUMER (4408) instead of growing the server's memory.
+BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576, minimum=1024)
 
 LOGGING = {
     "version": 1,

@@ -7,9 +7,11 @@ import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol
+from broadcaster.asgi_send import SCOPE_UNSENT_KEY, UnsentProbe, send_now
 from broadcaster.hub import get_hub
 from broadcaster.protocol import CloseCode
 
@@ -20,6 +22,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     """One receiver: joins the broadcast group and gets every message and count update."""
 
     joined = False
+    closing = False
+    unsent: UnsentProbe | None = None
+    max_unsent = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable."""
@@ -37,7 +42,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+            await send(protocol.close_event(CloseCode.TRY_AGAIN_LATER))
 
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
@@ -48,6 +53,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
             await self.close(code=CloseCode.TRY_AGAIN_LATER)
             return
+        self.unsent = self.scope.get(SCOPE_UNSENT_KEY)
+        self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
         self.joined = True
         get_hub().add(self)
         logger.info("Receiver connected: %s", self._peer())
@@ -76,12 +83,28 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
-        """Called for each broadcast (layer event `broadcast.message`); the frame is pre-encoded."""
-        await self.send(text_data=event["frame"])
+        """Called for a broadcast (layer event `broadcast.message`) that did not take the
+        hub's fast path: one that arrived before this consumer joined the hub, or all of
+        them when the configured layer has no fast path."""
+        self.write(protocol.send_event(event["frame"]))
 
-    async def push(self, frame: str) -> None:
-        """Called by the hub to send an already-encoded frame (count updates)."""
-        await self.send(text_data=frame)
+    def write(self, message: dict[str, Any]) -> None:
+        """Called by the hub for each frame; never waits for the client.
+
+        A client that stops reading is closed with SLOW_CONSUMER once the server holds more
+        than BROADCAST_MAX_UNSENT_BYTES unsent for it, so it cannot grow memory without bound.
+        """
+        if self.closing:
+            return
+        if self.unsent is not None and self.unsent() > self.max_unsent:
+            self.closing = True
+            logger.warning(
+                "Closing receiver %s: slow consumer, over %d bytes unsent", self._peer(), self.max_unsent
+            )
+            get_hub().slow_consumer_dropped()
+            send_now(self.base_send, protocol.close_event(CloseCode.SLOW_CONSUMER))
+            return
+        send_now(self.base_send, message)
 
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)

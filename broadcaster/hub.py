@@ -1,10 +1,16 @@
-"""The receivers connected to this server process, and the task that keeps their count.
+"""The receivers connected to this server process: fan-out, and the count they see.
 
-One `Hub` per event loop (one per daphne process). While it has receivers, its task
-reports the local number to `Presence` (so it counts globally and heals after a crash)
-and pushes the global number to local receivers when it changes, at most once per
-BROADCAST_COUNT_INTERVAL: 5,000 clients connecting at once cause a handful of count
-frames per client, not 5,000.
+One `Hub` per event loop (one per daphne process).
+
+Fan-out: the hub is the channel layer's fast path for the broadcast group (see
+`broadcaster/layer.py`): each broadcast reaches this process once, already encoded, and is
+written to every local connection without a task or a thread hop per connection. Broadcasts
+that arrive together (a burst) go out to each connection as one `batch` frame.
+
+Count: while it has receivers, the hub's task reports the local number to `Presence`
+(so it counts globally and heals after a crash) and pushes the global number to local
+receivers when it changes, at most once per BROADCAST_COUNT_INTERVAL: 5,000 clients
+connecting at once cause a handful of count frames per client, not 5,000.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import os
 import socket
 import uuid
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -31,33 +38,76 @@ logger = logging.getLogger(__name__)
 class Receiver(Protocol):
     """A connection that receives frames (the WebSocket consumer)."""
 
-    async def push(self, frame: str) -> None:
-        """Send one already-encoded frame to the client."""
+    channel_name: str
+
+    def write(self, message: dict[str, Any]) -> None:
+        """Queue one ASGI send message for the client without waiting; must not raise."""
 
 
 class Hub:
-    """Tracks this process's receivers; owns the presence task while any are connected."""
+    """This process's receivers; owns the presence task while any are connected."""
 
     def __init__(self) -> None:
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.receivers: set[Receiver] = set()
+        self.channels: set[str] = set()
         self.total: int | None = None
+        self.fast_path = False
+        self.slow_disconnects = 0
         self._fresh: set[Receiver] = set()
+        self._pending: list[str] = []
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reported_to: str | None = None
 
     def add(self, receiver: Receiver) -> None:
-        """Called when a receiver connection is accepted."""
+        """Called when a receiver has joined the broadcast group."""
+        if not self.receivers and not self.fast_path:
+            self._claim_fast_path()
         self.receivers.add(receiver)
+        self.channels.add(receiver.channel_name)
         self._fresh.add(receiver)
         self._changed()
 
     def discard(self, receiver: Receiver) -> None:
         """Called when a receiver connection closes, whatever the reason."""
         self.receivers.discard(receiver)
+        self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
         self._changed()
+
+    def _claim_fast_path(self) -> None:
+        layer: Any = get_channel_layer()
+        try:
+            layer.set_fast_path(protocol.BROADCAST_GROUP, self)
+        except AttributeError:
+            # Another layer is configured: consumers get broadcasts through ordinary dispatch.
+            logger.warning("The channel layer has no fast path; using per-consumer dispatch")
+            return
+        self.fast_path = True
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Called by the channel layer once per broadcast that reaches this process."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(event["frame"])
+
+    def _flush(self) -> None:
+        frames, self._pending = self._pending, []
+        frame = frames[0] if len(frames) == 1 else protocol.batch_frame(frames)
+        self.write_all(protocol.send_event(frame), list(self.receivers))
+
+    def write_all(self, message: dict[str, Any], receivers: list[Receiver]) -> None:
+        """Write one message to each receiver; a failing one never stops the others."""
+        for receiver in receivers:
+            try:
+                receiver.write(message)
+            except Exception:
+                logger.exception("Could not write to receiver %s", receiver.channel_name)
+
+    def slow_consumer_dropped(self) -> None:
+        """Called when a receiver is closed for reading too slowly."""
+        self.slow_disconnects += 1
 
     def _changed(self) -> None:
         self._dirty.set()
@@ -65,7 +115,7 @@ class Hub:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Cancel the presence task and withdraw this process from the count."""
+        """Cancel the presence task (tests; daphne's exit runs `_withdraw_at_exit`)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -76,10 +126,9 @@ class Hub:
         """Runs at interpreter exit while this process still counts (daphne got SIGTERM)."""
         if self._reported_to is None:
             return
-        try:
+        # Logging may already be shut down, and if Redis is gone the TTL heals the count.
+        with contextlib.suppress(RedisError):
             withdraw_now(self._reported_to, server_id=self.server_id)
-        except RedisError as exc:
-            logger.warning("Could not withdraw from presence at exit: %s", exc)
 
     async def _run(self) -> None:
         interval: float = settings.BROADCAST_COUNT_INTERVAL
@@ -110,7 +159,7 @@ class Hub:
                         failing = True
                     self._dirty.set()
                 else:
-                    await self._push_count(total)
+                    self._push_count(total)
                 if not self.receivers:
                     await presence.withdraw(server_id=self.server_id)
                     if not self.receivers:
@@ -124,22 +173,15 @@ class Hub:
             atexit.unregister(self._withdraw_at_exit)
             await redis.aclose()
 
-    async def _push_count(self, total: int) -> None:
+    def _push_count(self, total: int) -> None:
         if total == self.total:
             targets = list(self._fresh)
         else:
             self.total = total
             targets = list(self.receivers)
         self._fresh.clear()
-        if not targets:
-            return
-        frame = protocol.count_frame(clients=total)
-        for receiver in targets:
-            try:
-                await receiver.push(frame)
-            except Exception:
-                # One broken connection must not keep the others from their update.
-                logger.exception("Could not push the count to a receiver")
+        if targets:
+            self.write_all(protocol.send_event(protocol.count_frame(clients=total)), targets)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

@@ -11,6 +11,7 @@ import json
 import random
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -27,18 +28,24 @@ def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> 
     return ceiling / 2 + rng() * ceiling / 2
 
 
-def render(frame: str) -> str | None:
-    """The line to print for one frame from the server, or None to print nothing."""
+def render(frame: str) -> list[str]:
+    """The lines to print for one frame from the server (a batch holds several)."""
     try:
         obj = json.loads(frame)
     except ValueError:
-        return f"(unreadable frame: {frame[:80]!r})"
+        return [f"(unreadable frame: {frame[:80]!r})"]
+    return _render(obj)
+
+
+def _render(obj: Any) -> list[str]:
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == protocol.FRAME_MESSAGE:
-        return f"[{_local_time(obj.get('time'))}] {obj.get('text', '')}"
+        return [f"[{_local_time(obj.get('time'))}] {obj.get('text', '')}"]
+    if kind == protocol.FRAME_BATCH:
+        return [line for item in obj.get("messages", []) for line in _render(item)]
     if kind == protocol.FRAME_COUNT:
-        return f"Total clients: {obj.get('clients')}"
-    return None
+        return [f"Total clients: {obj.get('clients')}"]
+    return []
 
 
 def _local_time(iso: object) -> str:
@@ -59,8 +66,7 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
                 attempt = 0
                 status(f"Connected to {url}")
                 async for frame in ws:
-                    line = render(frame if isinstance(frame, str) else frame.decode())
-                    if line is not None:
+                    for line in render(frame if isinstance(frame, str) else frame.decode()):
                         out(line)
                 reason = f"closed by the server (code {ws.close_code})"
         except InvalidURI as exc:

@@ -17,6 +17,7 @@ BROADCAST_EVENT = "broadcast.message"
 
 # Frame types a client sees.
 FRAME_MESSAGE = "message"
+FRAME_BATCH = "batch"
 FRAME_COUNT = "count"
 FRAME_PONG = "pong"
 FRAME_ERROR = "error"
@@ -34,6 +35,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
+    SLOW_CONSUMER = 4408  # The client read too slowly; too much output was queued for it.
     TRY_AGAIN_LATER = 4503  # Redis is unreachable; reconnect with backoff.
 
 
@@ -54,6 +56,14 @@ def message_frame(*, id: str, text: str, time: str) -> str:
     return dumps({"type": FRAME_MESSAGE, "id": id, "text": text, "time": time})
 
 
+def batch_frame(frames: list[str]) -> str:
+    """Several message frames that arrived together, in order, as one frame.
+
+    Built by joining the already-encoded frames: nothing is decoded or encoded again.
+    """
+    return f'{{"type":"{FRAME_BATCH}","messages":[{",".join(frames)}]}}'
+
+
 def count_frame(*, clients: int) -> str:
     """The frame that tells a receiver how many receivers are connected."""
     return dumps({"type": FRAME_COUNT, "clients": clients})
@@ -67,6 +77,16 @@ def pong_frame() -> str:
 def error_frame(*, code: int, reason: str) -> str:
     """Sent just before the server closes a connection for a protocol error."""
     return dumps({"type": FRAME_ERROR, "code": code, "reason": reason})
+
+
+def send_event(frame: str) -> dict[str, Any]:
+    """The ASGI message that writes one text frame to a WebSocket."""
+    return {"type": "websocket.send", "text": frame}
+
+
+def close_event(code: CloseCode) -> dict[str, Any]:
+    """The ASGI message that closes a WebSocket with a named code."""
+    return {"type": "websocket.close", "code": int(code)}
 
 
 def broadcast_event(*, frame: str) -> BroadcastEvent:

@@ -30,7 +30,7 @@ def point_django_at(url: str) -> None:
     settings.EMBEDDED_REDIS = False
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "broadcaster.layer.FanoutChannelLayer",
             "CONFIG": {"hosts": [url]},
         }
     }

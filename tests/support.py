@@ -236,7 +236,14 @@ class Client:
                 self.changed.set()
 
     def messages(self) -> list[str]:
-        return [f["text"] for f in self.frames if f["type"] == "message"]
+        """Message texts in arrival order; a batch frame's messages count one by one."""
+        texts: list[str] = []
+        for f in self.frames:
+            if f["type"] == "message":
+                texts.append(f["text"])
+            elif f["type"] == "batch":
+                texts.extend(m["text"] for m in f["messages"])
+        return texts
 
     def last_count(self) -> int | None:
         counts = [f["clients"] for f in self.frames if f["type"] == "count"]

@@ -53,8 +53,13 @@ def test_backoff_grows_jittered_and_capped():
 
 def test_render_frames():
     """Messages print with their local time, counts as the original did, unknown types not at all."""
-    assert render('{"type":"count","clients":3}') == "Total clients: 3"
-    assert render('{"type":"pong"}') is None
-    assert render("nonsense") == "(unreadable frame: 'nonsense')"
-    line = render('{"type":"message","id":"a","text":"hi","time":"2026-01-01T12:00:00.000Z"}')
+    assert render('{"type":"count","clients":3}') == ["Total clients: 3"]
+    assert render('{"type":"pong"}') == []
+    assert render("nonsense") == ["(unreadable frame: 'nonsense')"]
+    [line] = render('{"type":"message","id":"a","text":"hi","time":"2026-01-01T12:00:00.000Z"}')
     assert TIMED.match(line).group(1) == "hi"
+    batch = render(
+        '{"type":"batch","messages":[{"type":"message","id":"a","text":"one","time":"2026-01-01T12:00:00Z"},'
+        '{"type":"message","id":"b","text":"two","time":"2026-01-01T12:00:01Z"}]}'
+    )
+    assert [TIMED.match(line).group(1) for line in batch] == ["one", "two"]

@@ -36,6 +36,7 @@
     var frame;
     try { frame = JSON.parse(event.data); } catch (e) { return; }
     if (frame.type === "message") showMessage(frame);
+    else if (frame.type === "batch") frame.messages.forEach(showMessage);
     else if (frame.type === "count") count.textContent = String(frame.clients);
   }
 

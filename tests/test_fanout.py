@@ -1,0 +1,118 @@
+"""The fan-out fast path: one decode per process, batches in a burst, slow consumers dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from broadcaster import protocol
+from broadcaster.asgi_send import send_now
+from broadcaster.consumers import ReceiverConsumer
+from broadcaster.hub import get_hub
+from broadcaster.publish import publish
+from tests.support import Client, manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_batch_frame_joins_encoded_frames_verbatim():
+    """A batch is the encoded frames joined as they are, and decodes to them in order."""
+    frames = [protocol.message_frame(id=str(i), text=f"m{i} é", time="t") for i in range(3)]
+    batch = protocol.batch_frame(frames)
+    assert json.loads(batch) == {"type": "batch", "messages": [json.loads(f) for f in frames]}
+
+
+async def test_send_now_finishes_a_suspending_send_in_a_task():
+    """A send that does suspend (backpressure) still completes, in order, without blocking the caller."""
+    sent: list[str] = []
+    gate = asyncio.Event()
+
+    async def slow_send(message):
+        await gate.wait()
+        sent.append(message["text"])
+
+    async def instant_send(message):
+        sent.append(message["text"])
+
+    assert send_now(instant_send, {"text": "now"}) is None
+    task = send_now(slow_send, {"text": "later"})
+    assert task is not None and sent == ["now"]
+    gate.set()
+    await asyncio.wait_for(task, 5)
+    assert sent == ["now", "later"]
+
+
+async def test_consumers_in_one_process_take_the_fast_path():
+    """With the project's layer, the hub owns the group's deliveries for its receivers."""
+    with override_settings(BROADCAST_COUNT_INTERVAL=0.05):
+        comms = [WebsocketCommunicator(ReceiverConsumer.as_asgi(), "/ws/broadcast/") for _ in range(3)]
+        for comm in comms:
+            assert (await comm.connect())[0]
+        hub = get_hub()
+        assert hub.fast_path is True
+        assert len(hub.channels) == 3
+        layer = get_channel_layer()._get_layer()
+        assert layer.fast_paths == {f"asgi__group__{protocol.BROADCAST_GROUP}": hub}
+        sent = await publish(text="fast", sender="test")
+        for comm in comms:
+            frame = json.loads(await comm.receive_from(timeout=5))
+            while frame["type"] == "count":
+                frame = json.loads(await comm.receive_from(timeout=5))
+            assert frame == {"type": "message", "id": sent.id, "text": "fast", "time": sent.time}
+        for comm in comms:
+            await comm.disconnect()
+        await hub.stop()
+
+
+async def test_burst_arrives_complete_in_order_possibly_batched(daphne, env_for, redis_url):
+    """A burst of 300 messages reaches every client complete and in order, in fewer frames."""
+    server = daphne()
+    clients = await asyncio.gather(*(Client(server.ws).connect() for _ in range(20)))
+    await asyncio.to_thread(server.wait_for_clients, 20)
+    lines = [f"burst {i:03d}" for i in range(300)]
+    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines))
+    assert (done.returncode, done.stdout) == (0, "Sent 300 messages.\n"), done.stderr
+    await asyncio.gather(
+        *(c.wait_for(lambda c: len(c.messages()) >= 300, timeout=30, what="300 messages") for c in clients)
+    )
+    assert [c.messages() for c in clients] == [lines] * 20
+    await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_client_that_stops_reading_is_dropped_and_others_get_everything(daphne, env_for, redis_url):
+    """A reader that stalls is closed with SLOW_CONSUMER once 64 KiB queue up; the rest is unaffected."""
+    server = daphne(BROADCAST_MAX_UNSENT_BYTES="65536")
+    # A raw client with a tiny receive buffer that completes the handshake and never reads again.
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    stalled.sendall(
+        f"GET /ws/broadcast/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert stalled.recv(4096).startswith(b"HTTP/1.1 101")
+    healthy = await Client(server.ws).connect(max_size=None)
+    await asyncio.to_thread(server.wait_for_clients, 2)
+
+    text = "x" * 3000
+    lines = [f"{i:04d} {text}" for i in range(3000)]  # ~9 MB in all
+    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines))
+    assert done.returncode == 0, done.stderr
+    await healthy.wait_for(lambda c: len(c.messages()) >= 3000, timeout=60, what="all 3000")
+    assert healthy.messages() == lines
+    await asyncio.to_thread(server.wait_for_clients, 1)
+    assert "slow consumer, over 65536 bytes unsent" in server.log()
+    await healthy.close()
+    stalled.close()
+    r = redis.Redis.from_url(redis_url)
+    r.close()
