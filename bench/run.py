@@ -1,0 +1,508 @@
+"""`make bench`: the project's fan-out against the baselines, on this machine, in one run.
+
+For each N it starts each system fresh (server processes + one redis-server), opens N raw
+WebSocket clients from several load processes (`bench/load.py`), publishes through each
+system's own publish path (for the project: `manage.py broadcast`, the console command),
+and measures:
+
+- connects/s: N over the time for all N handshakes to complete;
+- KB per connection: growth of the server processes' summed RSS, over N;
+- time to all: from writing one line to the publisher until the last of N clients has it
+  (p50/p99 over several single messages);
+- deliveries/s: a burst of messages of 100 bytes, N x burst deliveries over the time from the
+  write to the last arrival;
+- server CPU per delivery: the server processes' user+system CPU during the burst, per delivery;
+- lost: deliveries that never arrived (the wait gives up after a generous deadline).
+
+Usage: python -m bench.run [--n 1000,5000,10000] [--quick] [--json PATH] [--plot PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+MESSAGE_BYTES = 100
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def task_cpu(pid: int) -> float:
+    """CPU seconds of every thread of `pid`, from /proc/<pid>/task/*/schedstat (ns resolution)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def line(k: int) -> str:
+    head = f"L{k}|"
+    return head + "x" * (MESSAGE_BYTES - len(head))
+
+
+@dataclass
+class Result:
+    system: str
+    n: int
+    connected: int = 0
+    connects_per_s: float = 0.0
+    kb_per_conn: float = 0.0
+    deliveries_per_s: float = 0.0
+    cpu_us_per_delivery: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    lost: int = 0
+    load_cpu_share: float = 0.0  # busiest load process's CPU use during the burst, of one core
+    notes: list[str] = field(default_factory=list)
+
+
+class System:
+    """One server design under test: how to start it, where clients go, how to publish."""
+
+    def __init__(self, name: str, redis_url: str, workdir: Path) -> None:
+        self.name = name
+        self.redis_url = redis_url
+        self.workdir = workdir
+        self.servers: list[subprocess.Popen[Any]] = []
+        self.ports: list[int] = []
+        self.publisher: subprocess.Popen[Any] | None = None
+        self.path = "/ws/broadcast/"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_"))}
+        env.update(
+            REDIS_URL=self.redis_url,
+            DJANGO_DEBUG="0",
+            DJANGO_SECRET_KEY="bench-" + "k" * 50,
+            BROADCAST_VAR_DIR=str(self.workdir),
+            BROADCAST_LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def daphne(self, app: str, env: dict[str, str]) -> None:
+        port = free_port()
+        # Pings off (the load clients do not answer them); access log off, as for every daphne here.
+        cmd = [
+            PY,
+            "-m",
+            "daphne",
+            "-v",
+            "0",
+            "--ping-interval",
+            "3600",
+            "--ping-timeout",
+            "3600",
+            "-e",
+            f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
+            app,
+        ]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, proc)
+        self.servers.append(proc)
+        self.ports.append(port)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def publish(self, lines: list[str]) -> None:
+        assert self.publisher is not None and self.publisher.stdin is not None
+        self.publisher.stdin.write(("\n".join(lines) + "\n").encode())
+        self.publisher.stdin.flush()
+
+    def stop(self) -> None:
+        procs = [*self.servers, *([self.publisher] if self.publisher else [])]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+    def cpu(self) -> float:
+        """CPU seconds used by the server processes, all threads, at nanosecond resolution."""
+        return sum(task_cpu(proc.pid) for proc in self.servers)
+
+    def rss(self) -> int:
+        return sum(psutil.Process(p.pid).memory_info().rss for p in self.servers)
+
+
+class Project(System):
+    def start(self) -> None:
+        self.daphne("broadcast_site.asgi:application", self.env())
+        self.publisher = subprocess.Popen(
+            [PY, "manage.py", "broadcast"],
+            cwd=ROOT,
+            env=self.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+class Tutorial(System):
+    def start(self) -> None:
+        env = self.env(DJANGO_SETTINGS_MODULE="bench.baselines.tutorial_settings")
+        self.path = "/ws/chat/"
+        self.daphne("bench.baselines.channels_tutorial:application", env)
+        self.publisher = subprocess.Popen(
+            [PY, "-m", "bench.baselines.channels_tutorial"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+class Original(System):
+    mode = "gather"
+
+    def start(self) -> None:
+        port = free_port()
+        self.path = "/"
+        proc = subprocess.Popen(
+            [PY, "-m", "bench.baselines.original", "--port", str(port), "--mode", self.mode],
+            cwd=ROOT,
+            env=self.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_port(port, proc)
+        self.servers.append(proc)
+        self.ports.append(port)
+        self.publisher = None
+
+    def publish(self, lines: list[str]) -> None:
+        # The original reads its own console: the server process is the publisher.
+        stdin = self.servers[0].stdin
+        assert stdin is not None
+        stdin.write(("\n".join(lines) + "\n").encode())
+        stdin.flush()
+
+
+class Broadcast(Original):
+    mode = "broadcast"
+
+
+SYSTEMS: dict[str, type[System]] = {
+    "project": Project,
+    "original (gather)": Original,
+    "websockets.broadcast()": Broadcast,
+    "channels tutorial": Tutorial,
+}
+
+
+class Load:
+    """The load-generator processes."""
+
+    def __init__(self, count: int) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [PY, "-m", "bench.load"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(count)
+        ]
+
+    def ask_all(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for proc, cmd in zip(self.procs, commands, strict=True):
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(cmd) + "\n")
+            proc.stdin.flush()
+        replies = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            replies.append(json.loads(proc.stdout.readline()))
+        return replies
+
+    def ask(self, cmd: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.ask_all([cmd] * len(self.procs))
+
+    def delivered(self, keys: list[int]) -> tuple[dict[int, int], dict[int, float], float]:
+        counts: dict[int, int] = {}
+        last: dict[int, float] = {}
+        cpu = 0.0
+        for reply in self.ask({"cmd": "stats"}):
+            cpu = max(cpu, reply["cpu"])
+            for k in keys:
+                counts[k] = counts.get(k, 0) + reply["counts"].get(str(k), 0)
+                if str(k) in reply["last"]:
+                    last[k] = max(last.get(k, 0.0), reply["last"][str(k)])
+        return counts, last, cpu
+
+    def cpu_each(self) -> list[float]:
+        return [r["cpu"] for r in self.ask({"cmd": "stats"})]
+
+    def wait(self, keys: list[int], expected: int, timeout: float) -> tuple[dict[int, int], dict[int, float]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts, last, _ = self.delivered(keys)
+            if all(counts.get(k, 0) >= expected for k in keys) or time.monotonic() > deadline:
+                return counts, last
+            time.sleep(0.02)
+
+    def quit(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None and proc.stdin is not None:
+                proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                proc.stdin.flush()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -> Result:
+    result = Result(system=system.name, n=n)
+    system.start()
+    load = Load(loaders)
+    try:
+        rss_before = system.rss()
+        share = [n // loaders + (1 if i < n % loaders else 0) for i in range(loaders)]
+        targets = [["127.0.0.1", port, system.path] for port in system.ports]
+        replies = load.ask_all([{"cmd": "connect", "n": k, "targets": targets} for k in share])
+        result.connected = sum(r["connected"] for r in replies)
+        result.connects_per_s = result.connected / max(r["elapsed"] for r in replies)
+        if result.connected < n:
+            result.notes.append(f"only {result.connected} of {n} connected")
+        k = 0
+        # Warm-up: every system has every client in its group before anything is measured.
+        system.publish([line(k)])
+        load.wait([k], result.connected, timeout=60)
+        result.kb_per_conn = (system.rss() - rss_before) / 1024 / max(result.connected, 1)
+
+        times = []
+        for _ in range(samples):
+            k += 1
+            sent = time.time()
+            system.publish([line(k)])
+            counts, last = load.wait([k], result.connected, timeout=60)
+            if counts.get(k, 0) >= result.connected:
+                times.append((last[k] - sent) * 1000)
+        if times:
+            result.p50_ms = statistics.median(times)
+            result.p99_ms = statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
+
+        keys = list(range(k + 1, k + 1 + burst))
+        cpu_before, load_cpu_before = system.cpu(), load.cpu_each()
+        sent = time.time()
+        system.publish([line(i) for i in keys])
+        counts, last = load.wait(keys, result.connected, timeout=30 + n * burst / 2000)
+        cpu_after, load_cpu_after = system.cpu(), load.cpu_each()
+        delivered = sum(min(counts.get(i, 0), result.connected) for i in keys)
+        elapsed = max(last.values(), default=sent) - sent
+        result.lost = burst * result.connected - delivered
+        result.deliveries_per_s = delivered / elapsed if elapsed > 0 else 0.0
+        result.cpu_us_per_delivery = (cpu_after - cpu_before) * 1e6 / max(delivered, 1)
+        result.load_cpu_share = (
+            max((a - b) / elapsed for a, b in zip(load_cpu_after, load_cpu_before, strict=True))
+            if elapsed > 0
+            else 0.0
+        )
+        load.ask({"cmd": "close"})
+    finally:
+        load.quit()
+        system.stop()
+    return result
+
+
+def print_table(results: list[Result]) -> None:
+    cols = [
+        "system",
+        "N",
+        "connects/s",
+        "KB/conn",
+        "deliveries/s",
+        "CPU us/deliv",
+        "p50 ms",
+        "p99 ms",
+        "lost",
+        "load CPU",
+    ]
+    rows = [
+        [
+            r.system,
+            str(r.n),
+            f"{r.connects_per_s:,.0f}",
+            f"{r.kb_per_conn:.1f}",
+            f"{r.deliveries_per_s:,.0f}",
+            f"{r.cpu_us_per_delivery:.1f}",
+            f"{r.p50_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            str(r.lost),
+            f"{r.load_cpu_share:.0%}",
+        ]
+        for r in results
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    print(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+    )
+    for row in rows:
+        print(
+            "  ".join(
+                v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    for r in results:
+        if r.notes:
+            print(f"  note ({r.system}, N={r.n}): {'; '.join(r.notes)}")
+
+
+def print_ratios(results: list[Result]) -> None:
+    by_system = {r.system: r for r in results}
+    project = by_system.get("project")
+    if project is None:
+        return
+    for name, base in by_system.items():
+        if name == "project":
+            continue
+        parts = [
+            f"deliveries/s {project.deliveries_per_s / base.deliveries_per_s:.2f}x"
+            if base.deliveries_per_s
+            else "",
+            f"CPU/delivery {project.cpu_us_per_delivery / base.cpu_us_per_delivery:.2f}x"
+            if base.cpu_us_per_delivery
+            else "",
+            f"time to all (p50) {project.p50_ms / base.p50_ms:.2f}x" if base.p50_ms else "",
+            f"KB/conn {project.kb_per_conn / base.kb_per_conn:.2f}x" if base.kb_per_conn > 0 else "",
+            f"connects/s {project.connects_per_s / base.connects_per_s:.2f}x" if base.connects_per_s else "",
+        ]
+        print(f"  project / {name}: " + ", ".join(p for p in parts if p))
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[Any], str]:
+    from broadcaster.embedded_redis import server_binary
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", default="1000,5000,10000", help="comma-separated client counts")
+    parser.add_argument("--quick", action="store_true", help="small N and short runs (the test suite's mode)")
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS)
+    )
+    parser.add_argument("--loaders", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--burst", type=int, default=20, help="messages in the burst")
+    parser.add_argument(
+        "--samples", type=int, default=15, help="single messages for the time-to-all percentiles"
+    )
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument(
+        "--plot", type=Path, help="write a PNG plot of deliveries/s against N (needs matplotlib)"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.burst, args.samples = "200", 5, 3
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ns = [int(x) for x in args.n.split(",")]
+    if max(ns) * 2 + 1000 > hard:
+        print(f"warning: the open-file hard limit is {hard}; N={max(ns)} needs about {max(ns) * 2 + 1000}")
+    print(
+        f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"open-file limit {hard}; {args.loaders} load processes; burst {args.burst} x {MESSAGE_BYTES} B; "
+        f"{args.samples} single messages for time-to-all"
+    )
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    redis_proc, redis_url = start_redis(workdir)
+    results: list[Result] = []
+    try:
+        for n in ns:
+            batch = []
+            for name in args.systems.split(","):
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import redis,sys; redis.Redis.from_url(sys.argv[1]).flushall()",
+                        redis_url,
+                    ],
+                    check=True,
+                )
+                batch.append(
+                    measure(
+                        SYSTEMS[name](name, redis_url, workdir),
+                        n,
+                        loaders=args.loaders,
+                        burst=args.burst,
+                        samples=args.samples,
+                    )
+                )
+            print()
+            print_table(batch)
+            print_ratios(batch)
+            sys.stdout.flush()
+            results.extend(batch)
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.plot:
+        from bench.plot import plot
+
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
