@@ -11,9 +11,9 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol
-from broadcaster.asgi_send import SCOPE_UNSENT_KEY, UnsentProbe, send_now
 from broadcaster.hub import get_hub
 from broadcaster.protocol import CloseCode
+from broadcaster.transport import SCOPE_LINK_KEY, DirectLink, send_now
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
     joined = False
     closing = False
-    unsent: UnsentProbe | None = None
+    link: DirectLink | None = None
     max_unsent = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -53,7 +53,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
             await self.close(code=CloseCode.TRY_AGAIN_LATER)
             return
-        self.unsent = self.scope.get(SCOPE_UNSENT_KEY)
+        self.link = self.scope.get(SCOPE_LINK_KEY)
         self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
         self.joined = True
         get_hub().add(self)
@@ -88,7 +88,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         them when the configured layer has no fast path."""
         self.write(protocol.send_event(event["frame"]))
 
-    def write(self, message: dict[str, Any]) -> None:
+    def write(self, message: dict[str, Any], frame: bytes | None = None) -> None:
         """Called by the hub for each frame; never waits for the client.
 
         A client that stops reading is closed with SLOW_CONSUMER once the server holds more
@@ -96,7 +96,11 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         """
         if self.closing:
             return
-        if self.unsent is not None and self.unsent() > self.max_unsent:
+        link = self.link
+        if link is None:
+            send_now(self.base_send, message)
+            return
+        if link.unsent() > self.max_unsent:
             self.closing = True
             logger.warning(
                 "Closing receiver %s: slow consumer, over %d bytes unsent", self._peer(), self.max_unsent
@@ -104,7 +108,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             get_hub().slow_consumer_dropped()
             send_now(self.base_send, protocol.close_event(CloseCode.SLOW_CONSUMER))
             return
-        send_now(self.base_send, message)
+        if frame is None or not link.write_frame(frame):
+            send_now(self.base_send, message)
 
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)

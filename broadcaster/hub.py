@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import protocol, store
 from broadcaster.presence import Presence, withdraw_now
+from broadcaster.transport import text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ class Receiver(Protocol):
 
     channel_name: str
 
-    def write(self, message: dict[str, Any]) -> None:
-        """Queue one ASGI send message for the client without waiting; must not raise."""
+    def write(self, message: dict[str, Any], frame: bytes | None = None) -> None:
+        """Queue one ASGI send message for the client without waiting.
+
+        `frame` is the same text already framed as WebSocket bytes, for a direct write.
+        """
 
 
 class Hub:
@@ -95,13 +99,16 @@ class Hub:
     def _flush(self) -> None:
         frames, self._pending = self._pending, []
         frame = frames[0] if len(frames) == 1 else protocol.batch_frame(frames)
-        self.write_all(protocol.send_event(frame), list(self.receivers))
+        self.write_all(frame, list(self.receivers))
 
-    def write_all(self, message: dict[str, Any], receivers: list[Receiver]) -> None:
-        """Write one message to each receiver; a failing one never stops the others."""
+    def write_all(self, frame: str, receivers: list[Receiver]) -> None:
+        """Write one text frame to each receiver, encoded and framed once for all of them;
+        a failing receiver never stops the others."""
+        message = protocol.send_event(frame)
+        framed = text_frame(frame.encode())
         for receiver in receivers:
             try:
-                receiver.write(message)
+                receiver.write(message, framed)
             except Exception:
                 logger.exception("Could not write to receiver %s", receiver.channel_name)
 
@@ -181,7 +188,7 @@ class Hub:
             targets = list(self.receivers)
         self._fresh.clear()
         if targets:
-            self.write_all(protocol.send_event(protocol.count_frame(clients=total)), targets)
+            self.write_all(protocol.count_frame(clients=total), targets)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

@@ -15,10 +15,10 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from broadcaster import protocol
-from broadcaster.asgi_send import send_now
 from broadcaster.consumers import ReceiverConsumer
 from broadcaster.hub import get_hub
 from broadcaster.publish import publish
+from broadcaster.transport import send_now, text_frame
 from tests.support import Client, manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,3 +116,12 @@ async def test_client_that_stops_reading_is_dropped_and_others_get_everything(da
     stalled.close()
     r = redis.Redis.from_url(redis_url)
     r.close()
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 100_000])
+def test_text_frame_matches_websockets_serializer(size):
+    """Prebuilt frames are byte-for-byte what the websockets library would send, at every length class."""
+    from websockets.frames import Frame, Opcode
+
+    payload = b"a" * size
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
