@@ -39,6 +39,14 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+$(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
+	$(BIN)/pip install -q -r requirements-bench.txt
+	touch $@
+
+## bench: the full benchmark (N = 1,000, 5,000, 10,000; several minutes); BENCH_ARGS to change
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run $(BENCH_ARGS) --json bench/results/latest.json --plot docs/performance.png
+
 ## stop-redis: shut down this checkout's embedded Redis
 stop-redis: $(VENV)/.installed
 	$(BIN)/python -c "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'broadcast_site.settings'); django.setup(); from django.conf import settings; from broadcaster import embedded_redis; print('stopped' if embedded_redis.stop(settings.VAR_DIR) else 'not running')"

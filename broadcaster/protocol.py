@@ -30,7 +30,8 @@ class CloseCode(enum.IntEnum):
     """WebSocket close codes the server sends, by name.
 
     Daphne (autobahn) may send only 1000 or 3000-4999, so the project's codes are 4xxx,
-    numbered after the HTTP status with the same meaning.
+    numbered after the HTTP status with the same meaning. Pass `int(code)` to daphne:
+    autobahn rejects anything whose type is not exactly int.
     """
 
     NORMAL = 1000
