@@ -452,8 +452,9 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ns = [int(x) for x in args.n.split(",")]
-    if max(ns) * 2 + 1000 > hard:
-        print(f"warning: the open-file hard limit is {hard}; N={max(ns)} needs about {max(ns) * 2 + 1000}")
+    # The server process holds N sockets; each load process N / loaders.
+    if max(ns) + 200 > hard:
+        print(f"warning: open-file hard limit {hard}; N={max(ns)} needs about {max(ns) + 200} per process")
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"open-file limit {hard}; {args.loaders} load processes; burst {args.burst} x {MESSAGE_BYTES} B; "

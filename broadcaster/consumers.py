@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from typing import Any
@@ -34,28 +33,25 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable.
 
-        As Channels' AsyncConsumer.__call__, but with a local channel when the layer has them:
-        receivers are reached only through their group, so their channel needs no Redis
-        subscription of its own.
+        As Channels' AsyncConsumer.__call__, but lighter with the project's layer: the
+        receiver is reached only through its group's fast path (the hub), so its channel
+        needs no Redis subscription and no task reading a queue; only the socket is read.
         """
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
+        new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
         try:
-            new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
             if new_local_channel is not None:
                 self.channel_name = await new_local_channel()
+                while True:
+                    await self.dispatch(await receive())
             else:
                 self.channel_name = await self.channel_layer.new_channel()
-            channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-            await await_many_dispatch([receive, channel_receive], self.dispatch)
+                channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+                await await_many_dispatch([receive, channel_receive], self.dispatch)
         except StopConsumer:
             pass
-        except asyncio.CancelledError:
-            # The server is shutting down: disconnect() will not run.
-            if self.joined:
-                get_hub().discard(self)
-            raise
         except (RedisError, OSError) as exc:
             if getattr(self, "channel_name", None) is not None:
                 raise
@@ -64,6 +60,13 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
             await send(protocol.close_event(CloseCode.TRY_AGAIN_LATER))
+        finally:
+            # Also on cancel (server shutdown), when disconnect() does not run.
+            if self.joined:
+                self.joined = False
+                get_hub().discard(self)
+            if new_local_channel is not None and getattr(self, "channel_name", None):
+                self.channel_layer.forget_local_channel(self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs each handler directly. Channels' dispatch first closes stale database
@@ -77,16 +80,20 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
+        self.link = self.scope.get(SCOPE_LINK_KEY)
+        self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
+        # Into the hub before the group: with the fast path, every broadcast that reaches
+        # this process from now on is written to this receiver by the hub.
+        self.joined = True
+        get_hub().add(self)
         try:
             await self.channel_layer.group_add(protocol.BROADCAST_GROUP, self.channel_name)
         except (RedisError, OSError) as exc:
             logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
+            self.joined = False
+            get_hub().discard(self)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
             return
-        self.link = self.scope.get(SCOPE_LINK_KEY)
-        self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
-        self.joined = True
-        get_hub().add(self)
         logger.info("Receiver connected: %s", self._peer())
 
     async def disconnect(self, code: int) -> None:

@@ -64,17 +64,12 @@ class FanoutLoopLayer(RedisPubSubLoopLayer):
         self.local_channels.add(channel)
         return channel
 
-    async def receive(self, channel: str) -> Any:
-        """As the parent's; a local channel is forgotten on cancel with no Redis UNSUBSCRIBE."""
-        if channel not in self.local_channels:
-            return await super().receive(channel)
-        try:
-            data = await self.channels[channel].get()
-        except asyncio.CancelledError:
-            self.channels.pop(channel, None)
-            self.local_channels.discard(channel)
-            raise
-        return self.channel_layer.deserialize(data)
+    def forget_local_channel(self, channel: str) -> None:
+        """Called when the consumer of a local channel ends."""
+        self.channels.pop(channel, None)
+        self.local_channels.discard(channel)
+        for members in self.groups.values():
+            members.discard(channel)
 
     def set_fast_path(self, group: str, fast_path: FastPath | None) -> None:
         """Hand `group`'s messages to `fast_path` once per message (None removes it)."""

@@ -1,0 +1,37 @@
+"""The benchmark's quick mode runs in the suite, so it never rots (numbers are for people)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.bench
+
+
+def test_quick_bench_runs_every_system_and_loses_nothing(tmp_path):
+    """All four systems connect 200 clients, deliver every message, and the table and ratios print."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert [(r["system"], r["n"], r["connected"], r["lost"]) for r in results] == [
+        ("project", 200, 200, 0),
+        ("original (gather)", 200, 200, 0),
+        ("websockets.broadcast()", 200, 200, 0),
+        ("channels tutorial", 200, 200, 0),
+    ]
+    for r in results:
+        assert r["deliveries_per_s"] > 0 and r["connects_per_s"] > 0 and r["p50_ms"] > 0, r
+    assert "project / original (gather): deliveries/s " in done.stdout
+    assert "project / channels tutorial: deliveries/s " in done.stdout
