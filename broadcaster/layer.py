@@ -11,6 +11,7 @@ Members the fast path does not own still get the message through their queue.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any, Protocol
 
@@ -21,6 +22,8 @@ from channels_redis.pubsub import (
 )
 from channels_redis.utils import _wrap_close, decode_hosts
 
+logger = logging.getLogger(__name__)
+
 
 class FastPath(Protocol):
     """A process-local receiver of one group's messages (the hub)."""
@@ -29,6 +32,17 @@ class FastPath(Protocol):
 
     def deliver(self, event: dict[str, Any]) -> None:
         """Called once per group message, with the decoded event. Must not block."""
+
+
+class _NoQueue:
+    """Stands in for the queue of a local channel, whose consumer reads only its socket."""
+
+    def put_nowait(self, data: bytes) -> None:
+        # Only reachable if a local channel joined a group without a fast path.
+        logger.error("Dropped a message for a local channel: its group has no fast path")
+
+
+_NO_QUEUE: Any = _NoQueue()
 
 
 class FanoutChannelLayer(RedisPubSubChannelLayer):
@@ -60,7 +74,8 @@ class FanoutLoopLayer(RedisPubSubLoopLayer):
         `new_channel`, it costs no Redis SUBSCRIBE on connect (nor UNSUBSCRIBE on close),
         and `send()` from another process does not reach it."""
         channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
-        self.channels[channel] = asyncio.Queue()
+        # No queue (a kilobyte per connection): the fast path writes to the consumer.
+        self.channels[channel] = _NO_QUEUE
         self.local_channels.add(channel)
         return channel
 

@@ -126,5 +126,6 @@ class LinkMiddleware:
         link = daphne_link(send)
         if link is not None:
             link.transport.setTcpNoDelay(True)
-            scope = {**scope, SCOPE_LINK_KEY: link}
+            # In place, not a copy: daphne builds a scope per connection and keeps no other use.
+            scope[SCOPE_LINK_KEY] = link
         await self.app(scope, receive, send)
