@@ -112,6 +112,12 @@ BROADCAST_PRESENCE_TTL = env.get_float("BROADCAST_PRESENCE_TTL", 30.0, minimum=3
 # How often, at most, a listener is told that the client count changed.
 BROADCAST_COUNT_INTERVAL = env.get_float("BROADCAST_COUNT_INTERVAL", 1.0, minimum=0.05)
 
+# Broadcasts kept for clients that reconnect (`?since=`): the newest COUNT, none older than
+# AGE seconds. A client that connects without `since` is sent the newest message if it is
+# younger than LATEST_AGE seconds (the current announcement).
+BROADCAST_HISTORY_COUNT = env.get_int("BROADCAST_HISTORY_COUNT", 1000, minimum=1)
+BROADCAST_HISTORY_AGE = env.get_float("BROADCAST_HISTORY_AGE", 86400.0, minimum=1.0)
+BROADCAST_LATEST_AGE = env.get_float("BROADCAST_LATEST_AGE", 3600.0, minimum=0.0)
 # A receiver for which the server holds more unsent output than this (it stopped reading)
 # is closed with SLOW_CONSUMER (4408) instead of growing the server's memory.
 BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576, minimum=1024)

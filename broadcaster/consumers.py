@@ -15,8 +15,10 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol
+from broadcaster.history import Entry
 from broadcaster.hub import get_hub
 from broadcaster.protocol import CloseCode
+from broadcaster.resume import Backlog, catch_up, resume_point
 from broadcaster.transport import SCOPE_LINK_KEY, DirectLink, send_now
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     joined = False
     closing = False
     link: DirectLink | None = None
+    held: list[Entry] | None = None
     max_unsent = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -82,19 +85,39 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         await self.accept()
         self.link = self.scope.get(SCOPE_LINK_KEY)
         self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
+        resume = resume_point(self.scope.get("query_string", b""))
+        # Live messages are held while history is read, so none falls between the two.
+        self.held = []
         # Into the hub before the group: with the fast path, every broadcast that reaches
         # this process from now on is written to this receiver by the hub.
         self.joined = True
         get_hub().add(self)
         try:
             await self.channel_layer.group_add(protocol.BROADCAST_GROUP, self.channel_name)
+            backlog = await catch_up(resume)
         except (RedisError, OSError) as exc:
             logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
             self.joined = False
             get_hub().discard(self)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
             return
+        self._release(backlog)
         logger.info("Receiver connected: %s", self._peer())
+
+    def _release(self, backlog: Backlog) -> None:
+        """Send the reset notice and kept messages, then what was held, then go live."""
+        held, self.held = self.held or [], None
+        last = backlog.after
+        frames = [protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)] if backlog.reset else []
+        for entry in [*backlog.entries, *held]:
+            if entry.seq > last or entry.epoch != backlog.epoch:
+                frames.append(entry.frame)
+                last = entry.seq
+        if frames:
+            send_now(
+                self.base_send,
+                protocol.send_event(frames[0] if len(frames) == 1 else protocol.batch_frame(frames)),
+            )
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, by either side, for any reason."""
@@ -120,18 +143,21 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         await self.close(code=int(code))
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
-        """Called for a broadcast (layer event `broadcast.message`) that did not take the
-        hub's fast path: one that arrived before this consumer joined the hub, or all of
-        them when the configured layer has no fast path."""
-        self.write(protocol.send_event(event["frame"]))
+        """Called for each broadcast (layer event `broadcast.message`) when the configured
+        layer has no fast path for the hub."""
+        entry = Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"])
+        self.write(protocol.send_event(entry.frame), None, [entry])
 
-    def write(self, message: dict[str, Any], frame: bytes | None = None) -> None:
+    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:
         """Called by the hub for each frame; never waits for the client.
 
         A client that stops reading is closed with SLOW_CONSUMER once the server holds more
         than BROADCAST_MAX_UNSENT_BYTES unsent for it, so it cannot grow memory without bound.
         """
         if self.closing:
+            return
+        if self.held is not None and entries:
+            self.held.extend(entries)  # catching up: _release sends these in order
             return
         link = self.link
         if link is None:

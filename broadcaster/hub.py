@@ -30,6 +30,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol, store
+from broadcaster.history import Entry, group_history
 from broadcaster.presence import Presence, withdraw_now
 from broadcaster.transport import text_frame
 
@@ -41,10 +42,11 @@ class Receiver(Protocol):
 
     channel_name: str
 
-    def write(self, message: dict[str, Any], frame: bytes | None = None) -> None:
+    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:
         """Queue one ASGI send message for the client without waiting.
 
-        `frame` is the same text already framed as WebSocket bytes, for a direct write.
+        `frame` is the same text already framed as WebSocket bytes, for a direct write;
+        `entries` are the numbered messages it carries (none for a count update).
         """
 
 
@@ -59,7 +61,12 @@ class Hub:
         self.fast_path = False
         self.slow_disconnects = 0
         self._fresh: set[Receiver] = set()
-        self._pending: list[str] = []
+        self._pending: list[Entry] = []
+        # The numbering this process has delivered up to: (epoch, seq).
+        self.epoch: str | None = None
+        self.last_seq = 0
+        self._repairing: asyncio.Task[None] | None = None
+        self._held: list[Entry] = []
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reported_to: str | None = None
@@ -91,24 +98,95 @@ class Hub:
         self.fast_path = True
 
     def deliver(self, event: dict[str, Any]) -> None:
-        """Called by the channel layer once per broadcast that reaches this process."""
+        """Called by the channel layer once per broadcast that reaches this process.
+
+        Keeps the numbering whole: a duplicate is dropped; a gap (a publisher that died
+        between history and the live send, or a lost Redis subscription) is filled from
+        history before anything newer goes out.
+        """
+        self._accept(Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"]))
+
+    def _accept(self, entry: Entry) -> None:
+        if self._repairing is not None:
+            self._held.append(entry)
+            return
+        if entry.epoch != self.epoch:
+            if self.epoch is not None:
+                # Redis lost its data and numbering restarted: all of the new epoch is new here.
+                logger.warning("Broadcast numbering restarted (epoch %s -> %s)", self.epoch, entry.epoch)
+                self._repair(entry, epoch=entry.epoch, after=0)
+                return
+            self.epoch, self.last_seq = entry.epoch, entry.seq - 1
+        if entry.seq <= self.last_seq:
+            return
+        if entry.seq > self.last_seq + 1:
+            self._repair(entry, epoch=entry.epoch, after=self.last_seq)
+            return
+        self._emit(entry)
+
+    def _emit(self, entry: Entry) -> None:
+        self.last_seq = entry.seq
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(event["frame"])
+        self._pending.append(entry)
+
+    def _repair(self, entry: Entry | None, *, epoch: str, after: int) -> None:
+        if entry is not None:
+            self._held.append(entry)
+        self._repairing = asyncio.get_running_loop().create_task(self._fill(epoch=epoch, after=after))
+
+    async def _fill(self, *, epoch: str, after: int) -> None:
+        try:
+            kept = await group_history(store.shared_client()).since(after)
+        except RedisError as exc:
+            logger.warning("Could not fill a gap after seq %d from history: %s", after, exc)
+            kept = None
+        self._repairing = None
+        if kept is not None and kept.epoch == epoch:
+            self.epoch, self.last_seq = epoch, after
+            first = kept.entries[0].seq if kept.entries else kept.last + 1
+            if first > after + 1:
+                logger.warning(
+                    "Messages %d-%d are no longer kept; clients are told to reset", after + 1, first - 1
+                )
+                self.write_all(protocol.reset_frame(epoch=epoch, seq=kept.last), list(self.receivers))
+                self.last_seq = first - 1
+            for kept_entry in kept.entries:
+                self._emit(kept_entry)
+        held, self._held = self._held, []
+        for entry in held:
+            self._accept(entry)
+
+    async def check_history(self) -> None:
+        """Called about once a second: catches up with anything published that never arrived
+        live here (the Redis subscription was down), even when nothing follows it."""
+        if self._repairing is not None or self.epoch is None:
+            return
+        head = await group_history(store.shared_client()).since(self.last_seq)
+        if head.epoch is None:
+            return
+        if head.epoch != self.epoch:
+            if self._repairing is None:
+                self._repair(None, epoch=head.epoch, after=0)
+        elif head.last > self.last_seq and self._repairing is None:
+            for entry in head.entries:
+                self._accept(entry)
 
     def _flush(self) -> None:
-        frames, self._pending = self._pending, []
+        entries, self._pending = self._pending, []
+        frames = [e.frame for e in entries]
         frame = frames[0] if len(frames) == 1 else protocol.batch_frame(frames)
-        self.write_all(frame, list(self.receivers))
+        self.write_all(frame, list(self.receivers), entries)
 
-    def write_all(self, frame: str, receivers: list[Receiver]) -> None:
+    def write_all(self, frame: str, receivers: list[Receiver], entries: list[Entry] | None = None) -> None:
         """Write one text frame to each receiver, encoded and framed once for all of them;
         a failing receiver never stops the others."""
         message = protocol.send_event(frame)
         framed = text_frame(frame.encode())
+        numbered = entries or []
         for receiver in receivers:
             try:
-                receiver.write(message, framed)
+                receiver.write(message, framed, numbered)
             except Exception:
                 logger.exception("Could not write to receiver %s", receiver.channel_name)
 
@@ -167,6 +245,9 @@ class Hub:
                     self._dirty.set()
                 else:
                     self._push_count(total)
+                    if self.fast_path:
+                        with contextlib.suppress(RedisError):
+                            await self.check_history()
                 if not self.receivers:
                     await presence.withdraw(server_id=self.server_id)
                     if not self.receivers:

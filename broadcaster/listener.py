@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -28,24 +29,50 @@ def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> 
     return ceiling / 2 + rng() * ceiling / 2
 
 
+class Receiver:
+    """Turns frames into lines, remembering the last seq seen so a reconnect resumes there."""
+
+    def __init__(self) -> None:
+        self.seq: int | None = None
+        self.epoch: str | None = None
+
+    def url(self, base: str) -> str:
+        """`base` with the resume point, once something has been seen."""
+        if self.seq is None:
+            return base
+        query = urlencode({"since": self.seq, **({"epoch": self.epoch} if self.epoch else {})})
+        return f"{base}{'&' if '?' in base else '?'}{query}"
+
+    def render(self, frame: str) -> list[str]:
+        """The lines to print for one frame from the server (a batch holds several)."""
+        try:
+            obj = json.loads(frame)
+        except ValueError:
+            return [f"(unreadable frame: {frame[:80]!r})"]
+        return self._render(obj)
+
+    def _render(self, obj: Any) -> list[str]:
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind == protocol.FRAME_MESSAGE:
+            seq, epoch = obj.get("seq"), obj.get("epoch")
+            if isinstance(seq, int):
+                if epoch == self.epoch and self.seq is not None and seq <= self.seq:
+                    return []  # seen already
+                self.seq, self.epoch = seq, epoch
+            return [f"[{_local_time(obj.get('time'))}] {obj.get('text', '')}"]
+        if kind == protocol.FRAME_BATCH:
+            return [line for item in obj.get("messages", []) for line in self._render(item)]
+        if kind == protocol.FRAME_COUNT:
+            return [f"Total clients: {obj.get('clients')}"]
+        if kind == protocol.FRAME_RESET:
+            self.seq, self.epoch = None, obj.get("epoch")
+            return ["(Some messages were missed: they are no longer kept.)"]
+        return []
+
+
 def render(frame: str) -> list[str]:
-    """The lines to print for one frame from the server (a batch holds several)."""
-    try:
-        obj = json.loads(frame)
-    except ValueError:
-        return [f"(unreadable frame: {frame[:80]!r})"]
-    return _render(obj)
-
-
-def _render(obj: Any) -> list[str]:
-    kind = obj.get("type") if isinstance(obj, dict) else None
-    if kind == protocol.FRAME_MESSAGE:
-        return [f"[{_local_time(obj.get('time'))}] {obj.get('text', '')}"]
-    if kind == protocol.FRAME_BATCH:
-        return [line for item in obj.get("messages", []) for line in _render(item)]
-    if kind == protocol.FRAME_COUNT:
-        return [f"Total clients: {obj.get('clients')}"]
-    return []
+    """The lines to print for one frame, for a receiver that has seen nothing before."""
+    return Receiver().render(frame)
 
 
 def _local_time(iso: object) -> str:
@@ -58,15 +85,16 @@ def _local_time(iso: object) -> str:
 
 
 async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str], None]) -> None:
-    """Receive from `url` forever, reconnecting after every loss; cancel to stop."""
+    """Receive from `url` forever, reconnecting (and resuming) after every loss; cancel to stop."""
     attempt = 0
+    receiver = Receiver()
     while True:
         try:
-            async with websockets.connect(url, open_timeout=10) as ws:
+            async with websockets.connect(receiver.url(url), open_timeout=10) as ws:
                 attempt = 0
                 status(f"Connected to {url}")
                 async for frame in ws:
-                    for line in render(frame if isinstance(frame, str) else frame.decode()):
+                    for line in receiver.render(frame if isinstance(frame, str) else frame.decode()):
                         out(line)
                 reason = f"closed by the server (code {ws.close_code})"
         except InvalidURI as exc:

@@ -18,6 +18,7 @@ BROADCAST_EVENT = "broadcast.message"
 # Frame types a client sees.
 FRAME_MESSAGE = "message"
 FRAME_BATCH = "batch"
+FRAME_RESET = "reset"
 FRAME_COUNT = "count"
 FRAME_PONG = "pong"
 FRAME_ERROR = "error"
@@ -41,10 +42,13 @@ class CloseCode(enum.IntEnum):
 
 
 class BroadcastEvent(TypedDict):
-    """A broadcast as it travels through the channel layer: the client frame, encoded once."""
+    """A broadcast as it travels through the channel layer: the client frame, encoded once,
+    and its number, so server processes can spot a gap without decoding the frame."""
 
     type: str
     frame: str
+    seq: int
+    epoch: str
 
 
 def dumps(obj: dict[str, Any]) -> str:
@@ -52,9 +56,19 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_frame(*, id: str, text: str, time: str) -> str:
+def message_frame(*, seq: int, epoch: str, id: str, text: str, time: str) -> str:
     """The frame every receiver gets for one broadcast."""
-    return dumps({"type": FRAME_MESSAGE, "id": id, "text": text, "time": time})
+    return dumps({"type": FRAME_MESSAGE, "seq": seq, "epoch": epoch, "id": id, "text": text, "time": time})
+
+
+# In a frame from message_frame(seq=0, epoch=""): where history.py's script puts the real ones.
+SEQ_PLACEHOLDER = '"seq":0,"epoch":""'
+
+
+def reset_frame(*, epoch: str | None, seq: int) -> str:
+    """Tells a resuming client that messages it has not seen are no longer kept (or that the
+    numbering restarted): what follows is all that is kept, and `seq` is the newest now."""
+    return dumps({"type": FRAME_RESET, "epoch": epoch, "seq": seq})
 
 
 def batch_frame(frames: list[str]) -> str:
@@ -90,9 +104,9 @@ def close_event(code: CloseCode) -> dict[str, Any]:
     return {"type": "websocket.close", "code": int(code)}
 
 
-def broadcast_event(*, frame: str) -> BroadcastEvent:
+def broadcast_event(*, frame: str, seq: int, epoch: str) -> BroadcastEvent:
     """The channel-layer event that carries an already-encoded message frame."""
-    return {"type": BROADCAST_EVENT, "frame": frame}
+    return {"type": BROADCAST_EVENT, "frame": frame, "seq": seq, "epoch": epoch}
 
 
 def parse_client_frame(text: str | None) -> str | None:

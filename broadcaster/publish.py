@@ -15,6 +15,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol, store
+from broadcaster.history import group_history
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class BrokerUnavailable(PublishError):
 
 @dataclass(frozen=True)
 class Published:
-    """A message that went out: its id and time as the receivers see them."""
+    """A message that went out: its number, id and time as the receivers see them."""
 
+    seq: int
+    epoch: str
     id: str
     text: str
     time: str
@@ -59,22 +62,24 @@ def validate(text: str) -> str:
 async def publish(*, text: str, sender: str) -> Published:
     """Send `text` to every connected receiver, on every server process.
 
+    Two steps, in this order: number and keep it (one atomic Lua script), then send it live.
+    A publisher that dies between them leaves a kept message that was never live: server
+    processes notice the gap in the numbers and fill it from history (broadcaster/hub.py).
     The frame is encoded here, once; server processes pass it through unchanged.
     """
     validate(text)
-    published = Published(
-        id=uuid.uuid4().hex,
-        text=text,
-        time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    )
-    frame = protocol.message_frame(id=published.id, text=text, time=published.time)
-    layer = get_channel_layer()
+    id = uuid.uuid4().hex
+    time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     try:
-        await layer.group_send(protocol.BROADCAST_GROUP, protocol.broadcast_event(frame=frame))
+        entry = await group_history(store.shared_client()).append(id=id, text=text, time=time)
+        await get_channel_layer().group_send(
+            protocol.BROADCAST_GROUP,
+            protocol.broadcast_event(frame=entry.frame, seq=entry.seq, epoch=entry.epoch),
+        )
     except (RedisError, OSError) as exc:
         logger.warning("Broadcast from %s failed: Redis unreachable: %s", sender, exc)
         raise BrokerUnavailable(
             f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent."
         ) from exc
-    logger.info("Broadcast %s from %s: %d characters", published.id, sender, len(text))
-    return published
+    logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
+    return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time)

@@ -5,6 +5,8 @@ Settings are read at call time, so tests and commands can point at another Redis
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -48,3 +50,18 @@ def client() -> aioredis.Redis:
     return aioredis.Redis.from_url(
         redis_url(), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aioredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_client() -> aioredis.Redis:
+    """One client (a connection pool) per event loop and Redis URL, for the hot paths."""
+    loop = asyncio.get_running_loop()
+    url = redis_url()
+    found = _shared.get(loop)
+    if found is None or found[0] != url:
+        found = _shared[loop] = (url, client())
+    return found[1]

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_batch_frame_joins_encoded_frames_verbatim():
     """A batch is the encoded frames joined as they are, and decodes to them in order."""
-    frames = [protocol.message_frame(id=str(i), text=f"m{i} é", time="t") for i in range(3)]
+    frames = [protocol.message_frame(seq=i, epoch="e", id=str(i), text=f"m{i} é", time="t") for i in range(3)]
     batch = protocol.batch_frame(frames)
     assert json.loads(batch) == {"type": "batch", "messages": [json.loads(f) for f in frames]}
 
@@ -69,7 +69,8 @@ async def test_consumers_in_one_process_take_the_fast_path():
             frame = json.loads(await comm.receive_from(timeout=5))
             while frame["type"] == "count":
                 frame = json.loads(await comm.receive_from(timeout=5))
-            assert frame == {"type": "message", "id": sent.id, "text": "fast", "time": sent.time}
+            assert frame == {"type": "message", "seq": sent.seq, "epoch": sent.epoch, "id": sent.id,
+                             "text": "fast", "time": sent.time}  # fmt: skip
         for comm in comms:
             await comm.disconnect()
         await hub.stop()

@@ -9,8 +9,12 @@
   var empty = document.getElementById("empty");
   var count = document.getElementById("count");
   var state = document.getElementById("state");
+  var notice = document.getElementById("notice");
   var attempt = 0;
   var retryTimer = null;
+  // The last message seen, to resume from after a reconnect (docs/PROTOCOL.md, "Resuming").
+  var lastSeq = null;
+  var epoch = null;
 
   function setState(name, text) {
     state.dataset.state = name;
@@ -18,6 +22,11 @@
   }
 
   function showMessage(frame) {
+    if (typeof frame.seq === "number") {
+      if (frame.epoch === epoch && lastSeq !== null && frame.seq <= lastSeq) return;  // seen already
+      lastSeq = frame.seq;
+      epoch = frame.epoch;
+    }
     var item = document.createElement("li");
     item.dataset.id = frame.id || "";
     var time = document.createElement("time");
@@ -38,6 +47,12 @@
     if (frame.type === "message") showMessage(frame);
     else if (frame.type === "batch") frame.messages.forEach(showMessage);
     else if (frame.type === "count") count.textContent = String(frame.clients);
+    else if (frame.type === "reset") {
+      lastSeq = null;
+      epoch = frame.epoch;
+      notice.hidden = false;
+      notice.textContent = "Some messages were missed while you were away: they are no longer kept.";
+    }
   }
 
   function delayMs() {
@@ -48,7 +63,9 @@
   function connect() {
     retryTimer = null;
     setState("connecting", "connecting…");
-    var ws = new WebSocket(url);
+    var resume = lastSeq === null ? "" :
+      "?since=" + lastSeq + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
+    var ws = new WebSocket(url + resume);
     ws.onopen = function () { attempt = 0; setState("open", "connected"); };
     ws.onmessage = onFrame;
     ws.onclose = function () {

@@ -1,0 +1,74 @@
+"""What a connecting receiver is owed from history: `?since=N&epoch=E`, or the latest message.
+
+Kept apart from the consumer so it can be tested without a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from django.conf import settings
+
+from broadcaster import store
+from broadcaster.history import Entry, group_history
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a client says it stopped: the last seq it saw, under which epoch (if it knows)."""
+
+    since: int
+    epoch: str | None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What to send before going live: maybe a reset notice, then kept entries after `after`."""
+
+    entries: list[Entry]
+    epoch: str | None
+    last: int
+    after: int
+    reset: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def resume_point(query_string: bytes) -> ResumePoint | None:
+    """Parse `since` (a whole number >= 0) and `epoch` from a query string; None if absent or bad."""
+    query = parse_qs(query_string.decode("latin-1"))
+    raw = query.get("since", [None])[0]
+    if raw is None:
+        return None
+    try:
+        since = int(raw)
+    except ValueError:
+        logger.warning("Ignoring since=%r: not a whole number", raw)
+        return None
+    if since < 0:
+        return None
+    return ResumePoint(since=since, epoch=query.get("epoch", [None])[0] or None)
+
+
+async def catch_up(point: ResumePoint | None) -> Backlog:
+    """The backlog for a client resuming at `point`, or for a new client (the latest message
+    if it is younger than BROADCAST_LATEST_AGE)."""
+    history = group_history(store.shared_client())
+    if point is None:
+        kept = await history.since(0, max_age=settings.BROADCAST_LATEST_AGE)
+        latest = kept.entries[-1:]
+        after = latest[0].seq - 1 if latest else kept.last
+        return Backlog(entries=latest, epoch=kept.epoch, last=kept.last, after=after)
+    kept = await history.since(point.since)
+    numbering_changed = point.epoch is not None and point.epoch != kept.epoch
+    if numbering_changed or point.since > kept.last:
+        # The client's numbering is not this one (Redis lost its data): send all that is kept.
+        everything = await history.since(0)
+        return Backlog(entries=everything.entries, epoch=everything.epoch, last=everything.last, after=0,
+                       reset=bool(point.since or numbering_changed))  # fmt: skip
+    first = kept.entries[0].seq if kept.entries else kept.last + 1
+    return Backlog(entries=kept.entries, epoch=kept.epoch, last=kept.last, after=point.since,
+                   reset=first > point.since + 1)  # fmt: skip
