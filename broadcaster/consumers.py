@@ -31,6 +31,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     closing = False
     link: DirectLink | None = None
     held: list[Entry] | None = None
+    # (epoch, seq) of the last message sent to this client.
+    sent: tuple[str | None, int] = (None, 0)
     max_unsent = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -107,17 +109,23 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     def _release(self, backlog: Backlog) -> None:
         """Send the reset notice and kept messages, then what was held, then go live."""
         held, self.held = self.held or [], None
-        last = backlog.after
-        frames = [protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)] if backlog.reset else []
-        for entry in [*backlog.entries, *held]:
-            if entry.seq > last or entry.epoch != backlog.epoch:
-                frames.append(entry.frame)
-                last = entry.seq
-        if frames:
+        if backlog.reset:
             send_now(
                 self.base_send,
-                protocol.send_event(frames[0] if len(frames) == 1 else protocol.batch_frame(frames)),
+                protocol.send_event(protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)),
             )
+        self.sent = (backlog.epoch, backlog.after)
+        self._send_entries([*backlog.entries, *held])
+
+    def _send_entries(self, entries: list[Entry]) -> None:
+        """Send the entries this client has not had yet, in one frame."""
+        epoch, last = self.sent
+        fresh = [e for e in entries if e.epoch != epoch or e.seq > last]
+        if fresh:
+            frames = [e.frame for e in fresh]
+            frame = frames[0] if len(frames) == 1 else protocol.batch_frame(frames)
+            send_now(self.base_send, protocol.send_event(frame))
+            self.sent = (fresh[-1].epoch, fresh[-1].seq)
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, by either side, for any reason."""
@@ -156,9 +164,15 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         """
         if self.closing:
             return
-        if self.held is not None and entries:
-            self.held.extend(entries)  # catching up: _release sends these in order
-            return
+        if entries:
+            if self.held is not None:
+                self.held.extend(entries)  # catching up: _release sends these in order
+                return
+            epoch, last = self.sent
+            if entries[0].seq <= last and entries[0].epoch == epoch:
+                self._send_entries(entries)  # some were sent already (from history): not twice
+                return
+            self.sent = (entries[-1].epoch, entries[-1].seq)
         link = self.link
         if link is None:
             send_now(self.base_send, message)

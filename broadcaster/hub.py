@@ -67,6 +67,9 @@ class Hub:
         self.last_seq = 0
         self._repairing: asyncio.Task[None] | None = None
         self._held: list[Entry] = []
+        # Whether (epoch, last_seq) were read from history, rather than taken from the first
+        # live message (which may itself come after a gap).
+        self.baseline_known = False
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reported_to: str | None = None
@@ -111,7 +114,7 @@ class Hub:
             self._held.append(entry)
             return
         if entry.epoch != self.epoch:
-            if self.epoch is not None:
+            if self.epoch is not None or self.baseline_known:
                 # Redis lost its data and numbering restarted: all of the new epoch is new here.
                 logger.warning("Broadcast numbering restarted (epoch %s -> %s)", self.epoch, entry.epoch)
                 self._repair(entry, epoch=entry.epoch, after=0)
@@ -160,9 +163,12 @@ class Hub:
     async def check_history(self) -> None:
         """Called about once a second: catches up with anything published that never arrived
         live here (the Redis subscription was down), even when nothing follows it."""
-        if self._repairing is not None or self.epoch is None:
+        if self._repairing is not None:
             return
         head = await group_history(store.shared_client()).since(self.last_seq)
+        if not self.baseline_known and self.epoch is None:
+            self.epoch, self.last_seq, self.baseline_known = head.epoch, head.last, True
+            return
         if head.epoch is None:
             return
         if head.epoch != self.epoch:
@@ -251,6 +257,9 @@ class Hub:
                 if not self.receivers:
                     await presence.withdraw(server_id=self.server_id)
                     if not self.receivers:
+                        # With no receivers the group is unsubscribed: what is known of the
+                        # numbering goes stale, and is read again when receivers return.
+                        self.epoch, self.last_seq, self.baseline_known = None, 0, False
                         return
                 # Coalesce: whatever changes during this pause goes out in one update,
                 # and other processes' changes are picked up within one interval.
