@@ -89,3 +89,52 @@ async def test_tab_reconnects_after_server_restart(browser, daphne, env_for, red
     done = await asyncio.to_thread(manage, ["broadcast", "-m", "after restart"], env=env_for(redis_url))
     assert done.returncode == 0, done.stderr
     await expect(tab.locator("#messages li .text")).to_have_text(["after restart"], timeout=15_000)
+
+
+async def test_tab_offline_then_online_shows_every_message_once_in_order(browser, daphne, env_for, redis_url):
+    """A tab goes offline, messages are sent, it comes back: each shows once, in order."""
+    server = daphne()
+    context = await browser.new_context()
+    tab = await context.new_page()
+    await tab.goto(server.http + "/")
+    await expect(tab.locator("#state")).to_have_attribute("data-state", "open", timeout=15_000)
+    done = await asyncio.to_thread(manage, ["broadcast", "-m", "before"], env=env_for(redis_url))
+    assert done.returncode == 0, done.stderr
+    await expect(tab.locator("#messages li .text")).to_have_text(["before"], timeout=15_000)
+
+    await context.set_offline(True)
+    # Offline emulation does not cut an open WebSocket in Chromium: restart the server too,
+    # so the tab really loses its connection while the messages go out.
+    await asyncio.to_thread(server.stop)
+    await expect(tab.locator("#state")).to_have_attribute("data-state", "closed", timeout=15_000)
+    missed = [f"while away {i}" for i in range(5)]
+    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(missed))
+    assert done.returncode == 0, done.stderr
+    await asyncio.to_thread(server.start)
+    await context.set_offline(False)
+    await expect(tab.locator("#state")).to_have_attribute("data-state", "open", timeout=30_000)
+    newest_first = [*reversed(missed), "before"]
+    await expect(tab.locator("#messages li .text")).to_have_text(newest_first, timeout=15_000)
+    done = await asyncio.to_thread(manage, ["broadcast", "-m", "live again"], env=env_for(redis_url))
+    assert done.returncode == 0, done.stderr
+    await expect(tab.locator("#messages li .text")).to_have_text(
+        ["live again", *newest_first], timeout=15_000
+    )
+    await expect(tab.locator("#notice")).to_be_hidden()
+    await context.close()
+
+
+async def test_tab_too_far_behind_shows_reset_notice(browser, daphne, env_for, redis_url):
+    """When what a tab missed is no longer kept, it says so visibly."""
+    server = daphne(BROADCAST_HISTORY_COUNT="2")
+    env = env_for(redis_url, BROADCAST_HISTORY_COUNT="2")
+    tab = await open_tab(browser, server.http + "/", [])
+    assert (await asyncio.to_thread(manage, ["broadcast", "-m", "first"], env=env)).returncode == 0
+    await expect(tab.locator("#messages li .text")).to_have_text(["first"], timeout=15_000)
+    await asyncio.to_thread(server.stop)
+    await expect(tab.locator("#state")).to_have_attribute("data-state", "closed", timeout=15_000)
+    done = await asyncio.to_thread(manage, ["broadcast"], env=env, stdin="a\nb\nc\nd\n")
+    assert done.returncode == 0, done.stderr
+    await asyncio.to_thread(server.start)
+    await expect(tab.locator("#notice")).to_be_visible(timeout=30_000)
+    await expect(tab.locator("#messages li .text")).to_have_text(["d", "c", "first"], timeout=15_000)
