@@ -115,8 +115,10 @@ class Hub:
             return
         if entry.epoch != self.epoch:
             if self.epoch is not None or self.baseline_known:
-                # Redis lost its data and numbering restarted: all of the new epoch is new here.
-                logger.warning("Broadcast numbering restarted (epoch %s -> %s)", self.epoch, entry.epoch)
+                # A numbering this process has not seen from its start (the first message
+                # ever, or Redis lost its data): all of it is new here.
+                if self.epoch is not None:
+                    logger.warning("Broadcast numbering restarted (epoch %s -> %s)", self.epoch, entry.epoch)
                 self._repair(entry, epoch=entry.epoch, after=0)
                 return
             self.epoch, self.last_seq = entry.epoch, entry.seq - 1

@@ -120,3 +120,15 @@ async def test_health_and_receivers_when_redis_is_down(daphne, dead_redis_url):
     assert client.ws.close_code == 4503
     assert "Refusing receiver" in server.log()
     assert "Traceback" not in server.log()
+
+
+async def test_server_raises_open_file_limit_and_logs_capacity(daphne):
+    """At start-up the soft open-file limit is raised to the hard one, and the capacity logged."""
+    import resource
+
+    server = daphne()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with open(f"/proc/{server.proc.pid}/limits") as f:
+        line = next(row for row in f if row.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)]
+    assert f"Open-file limit {hard}: room for about {hard - 64} connections" in server.log()
