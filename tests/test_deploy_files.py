@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import yaml
 
@@ -29,7 +31,11 @@ def test_compose_runs_redis_and_daphne_on_real_entry_points():
     assert "python manage.py migrate --noinput" in inner
     app = re.search(r"daphne .* (\S+:\S+)$", inner).group(1)
     module, attr = app.split(":")
-    assert getattr(importlib.import_module(module), attr) is not None
+    # In a child process: importing the ASGI module prepares a server process (GC, limits).
+    probe = f"import importlib; assert getattr(importlib.import_module({module!r}), {attr!r})"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DJANGO_SECRET_KEY": "x" * 50})  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def test_compose_and_env_example_name_only_real_settings():
