@@ -159,6 +159,10 @@ class Hub:
             for kept_entry in kept.entries:
                 self._emit(kept_entry)
         held, self._held = self._held, []
+        if kept is None and held:
+            # History is unreachable: send what did arrive rather than wait (and retry) for
+            # what did not; resuming clients still get the rest from history later.
+            self.epoch, self.last_seq = held[0].epoch, held[0].seq - 1
         for entry in held:
             self._accept(entry)
 
