@@ -143,8 +143,9 @@ class Hub:
     async def _fill(self, *, epoch: str, after: int) -> None:
         try:
             kept = await group_history(store.shared_client()).since(after)
-        except RedisError as exc:
-            logger.warning("Could not fill a gap after seq %d from history: %s", after, exc)
+        except Exception as exc:
+            # Whatever went wrong, held messages must not wait forever: they go out below.
+            logger.warning("Could not fill a gap after seq %d from history: %r", after, exc)
             kept = None
         self._repairing = None
         if kept is not None and kept.epoch == epoch:
