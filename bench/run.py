@@ -37,6 +37,8 @@ from typing import Any
 
 import psutil
 
+from broadcaster import protocol
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MESSAGE_BYTES = 100
@@ -101,7 +103,7 @@ class System:
         self.servers: list[subprocess.Popen[Any]] = []
         self.ports: list[int] = []
         self.publisher: subprocess.Popen[Any] | None = None
-        self.path = "/ws/broadcast/"
+        self.path = protocol.RECEIVER_PATH
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_"))}

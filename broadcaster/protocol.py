@@ -9,6 +9,9 @@ import enum
 import json
 from typing import Any, TypedDict
 
+# Where receivers connect.
+RECEIVER_PATH = "/ws/broadcast/"
+
 # The channel-layer group every receiver joins.
 BROADCAST_GROUP = "broadcast"
 

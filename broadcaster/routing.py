@@ -1,11 +1,61 @@
-"""WebSocket URL routes."""
+"""The ASGI application's routing: HTTP to Django, WebSockets to the receiver endpoint.
+
+`Router` has no coroutine frame of its own: each call returns the coroutine of the
+application that handles the connection. Channels' ProtocolTypeRouter, OriginValidator and
+URLRouter, stacked with a middleware, each kept a frame (and URLRouter a copy of the scope)
+alive for the whole life of every WebSocket: about 2 KB per connection, measured with
+tracemalloc at 2,000 connections.
+"""
 
 from __future__ import annotations
 
-from django.urls import path
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from broadcaster import protocol
 from broadcaster.consumers import ReceiverConsumer
+from broadcaster.origin import OriginCheck
+from broadcaster.transport import SCOPE_LINK_KEY, daphne_link
 
-websocket_urlpatterns = [
-    path("ws/broadcast/", ReceiverConsumer.as_asgi()),
-]
+logger = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class Router:
+    """The project's ASGI application."""
+
+    # asgiref takes a plain (not async) __call__ for the old double-callable style.
+    _asgi_single_callable = True
+
+    def __init__(self, *, http: ASGIApp, origins: OriginCheck) -> None:
+        self.http = http
+        self.origins = origins
+
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        if scope["type"] == "http":
+            return self.http(scope, receive, send)
+        if scope["type"] == "websocket":
+            return self.websocket(scope, receive, send)
+        raise ValueError(f"No application for ASGI scope type {scope['type']!r}")
+
+    def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        """A WebSocket handshake: the receiver endpoint, or a refusal (HTTP 403)."""
+        if scope["path"] != protocol.RECEIVER_PATH:
+            logger.warning("Refused WebSocket handshake: no endpoint at %s", scope["path"])
+            return _deny(receive, send)
+        if not self.origins.allows(scope):
+            return _deny(receive, send)
+        link = daphne_link(send)
+        if link is not None:
+            # Twisted leaves Nagle's algorithm on; with delayed ACKs it holds small frames back.
+            link.transport.setTcpNoDelay(True)
+            # In place, not a copy: daphne builds a scope per connection and keeps no other use.
+            scope[SCOPE_LINK_KEY] = link
+        return ReceiverConsumer()(scope, receive, send)
+
+
+async def _deny(receive: Any, send: Any) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.close"})  # before accept: the server answers 403

@@ -4,9 +4,9 @@ Two ways, fastest first:
 
 1. `DirectLink` (daphne only): the same WebSocket frame bytes, built once per broadcast
    (server-to-client frames are unmasked, so every client's are identical), written straight
-   to the connection's socket, or to Twisted's buffer when the socket is busy. Found by
-   `LinkMiddleware`, which also turns on TCP_NODELAY: Twisted leaves Nagle's algorithm on,
-   which with delayed ACKs holds a small frame back for up to 40 ms.
+   to the connection's socket, or to Twisted's buffer when the socket is busy. Found by the
+   router (broadcaster/routing.py), which also turns on TCP_NODELAY: Twisted leaves Nagle's
+   algorithm on, which with delayed ACKs holds a small frame back for up to 40 ms.
 2. `send_now` (any ASGI server): steps the `send` coroutine directly instead of a task per
    connection. Daphne's `send` never suspends; if another server's does (backpressure),
    the rest runs in a task, so no connection stalls the others.
@@ -114,18 +114,3 @@ def daphne_link(send: Any) -> DirectLink | None:
     if not all(hasattr(protocol, name) for name in ("state", "STATE_OPEN", "send_queue")):
         return None
     return DirectLink(protocol, transport)
-
-
-class LinkMiddleware:
-    """Outermost WebSocket middleware: TCP_NODELAY, and the DirectLink in the scope if any."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        link = daphne_link(send)
-        if link is not None:
-            link.transport.setTcpNoDelay(True)
-            # In place, not a copy: daphne builds a scope per connection and keeps no other use.
-            scope[SCOPE_LINK_KEY] = link
-        await self.app(scope, receive, send)

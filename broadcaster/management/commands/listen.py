@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from broadcaster import protocol
 from broadcaster.listener import listen
 
 
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        url = options["url"] or f"ws://127.0.0.1:{os.environ.get('PORT', '8000')}/ws/broadcast/"
+        url = options["url"] or f"ws://127.0.0.1:{os.environ.get('PORT', '8000')}{protocol.RECEIVER_PATH}"
 
         def out(line: str) -> None:
             self.stdout.write(line)
