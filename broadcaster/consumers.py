@@ -179,10 +179,13 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             return
         if link.unsent() > self.max_unsent:
             self.closing = True
+            dropped = get_hub().slow_consumer_dropped()
             logger.warning(
-                "Closing receiver %s: slow consumer, over %d bytes unsent", self._peer(), self.max_unsent
+                "Closing receiver %s: slow consumer, over %d bytes unsent (%d dropped by this process)",
+                self._peer(),
+                self.max_unsent,
+                dropped,
             )
-            get_hub().slow_consumer_dropped()
             send_now(self.base_send, protocol.close_event(CloseCode.SLOW_CONSUMER))
             return
         if frame is None or not link.write_frame(frame):

@@ -203,9 +203,10 @@ class Hub:
             except Exception:
                 logger.exception("Could not write to receiver %s", receiver.channel_name)
 
-    def slow_consumer_dropped(self) -> None:
-        """Called when a receiver is closed for reading too slowly."""
+    def slow_consumer_dropped(self) -> int:
+        """Called when a receiver is closed for reading too slowly; returns how many so far."""
         self.slow_disconnects += 1
+        return self.slow_disconnects
 
     def _changed(self) -> None:
         self._dirty.set()

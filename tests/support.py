@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,12 +264,3 @@ class Client:
             await self.ws.close()
         if self.task is not None:
             await self.task
-
-
-@contextlib.contextmanager
-def running(*servers: Daphne) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for server in servers:
-            server.stop()
