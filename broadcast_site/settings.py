@@ -122,6 +122,10 @@ BROADCAST_LATEST_AGE = env.get_float("BROADCAST_LATEST_AGE", 3600.0, minimum=0.0
 # is closed with SLOW_CONSUMER (4408) instead of growing the server's memory.
 BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576, minimum=1024)
 
+# The publish API allows each token this many broadcasts per window of WINDOW seconds.
+BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)
+BROADCAST_API_RATE_WINDOW = env.get_int("BROADCAST_API_RATE_WINDOW", 60, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import websockets
+from channels.layers import get_channel_layer
+
+from broadcaster.protocol import BROADCAST_GROUP
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,3 +268,27 @@ class Client:
             await self.ws.close()
         if self.task is not None:
             await self.task
+
+
+class Subscriber:
+    """Reads what reaches the broadcast group's Redis channel, decoded by the real layer."""
+
+    def __init__(self, url: str) -> None:
+        layer = get_channel_layer()
+        self.layer = layer
+        self.pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(f"asgi__group__{BROADCAST_GROUP}")
+
+    def texts(self, n: int, timeout: float = 10) -> list[str]:
+        import json
+
+        got: list[str] = []
+
+        def more() -> bool:
+            msg = self.pubsub.get_message(timeout=0.1)
+            if msg is not None:
+                got.append(json.loads(self.layer.deserialize(msg["data"])["frame"])["text"])
+            return len(got) >= n
+
+        wait_until(more, timeout=timeout, what=f"{n} published messages", poll=0)
+        return got

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import pty
@@ -12,38 +13,12 @@ import threading
 
 import pytest
 import redis
-from channels.layers import get_channel_layer
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from broadcaster.presence import Presence
-from broadcaster.protocol import BROADCAST_GROUP
 from tests.conftest import point_django_at
-from tests.support import ROOT, manage, wait_until
-
-
-class Subscriber:
-    """Reads what reaches the broadcast group's Redis channel, decoded by the real layer."""
-
-    def __init__(self, url: str) -> None:
-        layer = get_channel_layer()
-        self.layer = layer
-        self.pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(f"asgi__group__{BROADCAST_GROUP}")
-
-    def texts(self, n: int, timeout: float = 10) -> list[str]:
-        import json
-
-        got: list[str] = []
-
-        def more() -> bool:
-            msg = self.pubsub.get_message(timeout=0.1)
-            if msg is not None:
-                got.append(json.loads(self.layer.deserialize(msg["data"])["frame"])["text"])
-            return len(got) >= n
-
-        wait_until(more, timeout=timeout, what=f"{n} published messages", poll=0)
-        return got
+from tests.support import ROOT, Subscriber, manage, wait_until
 
 
 def run_command(*args: str, stdin: str = "") -> tuple[str, str]:
@@ -178,10 +153,22 @@ def test_ctrl_c_on_terminal_is_a_clean_exit(env_for, redis_url):
         os.execve(sys.executable, [sys.executable, "manage.py", "broadcast"], env_for(redis_url))
     screen = PtyOutput(fd)
     try:
-        screen.wait_for("broadcast> ", timeout=20)
+        # The prompt as redrawn after the first count notice: the console is fully up.
+        screen.wait_for("Total clients: 0\r\nbroadcast> ", timeout=20)
         os.write(fd, b"\x03")  # Ctrl-C
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        reaped: list[int] = []
+
+        def exited() -> bool:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                reaped.append(status)
+            return bool(done)
+
+        wait_until(exited, timeout=15, what=f"an exit after Ctrl-C; screen: {screen.data[-300:]!r}")
+        assert os.waitstatus_to_exitcode(reaped[0]) == 0
     finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
         os.close(fd)
     assert b"Traceback" not in screen.data

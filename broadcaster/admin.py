@@ -1,0 +1,28 @@
+"""Admin: publish tokens (created with their secret shown once, revocable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django.utils import timezone
+
+from broadcaster.models import PublishToken
+
+
+@admin.register(PublishToken)
+class PublishTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "created", "revoked"]
+    search_fields = ["name"]
+    actions = ["revoke"]
+
+    def save_model(self, request: HttpRequest, obj: PublishToken, form: Any, change: bool) -> None:
+        if not change:
+            secret = obj.issue_secret()
+            messages.warning(request, f"Secret for {obj.name} (shown once, copy it now): {secret}")
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        queryset.filter(revoked__isnull=True).update(revoked=timezone.now())

@@ -1,0 +1,40 @@
+"""Database models: the API's publish tokens (and the send permission)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.db import models
+from django.utils import timezone
+
+
+def hash_secret(secret: str) -> str:
+    """Tokens are 256 random bits, so one SHA-256 suffices (unlike passwords); only this is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class PublishToken(models.Model):
+    """A bearer token another service uses with POST /api/broadcasts/."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="Recorded as the sender.")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    revoked = models.DateTimeField(null=True, blank=True, help_text="Set to revoke the token.")
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("send_broadcast", "Can send broadcasts")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def issue_secret(self) -> str:
+        """Give the token a new secret and return it; it is shown once and stored only hashed."""
+        secret = secrets.token_urlsafe(32)
+        self.secret_hash = hash_secret(secret)
+        return secret
+
+    @property
+    def sender(self) -> str:
+        return f"api:{self.name}"

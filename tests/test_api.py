@@ -1,0 +1,115 @@
+"""POST /api/broadcasts/: every status code, the rate limit, and tokens stored only hashed."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.test import AsyncClient, override_settings
+
+from broadcaster.models import PublishToken, hash_secret
+from tests.conftest import point_django_at
+from tests.support import Subscriber
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/api/broadcasts/"
+
+
+@pytest.fixture
+def secret() -> str:
+    out = io.StringIO()
+    call_command("create_publish_token", "billing", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Token 'billing' created. Its secret, shown this once:"
+    return lines[1]
+
+
+async def post(body: object, *, secret: str | None = None, raw: bytes | None = None):
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    data = raw if raw is not None else json.dumps(body).encode()
+    return await AsyncClient().post(URL, data=data, content_type="application/json", headers=headers)
+
+
+async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
+    """A good request publishes through the one publish path and says what went out."""
+    sub = Subscriber(redis_url)
+    response = await post({"text": "from billing"}, secret=secret)
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"id", "seq", "time", "clients"}
+    assert (body["seq"], body["clients"]) == (1, 0)
+    assert sub.texts(1) == ["from billing"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "error"),
+    [
+        (b"{not json", 400, "The body is not JSON."),
+        (b'{"text": 5}', 400, 'Send a JSON object with a string "text".'),
+        (b'["text"]', 400, 'Send a JSON object with a string "text".'),
+        (b'{"text": "   "}', 400, "The message is empty."),
+    ],
+)
+async def test_400_for_malformed_bodies(secret, raw, status, error):
+    """Malformed JSON, a wrong type and an empty text each get a JSON error."""
+    response = await post(None, secret=secret, raw=raw)
+    assert (response.status_code, response.json()) == (status, {"error": error})
+
+
+async def test_413_over_the_size_limit(secret):
+    """Text over BROADCAST_MAX_LENGTH is refused with 413 and the limit named."""
+    with override_settings(BROADCAST_MAX_LENGTH=5):
+        response = await post({"text": "123456"}, secret=secret)
+    assert (response.status_code, response.json()) == (
+        413,
+        {"error": "The message is 6 characters long; the limit is 5 (BROADCAST_MAX_LENGTH)."},
+    )
+
+
+async def test_401_missing_or_unknown_token_and_403_revoked(secret):
+    """No token or a wrong one: 401 with WWW-Authenticate; a revoked one: 403."""
+    missing = await post({"text": "x"})
+    assert (missing.status_code, missing["WWW-Authenticate"]) == (401, "Bearer")
+    wrong = await post({"text": "x"}, secret="not-a-token")
+    assert (wrong.status_code, wrong.json()) == (401, {"error": "Unknown token."})
+    from django.utils import timezone
+
+    await PublishToken.objects.filter(name="billing").aupdate(revoked=timezone.now())
+    revoked = await post({"text": "x"}, secret=secret)
+    assert (revoked.status_code, revoked.json()) == (403, {"error": "This token was revoked."})
+
+
+async def test_429_with_retry_after_past_the_rate_limit(secret):
+    """The third send in a window of two is refused with Retry-After."""
+    with override_settings(BROADCAST_API_RATE_LIMIT=2, BROADCAST_API_RATE_WINDOW=60):
+        codes = [(await post({"text": f"n{i}"}, secret=secret)).status_code for i in range(2)]
+        limited = await post({"text": "one too many"}, secret=secret)
+    assert codes == [201, 201]
+    assert limited.status_code == 429
+    assert 1 <= int(limited["Retry-After"]) <= 60
+
+
+async def test_503_when_redis_is_down(secret, dead_redis_url):
+    """With Redis unreachable the API answers 503 naming it; nothing is sent."""
+    point_django_at(dead_redis_url)
+    response = await post({"text": "x"}, secret=secret)
+    assert response.status_code == 503
+    assert response.json()["error"].startswith(f"Cannot reach Redis at {dead_redis_url}: ")
+
+
+def test_secret_is_stored_only_hashed(secret):
+    """The database holds the SHA-256 of the secret, never the secret."""
+    token = PublishToken.objects.get(name="billing")
+    assert token.secret_hash == hash_secret(secret)
+    assert secret not in {token.secret_hash, token.name}
+
+
+def test_duplicate_name_is_a_clear_error(secret):
+    """Creating a second token with the same name fails with a message."""
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="exists already"):
+        call_command("create_publish_token", "billing", stdout=io.StringIO())
