@@ -30,6 +30,21 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.get_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
+# --- HTTPS (production) ----------------------------------------------------------------
+# With debug off the site assumes it is served over HTTPS (usually behind a proxy that sets
+# X-Forwarded-Proto): cookies are secure-only. HSTS and the HTTP->HTTPS redirect are opt-in,
+# because enabling HSTS carelessly cannot be undone quickly; docs list the production values.
+SESSION_COOKIE_SECURE = env.get_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env.get_int("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.get_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env.get_bool("DJANGO_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env.get_bool("DJANGO_SSL_REDIRECT", False)
+if env.get_bool("DJANGO_BEHIND_HTTPS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# /health/ is probed over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -76,3 +76,17 @@ def test_bad_value_at_start_up_names_variable(tmp_path):
         1,
         "Configuration error: Config 'BROADCAST_MAX_LENGTH' has value 'lots'. Not a valid integer.\n",
     )
+
+
+def test_check_deploy_passes_with_the_documented_production_variables(tmp_path):
+    """`manage.py check --deploy` has nothing to say with the README's production settings."""
+    env = {"PATH": "/usr/bin:/bin", "BROADCAST_VAR_DIR": str(tmp_path), "DJANGO_DEBUG": "0",
+           "DJANGO_SECRET_KEY": "k3y-" + "Zq8xW2vR7pL0mN5bT9yU4sA1dF6gH3jK" * 2,
+           "DJANGO_ALLOWED_HOSTS": "broadcast.example.com", "DJANGO_BEHIND_HTTPS_PROXY": "1",
+           "DJANGO_SSL_REDIRECT": "1", "DJANGO_HSTS_SECONDS": "31536000",
+           "DJANGO_HSTS_INCLUDE_SUBDOMAINS": "1", "DJANGO_HSTS_PRELOAD": "1"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout + done.stderr
