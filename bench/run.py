@@ -166,6 +166,10 @@ class System:
 
 class Project(System):
     def start(self) -> None:
+        # The console records each broadcast in the log: it needs a migrated database.
+        subprocess.run(
+            [PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env(), check=True
+        )
         self.daphne("broadcast_site.asgi:application", self.env())
         self.publisher = subprocess.Popen(
             [PY, "manage.py", "broadcast"],

@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils import timezone
 
-from broadcaster.models import PublishToken
+from broadcaster.models import BroadcastRecord, PublishToken
 
 
 @admin.register(PublishToken)
@@ -26,3 +26,22 @@ class PublishTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
         queryset.filter(revoked__isnull=True).update(revoked=timezone.now())
+
+
+@admin.register(BroadcastRecord)
+class BroadcastRecordAdmin(admin.ModelAdmin):
+    """The broadcast log: read-only, searchable, filterable by date, sender and status."""
+
+    list_display = ["created", "sender", "status", "clients", "seq", "text"]
+    list_filter = ["status", "created", "sender"]
+    search_fields = ["text", "sender"]
+    date_hierarchy = "created"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -13,7 +13,6 @@ from redis.exceptions import RedisError
 
 from broadcaster import ratelimit, store
 from broadcaster.models import PublishToken, hash_secret
-from broadcaster.presence import Presence
 from broadcaster.publish import BrokerUnavailable, EmptyMessage, MessageTooLong, publish, validate
 
 logger = logging.getLogger(__name__)
@@ -71,10 +70,11 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
             return error(
                 429, "Too many broadcasts; retry later.", **{"Retry-After": str(verdict.retry_after)}
             )
-        clients = await Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL).total()
         sent = await publish(text=text, sender=token.sender)
     except (RedisError, OSError) as exc:
         return error(503, f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent.")
     except BrokerUnavailable as exc:
         return error(503, str(exc))
-    return JsonResponse({"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": clients}, status=201)
+    return JsonResponse(
+        {"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients}, status=201
+    )

@@ -1,4 +1,4 @@
-"""Database models: the API's publish tokens (and the send permission)."""
+"""Database models: the broadcast log, and the API's publish tokens (and the send permission)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,27 @@ class PublishToken(models.Model):
     @property
     def sender(self) -> str:
         return f"api:{self.name}"
+
+
+class BroadcastRecord(models.Model):
+    """One broadcast, from any path, whether it went out or not (the broadcast log)."""
+
+    SENT = "sent"
+    FAILED = "failed"
+
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    sender = models.CharField(
+        max_length=150, db_index=True, help_text="console:<user>, api:<token> or a user."
+    )
+    text = models.TextField()
+    status = models.CharField(max_length=10, choices=[(SENT, "sent"), (FAILED, "failed")])
+    clients = models.PositiveIntegerField(null=True, help_text="Clients connected when it was sent.")
+    seq = models.PositiveBigIntegerField(null=True, help_text="Its number in the broadcast history.")
+    message_id = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.created:%Y-%m-%d %H:%M:%S} {self.sender}: {self.text[:50]}"

