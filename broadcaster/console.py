@@ -20,7 +20,7 @@ from django.core.management.base import OutputWrapper
 from redis.exceptions import RedisError
 
 from broadcaster import store
-from broadcaster.presence import Presence
+from broadcaster.presence import group_presence
 from broadcaster.publish import BrokerUnavailable, PublishError, publish
 
 logger = logging.getLogger(__name__)
@@ -66,33 +66,26 @@ class Screen:
 
 async def check_redis() -> None:
     """Fail with one clear line when Redis cannot be reached."""
-    redis = store.client()
     try:
-        await redis.ping()
+        await store.shared_client().ping()
     except (RedisError, OSError) as exc:
         raise ConsoleError(f"Cannot reach Redis at {store.display_url()}: {exc}") from exc
-    finally:
-        await redis.aclose()
 
 
 async def watch_count(screen: Screen) -> None:
     """Print "Total clients: N" whenever the global count changes, at most once per interval."""
-    redis = store.client()
-    presence = Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL)
+    presence = group_presence(store.shared_client())
     last: int | None = None
-    try:
-        while True:
-            try:
-                total = await presence.total()
-            except (RedisError, OSError) as exc:
-                logger.debug("Count unavailable: %s", exc)
-            else:
-                if total != last:
-                    screen.notice(f"Total clients: {total}")
-                    last = total
-            await asyncio.sleep(settings.BROADCAST_COUNT_INTERVAL)
-    finally:
-        await redis.aclose()
+    while True:
+        try:
+            total = await presence.total()
+        except (RedisError, OSError) as exc:
+            logger.debug("Count unavailable: %s", exc)
+        else:
+            if total != last:
+                screen.notice(f"Total clients: {total}")
+                last = total
+        await asyncio.sleep(settings.BROADCAST_COUNT_INTERVAL)
 
 
 def line_reader(stdin: IO[str], *, interactive: bool) -> Callable[[], Awaitable[str]]:

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import protocol, store
 from broadcaster.history import Entry, group_history
-from broadcaster.presence import Presence, withdraw_now
+from broadcaster.presence import group_presence, withdraw_now
 from broadcaster.transport import text_frame
 
 logger = logging.getLogger(__name__)
@@ -233,8 +233,7 @@ class Hub:
         interval: float = settings.BROADCAST_COUNT_INTERVAL
         ttl: float = settings.BROADCAST_PRESENCE_TTL
         self._reported_to = store.redis_url()
-        redis = store.client()
-        presence = Presence(redis, ttl=ttl)
+        presence = group_presence(store.shared_client())
         # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
         atexit.register(self._withdraw_at_exit)
         loop = asyncio.get_running_loop()
@@ -276,7 +275,6 @@ class Hub:
             logger.warning("Could not withdraw from presence: %s", exc)
         finally:
             atexit.unregister(self._withdraw_at_exit)
-            await redis.aclose()
 
     def _push_count(self, total: int) -> None:
         if total == self.total:

@@ -78,6 +78,13 @@ class Presence:
         await self._withdraw(keys=self._keys, args=[server_id])
 
 
+def group_presence(redis: aioredis.Redis) -> Presence:
+    """The broadcast group's presence, with the configured TTL (read at call time)."""
+    from django.conf import settings
+
+    return Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL)
+
+
 def withdraw_now(url: str, *, server_id: str, group: str = BROADCAST_GROUP) -> None:
     """Forget `server_id` from plain synchronous code (an exiting process, no event loop)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)

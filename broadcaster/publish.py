@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from broadcaster import protocol, store
 from broadcaster.history import group_history
 from broadcaster.models import BroadcastRecord
-from broadcaster.presence import Presence
+from broadcaster.presence import group_presence
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ async def publish(*, text: str, sender: str) -> Published:
     time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     redis = store.shared_client()
     try:
-        clients = await Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL).total()
+        clients = await group_presence(redis).total()
         entry = await group_history(redis).append(id=id, text=text, time=time)
     except (RedisError, OSError) as exc:
         logger.warning("Broadcast from %s failed: Redis unreachable: %s", sender, exc)

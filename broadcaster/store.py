@@ -45,8 +45,7 @@ def display_url() -> str:
     return url
 
 
-def client() -> aioredis.Redis:
-    """A new asyncio Redis client; the caller closes it with `await client.aclose()`."""
+def _new_client() -> aioredis.Redis:
     return aioredis.Redis.from_url(
         redis_url(), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
@@ -58,10 +57,11 @@ _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aioredi
 
 
 def shared_client() -> aioredis.Redis:
-    """One client (a connection pool) per event loop and Redis URL, for the hot paths."""
+    """The client (a connection pool) of the running event loop for the Redis in force: one
+    per process in daphne and in each command, shared by presence, history and health."""
     loop = asyncio.get_running_loop()
     url = redis_url()
     found = _shared.get(loop)
     if found is None or found[0] != url:
-        found = _shared[loop] = (url, client())
+        found = _shared[loop] = (url, _new_client())
     return found[1]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from redis.exceptions import RedisError
 
 from broadcaster import store
-from broadcaster.presence import Presence
+from broadcaster.presence import group_presence
 
 
 def receiver_page(request: HttpRequest) -> HttpResponse:
@@ -18,14 +17,12 @@ def receiver_page(request: HttpRequest) -> HttpResponse:
 
 async def health(request: HttpRequest) -> JsonResponse:
     """200 with the global client count when Redis answers; 503 with the reason otherwise."""
-    redis = store.client()
+    redis = store.shared_client()
     try:
         await redis.ping()
-        clients = await Presence(redis, ttl=settings.BROADCAST_PRESENCE_TTL).total()
+        clients = await group_presence(redis).total()
     except (RedisError, OSError) as exc:
         return JsonResponse(
             {"status": "unavailable", "redis": f"unreachable: {exc}", "clients": None}, status=503
         )
-    finally:
-        await redis.aclose()
     return JsonResponse({"status": "ok", "redis": "ok", "clients": clients})

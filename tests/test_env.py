@@ -53,12 +53,16 @@ def test_database_urls():
         env.database_from_url("mysql://x", base_dir="/srv")
 
 
+def manage_check(tmp_path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`manage.py check ARGS` in a clean environment holding only `variables`."""
+    env = {"PATH": "/usr/bin:/bin", "BROADCAST_VAR_DIR": str(tmp_path), **variables}
+    return subprocess.run([sys.executable, "manage.py", "check", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=env)  # fmt: skip
+
+
 def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):
     """With DJANGO_DEBUG=0 and no DJANGO_SECRET_KEY, the site refuses to start, saying why."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "0", "BROADCAST_VAR_DIR": str(tmp_path)},
-    )  # fmt: skip
+    done = manage_check(tmp_path, DJANGO_DEBUG="0")
     assert (done.returncode, done.stderr) == (
         1,
         "Configuration error: DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off: "
@@ -68,10 +72,7 @@ def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):
 
 def test_bad_value_at_start_up_names_variable(tmp_path):
     """A malformed variable stops manage.py with one line naming it."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "BROADCAST_MAX_LENGTH": "lots", "BROADCAST_VAR_DIR": str(tmp_path)},
-    )  # fmt: skip
+    done = manage_check(tmp_path, BROADCAST_MAX_LENGTH="lots")
     assert (done.returncode, done.stderr) == (
         1,
         "Configuration error: Config 'BROADCAST_MAX_LENGTH' has value 'lots'. Not a valid integer.\n",
@@ -80,13 +81,11 @@ def test_bad_value_at_start_up_names_variable(tmp_path):
 
 def test_check_deploy_passes_with_the_documented_production_variables(tmp_path):
     """`manage.py check --deploy` has nothing to say with the README's production settings."""
-    env = {"PATH": "/usr/bin:/bin", "BROADCAST_VAR_DIR": str(tmp_path), "DJANGO_DEBUG": "0",
-           "DJANGO_SECRET_KEY": "k3y-" + "Zq8xW2vR7pL0mN5bT9yU4sA1dF6gH3jK" * 2,
-           "DJANGO_ALLOWED_HOSTS": "broadcast.example.com", "DJANGO_BEHIND_HTTPS_PROXY": "1",
-           "DJANGO_SSL_REDIRECT": "1", "DJANGO_HSTS_SECONDS": "31536000",
-           "DJANGO_HSTS_INCLUDE_SUBDOMAINS": "1", "DJANGO_HSTS_PRELOAD": "1"}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    done = manage_check(
+        tmp_path, "--deploy", "--fail-level", "WARNING", DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY="k3y-" + "Zq8xW2vR7pL0mN5bT9yU4sA1dF6gH3jK" * 2,
+        DJANGO_ALLOWED_HOSTS="broadcast.example.com", DJANGO_BEHIND_HTTPS_PROXY="1",
+        DJANGO_SSL_REDIRECT="1", DJANGO_HSTS_SECONDS="31536000",
+        DJANGO_HSTS_INCLUDE_SUBDOMAINS="1", DJANGO_HSTS_PRELOAD="1",
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, ""), done.stdout + done.stderr
