@@ -58,21 +58,19 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(400, str(exc))
     except MessageTooLong as exc:
         return error(413, str(exc))
-    redis = store.shared_client()
     try:
         verdict = await ratelimit.hit(
-            redis,
+            store.shared_client(),
             sender=token.sender,
             limit=settings.BROADCAST_API_RATE_LIMIT,
             window=settings.BROADCAST_API_RATE_WINDOW,
         )
-        if not verdict.allowed:
-            return error(
-                429, "Too many broadcasts; retry later.", **{"Retry-After": str(verdict.retry_after)}
-            )
+    except (RedisError, OSError):
+        verdict = None  # Redis is down: publish() reports it and records the broadcast as failed.
+    if verdict is not None and not verdict.allowed:
+        return error(429, "Too many broadcasts; retry later.", **{"Retry-After": str(verdict.retry_after)})
+    try:
         sent = await publish(text=text, sender=token.sender)
-    except (RedisError, OSError) as exc:
-        return error(503, f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent.")
     except BrokerUnavailable as exc:
         return error(503, str(exc))
     return JsonResponse(

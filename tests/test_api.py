@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.test import AsyncClient, override_settings
 
-from broadcaster.models import PublishToken, hash_secret
+from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from tests.conftest import point_django_at
 from tests.support import Subscriber
 
@@ -42,8 +42,6 @@ async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
     assert set(body) == {"id", "seq", "time", "clients"}
     assert (body["seq"], body["clients"]) == (1, 0)
     assert sub.texts(1) == ["from billing"]
-    from broadcaster.models import BroadcastRecord
-
     record = await BroadcastRecord.objects.aget(seq=1)
     assert (record.sender, record.text, record.status, record.message_id) == (
         "api:billing", "from billing", "sent", body["id"])  # fmt: skip
@@ -98,11 +96,13 @@ async def test_429_with_retry_after_past_the_rate_limit(secret):
 
 
 async def test_503_when_redis_is_down(secret, dead_redis_url):
-    """With Redis unreachable the API answers 503 naming it; nothing is sent."""
+    """With Redis unreachable the API answers 503 naming it; the log records it as failed."""
     point_django_at(dead_redis_url)
     response = await post({"text": "x"}, secret=secret)
     assert response.status_code == 503
     assert response.json()["error"].startswith(f"Cannot reach Redis at {dead_redis_url}: ")
+    record = await BroadcastRecord.objects.aget()
+    assert (record.sender, record.text, record.status) == ("api:billing", "x", "failed")
 
 
 def test_secret_is_stored_only_hashed(secret):

@@ -1,0 +1,134 @@
+"""The operator page at /operator/: staff watch the count and the log; permitted staff send.
+
+Inside the Django admin's look (templates/broadcaster/operator.html extends the admin's base).
+Who may do what:
+    anonymous, or a user who is not active staff -> the admin login page (no operator data)
+    staff                                        -> the count and the recent broadcasts
+    staff with broadcaster.send_broadcast        -> also the send form; others' POSTs get 403
+
+The count and the list refresh by polling `operator_status` (JSON, staff only). Polling keeps
+every operator endpoint behind the same session and staff check as the admin itself; the
+receiver WebSocket stays free of auth middleware and of operator data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.dateformat import format as date_format
+from django.utils.timezone import localtime
+from redis.exceptions import RedisError
+
+from broadcaster import store
+from broadcaster.models import BroadcastRecord
+from broadcaster.presence import group_presence
+from broadcaster.publish import BrokerUnavailable, PublishError, publish, validate
+
+logger = logging.getLogger(__name__)
+
+SEND_PERMISSION = "broadcaster.send_broadcast"
+# How many broadcasts the page lists, and how often (ms) it asks for the count and the list.
+RECENT = 20
+REFRESH_MS = 2000
+
+
+async def _staff(request: HttpRequest) -> Any | None:
+    user = await request.auser()
+    return user if user.is_active and user.is_staff else None
+
+
+async def _clients() -> tuple[int | None, str]:
+    """The global client count and "ok", or None and why Redis did not answer."""
+    try:
+        return await group_presence(store.shared_client()).total(), "ok"
+    except (RedisError, OSError) as exc:
+        return None, f"Redis unreachable at {store.display_url()}: {exc}"
+
+
+def _recent_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "time": record.created.isoformat(timespec="seconds"),
+            "when": date_format(localtime(record.created), "Y-m-d H:i:s"),
+            "sender": record.sender,
+            "status": record.status,
+            "clients": record.clients,
+            "text": record.text,
+            "error": record.error,
+        }
+        for record in BroadcastRecord.objects.all()[:RECENT]
+    ]
+
+
+async def operator_status(request: HttpRequest) -> JsonResponse:
+    """JSON for the page's refresh: {clients, redis, recent}; 403 for anyone but active staff."""
+    if await _staff(request) is None:
+        return JsonResponse({"error": "Staff only: log in to the admin."}, status=403)
+    clients, redis = await _clients()
+    recent = await sync_to_async(_recent_rows)()
+    return JsonResponse({"clients": clients, "redis": redis, "recent": recent})
+
+
+async def operator_page(request: HttpRequest) -> HttpResponse:
+    """GET shows the page; POST sends the form's text through the one publish path."""
+    user = await _staff(request)
+    if user is None:
+        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+    can_send = await user.ahas_perm(SEND_PERMISSION)
+    if request.method == "GET":
+        return await _page(request, can_send=can_send)
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    if not can_send:
+        logger.warning("Operator %s tried to send without %s", user.get_username(), SEND_PERMISSION)
+        raise PermissionDenied(f"Sending needs the {SEND_PERMISSION} permission.")
+    # Browsers send a textarea's line breaks as CRLF; receivers and the limit count LF.
+    text = request.POST.get("text", "").replace("\r\n", "\n")
+    try:
+        validate(text)
+    except PublishError as exc:
+        return await _page(request, can_send=True, text=text, error=str(exc), status=400)
+    clients, _ = await _clients()
+    threshold: int = settings.BROADCAST_CONFIRM_ABOVE
+    if clients is not None and clients > threshold and request.POST.get("confirmed") != "yes":
+        # The JS confirm() used the last polled count; this asks again with the count now.
+        return await _page(request, can_send=True, text=text, confirm=clients, status=409)
+    try:
+        sent = await publish(text=text, sender=user.get_username())
+    except BrokerUnavailable as exc:
+        return await _page(request, can_send=True, text=text, error=str(exc), status=503)
+    messages.success(request, f"Sent to {sent.clients} clients (broadcast #{sent.seq}).")
+    return HttpResponseRedirect(reverse("operator"), status=303)
+
+
+async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: str = "",
+                confirm: int | None = None, status: int = 200) -> HttpResponse:  # fmt: skip
+    clients, redis = await _clients()
+
+    def build() -> HttpResponse:
+        context = {
+            **admin.site.each_context(request),
+            "title": "Operator",
+            "clients": clients,
+            "redis": redis,
+            "recent": BroadcastRecord.objects.all()[:RECENT],
+            "can_send": can_send,
+            "text": text,
+            "error": error,
+            "confirm": confirm,
+            "max_length": settings.BROADCAST_MAX_LENGTH,
+            "confirm_above": settings.BROADCAST_CONFIRM_ABOVE,
+            "refresh_ms": REFRESH_MS,
+        }
+        return render(request, "broadcaster/operator.html", context, status=status)
+
+    return await sync_to_async(build)()

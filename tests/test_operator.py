@@ -1,0 +1,184 @@
+"""The operator page's access rules, send path and errors (in-process client, real Redis).
+
+The browser side (login, live count, two receiver tabs) is in tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Permission, User
+from django.test import AsyncClient, override_settings
+
+from broadcaster import store
+from broadcaster.history import group_history
+from broadcaster.models import BroadcastRecord
+from broadcaster.presence import group_presence
+from tests.conftest import point_django_at
+from tests.support import Subscriber
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PAGE = "/operator/"
+STATUS = "/operator/status/"
+
+
+async def client_for(username: str | None, *, staff: bool = True, can_send: bool = False) -> AsyncClient:
+    """A client logged in as a new user (or anonymous for None)."""
+    client = AsyncClient()
+    if username is None:
+        return client
+    user = await User.objects.acreate_user(username, password="pw", is_staff=staff)
+    if can_send:
+        permission = await Permission.objects.aget(codename="send_broadcast")
+        await sync_to_async(user.user_permissions.add)(permission)
+    await client.aforce_login(user)
+    return client
+
+
+async def kept_seqs() -> list[int]:
+    return [entry.seq for entry in (await group_history(store.shared_client()).since(0)).entries]
+
+
+async def test_anonymous_is_sent_to_login_and_gets_no_status():
+    """Anonymous: the page redirects to the admin login; the status JSON is 403."""
+    client = await client_for(None)
+    page = await client.get(PAGE)
+    assert (page.status_code, page["Location"]) == (302, "/admin/login/?next=/operator/")
+    status = await client.get(STATUS)
+    assert (status.status_code, status.json()) == (403, {"error": "Staff only: log in to the admin."})
+
+
+async def test_non_staff_user_gets_no_operator_data_and_cannot_send():
+    """A logged-in user who is not staff is redirected, refused the status, and sends nothing."""
+    await BroadcastRecord.objects.acreate(sender="console:ann", text="secret plan", status="sent", clients=1)
+    client = await client_for("pat", staff=False, can_send=True)
+    page = await client.get(PAGE)
+    assert (page.status_code, page["Location"]) == (302, "/admin/login/?next=/operator/")
+    assert b"secret plan" not in page.content
+    assert (await client.get(STATUS)).status_code == 403
+    sent = await client.post(PAGE, {"text": "let me in"})
+    assert sent.status_code == 302
+    assert await kept_seqs() == []
+    assert await BroadcastRecord.objects.filter(text="let me in").aexists() is False
+
+
+async def test_staff_without_permission_watches_but_cannot_send():
+    """Staff without send_broadcast see the count and log but no form; a forged POST gets 403."""
+    await BroadcastRecord.objects.acreate(sender="console:ann", text="earlier", status="sent", clients=4)
+    client = await client_for("bob")
+    page = await client.get(PAGE)
+    body = page.content.decode()
+    assert page.status_code == 200
+    assert 'id="no-permission"' in body and "<textarea" not in body
+    assert '<td class="sender">console:ann</td>' in body and '<td class="text">earlier</td>' in body
+    forged = await client.post(PAGE, {"text": "forged"})
+    assert forged.status_code == 403
+    assert await kept_seqs() == []
+    assert await BroadcastRecord.objects.filter(text="forged").aexists() is False
+
+
+async def test_permitted_staff_sends_through_the_publish_path(redis_url):
+    """A send goes out on the group, is numbered in history and logged with the user as sender."""
+    sub = Subscriber(redis_url)
+    await group_presence(store.shared_client()).report(server_id="other-process", count=3)
+    client = await client_for("ann", can_send=True)
+    response = await client.post(PAGE, {"text": "line one\r\nline two"})
+    assert (response.status_code, response["Location"]) == (303, "/operator/")
+    assert sub.texts(1) == ["line one\nline two"]
+    record = await BroadcastRecord.objects.aget()
+    assert (record.sender, record.text, record.status, record.clients, record.seq) == (
+        "ann", "line one\nline two", "sent", 3, 1)  # fmt: skip
+    page = await client.get(PAGE)
+    assert "Sent to 3 clients (broadcast #1)." in page.content.decode()
+    status = (await client.get(STATUS)).json()
+    assert (status["clients"], status["redis"]) == (3, "ok")
+    assert [(r["sender"], r["clients"], r["status"], r["text"]) for r in status["recent"]] == [
+        ("ann", 3, "sent", "line one\nline two")
+    ]
+
+
+async def test_markup_is_escaped_in_the_page():
+    """Message text is never HTML on the operator page."""
+    client = await client_for("ann", can_send=True)
+    payload = "<img src=x onerror=alert(1)>"
+    assert (await client.post(PAGE, {"text": payload})).status_code == 303
+    body = (await client.get(PAGE)).content.decode()
+    assert payload not in body
+    assert '<td class="text">&lt;img src=x onerror=alert(1)&gt;</td>' in body
+
+
+async def test_empty_and_too_long_are_refused_and_the_text_is_kept():
+    """Bad input gets the shared error, the form keeps the text, nothing is sent or logged."""
+    client = await client_for("ann", can_send=True)
+    empty = await client.post(PAGE, {"text": "   "})
+    assert empty.status_code == 400
+    assert '<p class="errornote" id="error">The message is empty.</p>' in empty.content.decode()
+    with override_settings(BROADCAST_MAX_LENGTH=5):
+        long = await client.post(PAGE, {"text": "123456"})
+    body = long.content.decode()
+    assert long.status_code == 400
+    assert "The message is 6 characters long; the limit is 5 (BROADCAST_MAX_LENGTH)." in body
+    assert ">123456</textarea>" in body
+    assert await kept_seqs() == []
+    assert await BroadcastRecord.objects.acount() == 0
+
+
+async def test_large_audience_needs_confirmation():
+    """Above BROADCAST_CONFIRM_ABOVE a send without confirmation is held and asked again."""
+    await group_presence(store.shared_client()).report(server_id="other-process", count=3)
+    client = await client_for("ann", can_send=True)
+    with override_settings(BROADCAST_CONFIRM_ABOVE=2):
+        held = await client.post(PAGE, {"text": "to everyone", "confirmed": ""})
+        body = held.content.decode()
+        assert held.status_code == 409
+        assert "This message would reach 3 clients, more than\n      2 (BROADCAST_CONFIRM_ABOVE)." in body
+        assert ">to everyone</textarea>" in body
+        assert await kept_seqs() == []
+        sent = await client.post(PAGE, {"text": "to everyone", "confirmed": "yes"})
+    assert sent.status_code == 303
+    assert await kept_seqs() == [1]
+
+
+async def test_redis_down_is_reported_recorded_and_keeps_the_text(dead_redis_url):
+    """With Redis unreachable the page says nothing was sent, keeps the text and logs a failure."""
+    client = await client_for("ann", can_send=True)
+    point_django_at(dead_redis_url)
+    response = await client.post(PAGE, {"text": "during the outage"})
+    body = response.content.decode()
+    assert response.status_code == 503
+    assert f"Cannot reach Redis at {dead_redis_url}: " in body and "Nothing was sent." in body
+    assert ">during the outage</textarea>" in body
+    record = await BroadcastRecord.objects.aget()
+    assert (record.sender, record.status, record.clients, record.seq) == ("ann", "failed", None, None)
+    assert record.error.startswith(f"Cannot reach Redis at {dead_redis_url}: ")
+    status = await client.get(STATUS)
+    assert status.status_code == 200
+    assert status.json()["clients"] is None
+    assert status.json()["redis"].startswith(f"Redis unreachable at {dead_redis_url}: ")
+
+
+async def test_post_without_csrf_token_is_refused():
+    """The send form is CSRF-protected."""
+    client = AsyncClient(enforce_csrf_checks=True)
+    user = await User.objects.acreate_user("ann", password="pw", is_staff=True, is_superuser=True)
+    await client.aforce_login(user)
+    response = await client.post(PAGE, {"text": "no token"})
+    assert response.status_code == 403
+    assert b"CSRF verification failed" in response.content
+    assert await kept_seqs() == []
+
+
+def test_admin_pages_link_to_the_operator_page(admin_client_for_links):
+    """Every admin page, the index included, links to the operator page for staff."""
+    body = admin_client_for_links.get("/admin/").content.decode()
+    assert '<a id="operator-link" href="/operator/">Operator page</a>' in body
+
+
+@pytest.fixture
+def admin_client_for_links():
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_user("sam", password="pw", is_staff=True))
+    return client
