@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils import timezone
 
-from broadcaster.models import BroadcastRecord, PublishToken
+from broadcaster.models import SEND_PERMISSION, BroadcastRecord, PublishToken
 
 
 @admin.register(PublishToken)
@@ -36,6 +36,10 @@ class BroadcastRecordAdmin(admin.ModelAdmin):
     list_filter = ["status", "created", "sender"]
     search_fields = ["text", "sender"]
     date_hierarchy = "created"
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whoever may send may read the whole log of what was sent.
+        return super().has_view_permission(request, obj) or request.user.has_perm(SEND_PERMISSION)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

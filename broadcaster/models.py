@@ -8,6 +8,9 @@ import secrets
 from django.db import models
 from django.utils import timezone
 
+# Who may broadcast from the operator page (defined on PublishToken's Meta below).
+SEND_PERMISSION = "broadcaster.send_broadcast"
+
 
 def hash_secret(secret: str) -> str:
     """Tokens are 256 random bits, so one SHA-256 suffices (unlike passwords); only this is stored."""

@@ -29,13 +29,12 @@ from django.utils.timezone import localtime
 from redis.exceptions import RedisError
 
 from broadcaster import store
-from broadcaster.models import BroadcastRecord
+from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
 from broadcaster.publish import BrokerUnavailable, PublishError, publish, validate
 
 logger = logging.getLogger(__name__)
 
-SEND_PERMISSION = "broadcaster.send_broadcast"
 # How many broadcasts the page lists, and how often (ms) it asks for the count and the list.
 RECENT = 20
 REFRESH_MS = 2000

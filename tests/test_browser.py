@@ -138,3 +138,141 @@ async def test_tab_too_far_behind_shows_reset_notice(browser, daphne, env_for, r
     await asyncio.to_thread(server.start)
     await expect(tab.locator("#notice")).to_be_visible(timeout=30_000)
     await expect(tab.locator("#messages li .text")).to_have_text(["d", "c", "first"], timeout=15_000)
+
+
+# --- The operator page ------------------------------------------------------------------
+
+OPERATORS = """
+from django.contrib.auth.models import Permission, User
+send = Permission.objects.get(codename="send_broadcast")
+for name, staff, can_send in (("ann", True, True), ("bob", True, False), ("carl", False, True)):
+    user, _ = User.objects.get_or_create(username=name)
+    user.is_staff = staff
+    user.set_password("pw-" + name)
+    user.save()
+    if can_send:
+        user.user_permissions.add(send)
+"""
+
+
+@pytest.fixture(scope="module")
+def operators(redis_server, tmp_path_factory) -> None:
+    """ann: staff who may send; bob: staff who may not; carl: not staff (has the permission)."""
+    from tests.support import base_env
+
+    env = base_env(redis_server.url, tmp_path_factory.mktemp("var"))
+    done = manage(["shell", "-c", OPERATORS], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+async def log_in(page: Page, base: str, username: str) -> None:
+    """Open the operator page; being anonymous, fill in the admin login it redirects to."""
+    await page.goto(base + "/operator/")
+    await expect(page).to_have_url(base + "/admin/login/?next=/operator/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", "pw-" + username)
+    await page.click("input[type=submit]")
+
+
+async def test_operator_sends_to_two_tabs_and_the_log_shows_it(browser, daphne, operators):
+    """Staff with the permission log in, confirm, send; tabs, the recent list and admin log show it."""
+    server = daphne(BROADCAST_CONFIRM_ABOVE="1")
+    dialogs: list[str] = []
+    tabs = [await open_tab(browser, server.http + "/", dialogs) for _ in range(2)]
+    operator = await (await browser.new_context()).new_page()
+    confirms: list[str] = []
+
+    async def accept(dialog) -> None:
+        confirms.append(dialog.message)
+        await dialog.accept()
+
+    operator.on("dialog", accept)
+    await log_in(operator, server.http, "ann")
+    await expect(operator).to_have_url(server.http + "/operator/")
+    await expect(operator.locator("#count")).to_have_text("2", timeout=15_000)
+
+    payload = "<img src=x onerror=alert(1)> from the operator page"
+    await operator.fill("#id_text", payload)
+    await expect(operator.locator("#length")).to_have_text(f"{len(payload)} / 4096")
+    await operator.click("#send")
+    await expect(operator.locator(".messagelist .success")).to_have_text("Sent to 2 clients (broadcast #1).")
+    assert confirms == ["Send this message to 2 clients?"]
+    for tab in tabs:
+        await expect(tab.locator("#messages li .text")).to_have_text([payload], timeout=15_000)
+        assert await tab.locator("#messages img").count() == 0
+    first = operator.locator("#recent tbody tr").first
+    await expect(first.locator("td.sender")).to_have_text("ann")
+    await expect(first.locator("td.clients")).to_have_text("2")
+    await expect(first.locator("td.text")).to_have_text(payload)
+
+    await operator.goto(server.http + "/admin/broadcaster/broadcastrecord/")
+    row = operator.locator("#result_list tbody tr", has_text="from the operator page")
+    await expect(row.locator(".field-sender")).to_have_text("ann")
+    await expect(row.locator(".field-clients")).to_have_text("2")
+    await expect(row.locator(".field-text")).to_have_text(payload)
+    assert await operator.locator("#result_list img").count() == 0
+    assert dialogs == []
+
+
+async def test_operator_page_count_follows_tabs_without_reload(browser, daphne, operators):
+    """The page's count rises and falls as receiver tabs open and close, without a reload."""
+    server = daphne()
+    operator = await (await browser.new_context()).new_page()
+    await log_in(operator, server.http, "bob")
+    await expect(operator.locator("#count")).to_have_text("0", timeout=15_000)
+    tab = await open_tab(browser, server.http + "/", [])
+    await expect(operator.locator("#count")).to_have_text("1", timeout=15_000)
+    await tab.close()
+    await expect(operator.locator("#count")).to_have_text("0", timeout=15_000)
+
+
+async def test_who_may_not_send_cannot(browser, daphne, operators):
+    """bob watches without a form and a forged POST gets 403; anonymous and non-staff get nothing."""
+    server = daphne()
+    tab = await open_tab(browser, server.http + "/", [])
+    bob = await (await browser.new_context()).new_page()
+    await log_in(bob, server.http, "bob")
+    await expect(bob.locator("#no-permission")).to_be_visible()
+    assert await bob.locator("#send-form, textarea").count() == 0
+    token = await bob.locator("#logout-form input[name=csrfmiddlewaretoken]").get_attribute("value")
+    forged = await bob.request.post(
+        server.http + "/operator/", form={"text": "forged", "csrfmiddlewaretoken": token}
+    )
+    assert forged.status == 403
+
+    carl = await (await browser.new_context()).new_page()
+    await log_in(carl, server.http, "carl")
+    await expect(carl.locator(".errornote")).to_contain_text("staff account")
+    status = await carl.request.get(server.http + "/operator/status/")
+    assert (status.status, await status.json()) == (403, {"error": "Staff only: log in to the admin."})
+
+    anonymous = await (await browser.new_context()).new_page()
+    await anonymous.goto(server.http + "/operator/")
+    await expect(anonymous).to_have_url(server.http + "/admin/login/?next=/operator/")
+
+    done = await asyncio.to_thread(manage, ["broadcast", "-m", "only this"], env=server.env)
+    assert done.returncode == 0, done.stderr
+    await expect(tab.locator("#messages li .text")).to_have_text(["only this"], timeout=15_000)
+
+
+async def test_send_while_redis_is_down_is_reported_and_logged_as_failed(
+    browser, daphne, operators, redis_server
+):
+    """Redis dies under a running server: the page says nothing was sent, keeps the text, logs it."""
+    server = daphne()
+    operator = await (await browser.new_context()).new_page()
+    await log_in(operator, server.http, "ann")
+    await expect(operator.locator("#count")).to_have_text("0", timeout=15_000)
+    await asyncio.to_thread(redis_server.stop)
+    try:
+        await expect(operator.locator("#redis")).to_contain_text("Redis unreachable", timeout=15_000)
+        await operator.fill("#id_text", "during the outage")
+        await operator.click("#send")
+        await expect(operator.locator("#error")).to_contain_text("Nothing was sent.")
+        await expect(operator.locator("#id_text")).to_have_value("during the outage")
+        first = operator.locator("#recent tbody tr").first
+        await expect(first.locator("td.status")).to_have_text("failed")
+        await expect(first.locator("td.text")).to_have_text("during the outage")
+    finally:
+        await asyncio.to_thread(redis_server.start)
+    await expect(operator.locator("#redis")).to_be_hidden(timeout=15_000)
