@@ -121,6 +121,10 @@ async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: 
             "redis": redis,
             "recent": BroadcastRecord.objects.all()[:RECENT],
             "can_send": can_send,
+            # The admin's log of every broadcast, for those it lets in (broadcaster/admin.py).
+            "log_url": reverse("admin:broadcaster_broadcastrecord_changelist")
+            if admin.site.get_model_admin(BroadcastRecord).has_view_permission(request)
+            else None,
             "text": text,
             "error": error,
             "confirm": confirm,

@@ -205,7 +205,8 @@ async def test_operator_sends_to_two_tabs_and_the_log_shows_it(browser, daphne, 
     await expect(first.locator("td.clients")).to_have_text("2")
     await expect(first.locator("td.text")).to_have_text(payload)
 
-    await operator.goto(server.http + "/admin/broadcaster/broadcastrecord/")
+    await operator.click("#log-link")
+    await expect(operator).to_have_url(server.http + "/admin/broadcaster/broadcastrecord/")
     row = operator.locator("#result_list tbody tr", has_text="from the operator page")
     await expect(row.locator(".field-sender")).to_have_text("ann")
     await expect(row.locator(".field-clients")).to_have_text("2")

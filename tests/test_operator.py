@@ -70,7 +70,7 @@ async def test_staff_without_permission_watches_but_cannot_send():
     page = await client.get(PAGE)
     body = page.content.decode()
     assert page.status_code == 200
-    assert 'id="no-permission"' in body and "<textarea" not in body
+    assert 'id="no-permission"' in body and "<textarea" not in body and 'id="log-link"' not in body
     assert '<td class="sender">console:ann</td>' in body and '<td class="text">earlier</td>' in body
     forged = await client.post(PAGE, {"text": "forged"})
     assert forged.status_code == 403
@@ -89,8 +89,9 @@ async def test_permitted_staff_sends_through_the_publish_path(redis_url):
     record = await BroadcastRecord.objects.aget()
     assert (record.sender, record.text, record.status, record.clients, record.seq) == (
         "ann", "line one\nline two", "sent", 3, 1)  # fmt: skip
-    page = await client.get(PAGE)
-    assert "Sent to 3 clients (broadcast #1)." in page.content.decode()
+    page = (await client.get(PAGE)).content.decode()
+    assert "Sent to 3 clients (broadcast #1)." in page
+    assert '<a id="log-link" href="/admin/broadcaster/broadcastrecord/">' in page
     status = (await client.get(STATUS)).json()
     assert (status["clients"], status["redis"]) == (3, "ok")
     assert [(r["sender"], r["clients"], r["status"], r["text"]) for r in status["recent"]] == [
