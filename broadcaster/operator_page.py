@@ -105,7 +105,8 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         sent = await publish(text=text, sender=user.get_username())
     except BrokerUnavailable as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=503)
-    messages.success(request, f"Sent to {sent.clients} clients (broadcast #{sent.seq}).")
+    noun = "client" if sent.clients == 1 else "clients"
+    messages.success(request, f"Sent to {sent.clients} {noun} (broadcast #{sent.seq}).")
     return HttpResponseRedirect(reverse("operator"), status=303)
 
 

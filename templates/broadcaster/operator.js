@@ -31,7 +31,7 @@
     form.addEventListener("submit", function (event) {
       if (event.submitter && event.submitter.name === "confirmed") return;  // confirmed already
       if (clients !== null && clients > confirmAbove) {
-        if (!window.confirm("Send this message to " + clients + " clients?")) {
+        if (!window.confirm("Send this message to " + clients + (clients === 1 ? " client?" : " clients?"))) {
           event.preventDefault();
           return;
         }
