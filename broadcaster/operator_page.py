@@ -14,6 +14,7 @@ receiver WebSocket stays free of auth middleware and of operator data.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 # How many broadcasts the page lists, and how often (ms) it asks for the count and the list.
 RECENT = 20
 REFRESH_MS = 2000
+# Each rendering of the form carries a fresh id, claimed in Redis when it is sent, so a double
+# click or a resubmitted page does not broadcast twice. Claims are forgotten after this long.
+SEND_ID_TTL = 3600
 
 
 async def _staff(request: HttpRequest) -> Any | None:
@@ -66,6 +70,17 @@ def _recent_rows() -> list[dict[str, Any]]:
         }
         for record in BroadcastRecord.objects.all()[:RECENT]
     ]
+
+
+async def _first_send(send_id: str) -> bool:
+    """Claim a form's id: True the first time, False for a repeat (or with Redis down, True:
+    publish() then reports the outage)."""
+    try:
+        claimed = await store.shared_client().set(f"broadcaster:operator:sent:{send_id}", 1, nx=True,
+                                                  ex=SEND_ID_TTL)  # fmt: skip
+    except (RedisError, OSError):
+        return True
+    return bool(claimed)
 
 
 async def operator_status(request: HttpRequest) -> JsonResponse:
@@ -101,6 +116,10 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
     if clients is not None and clients > threshold and request.POST.get("confirmed") != "yes":
         # The JS confirm() used the last polled count; this asks again with the count now.
         return await _page(request, can_send=True, text=text, confirm=clients, status=409)
+    send_id = request.POST.get("send_id", "")
+    if send_id and not await _first_send(send_id):
+        messages.info(request, "That form was sent already; it was not sent again.")
+        return HttpResponseRedirect(reverse("operator"), status=303)
     try:
         sent = await publish(text=text, sender=user.get_username())
     except BrokerUnavailable as exc:
@@ -132,6 +151,7 @@ async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: 
             "max_length": settings.BROADCAST_MAX_LENGTH,
             "confirm_above": settings.BROADCAST_CONFIRM_ABOVE,
             "refresh_ms": REFRESH_MS,
+            "send_id": uuid.uuid4().hex,
         }
         return render(request, "broadcaster/operator.html", context, status=status)
 

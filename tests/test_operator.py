@@ -5,6 +5,8 @@ The browser side (login, live count, two receiver tabs) is in tests/test_browser
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
@@ -97,6 +99,21 @@ async def test_permitted_staff_sends_through_the_publish_path(redis_url):
     assert [(r["sender"], r["clients"], r["status"], r["text"]) for r in status["recent"]] == [
         ("ann", 3, "sent", "line one\nline two")
     ]
+
+
+async def test_the_same_form_sent_twice_broadcasts_once():
+    """A double submit (same form id) sends once; the second post says so and sends nothing."""
+    client = await client_for("ann", can_send=True)
+    page = (await client.get(PAGE)).content.decode()
+    [send_id] = re.findall(r'name="send_id" value="([0-9a-f]{32})"', page)
+    first = await client.post(PAGE, {"text": "once", "send_id": send_id})
+    second = await client.post(PAGE, {"text": "once", "send_id": send_id}, follow=True)
+    assert first.status_code == 303
+    assert "That form was sent already; it was not sent again." in second.content.decode()
+    assert await kept_seqs() == [1]
+    assert await BroadcastRecord.objects.acount() == 1
+    fresh = re.findall(r'name="send_id" value="([0-9a-f]{32})"', second.content.decode())
+    assert len(fresh) == 1 and fresh != [send_id]
 
 
 async def test_markup_is_escaped_in_the_page():

@@ -28,16 +28,24 @@
     };
     textarea.addEventListener("input", updateLength);
     updateLength();
+    var sending = false;
     form.addEventListener("submit", function (event) {
-      if (event.submitter && event.submitter.name === "confirmed") return;  // confirmed already
-      if (clients !== null && clients > confirmAbove) {
+      // One click, one broadcast (the server also refuses a second post of the same form).
+      if (sending) { event.preventDefault(); return; }
+      var confirmed = event.submitter && event.submitter.name === "confirmed";
+      if (!confirmed && clients !== null && clients > confirmAbove) {
         if (!window.confirm("Send this message to " + clients + (clients === 1 ? " client?" : " clients?"))) {
           event.preventDefault();
           return;
         }
         form.elements.confirmed.value = "yes";
       }
+      sending = true;
+      send.value = "Sending…";
     });
+    // Back to this page from the browser's history: the form is usable again (a new send
+    // of the same form is still refused by the server).
+    window.addEventListener("pageshow", function () { sending = false; send.value = "Send"; });
   }
 
   function cell(row, name, text) {
