@@ -37,8 +37,9 @@ def get_bool(name: str, default: bool, *, environ: Mapping[str, str] = os.enviro
     raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid bool (use 1/0, true/false).")
 
 
-def get_int(name: str, default: int, *, minimum: int = 0, environ: Mapping[str, str] = os.environ) -> int:
-    """Return the variable as an int no smaller than `minimum`."""
+def get_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None,
+            environ: Mapping[str, str] = os.environ) -> int:  # fmt: skip
+    """Return the variable as an int no smaller than `minimum` (nor larger than `maximum`)."""
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -48,6 +49,8 @@ def get_int(name: str, default: int, *, minimum: int = 0, environ: Mapping[str, 
         raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid integer.") from None
     if value < minimum:
         raise ConfigError(f"Config '{name}' has value '{raw}'. It must be at least {minimum}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. It must be at most {maximum}.")
     return value
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from broadcast_site import env
+from broadcaster.protocol import MAX_MESSAGE_LENGTH
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.get_str("BROADCAST_VAR_DIR", str(BASE_DIR / "var")))
@@ -120,7 +121,8 @@ CHANNEL_LAYERS = {
 
 # --- Broadcast behaviour ---------------------------------------------------------------
 # The longest message, in characters, that any sending path accepts.
-BROADCAST_MAX_LENGTH = env.get_int("BROADCAST_MAX_LENGTH", 4096, minimum=1)
+# At most 150,000, so that one message always fits in one WebSocket message (protocol.py).
+BROADCAST_MAX_LENGTH = env.get_int("BROADCAST_MAX_LENGTH", 4096, minimum=1, maximum=MAX_MESSAGE_LENGTH)
 # A server process that stops refreshing its presence entry for this long is presumed
 # dead and its connections stop counting.
 BROADCAST_PRESENCE_TTL = env.get_float("BROADCAST_PRESENCE_TTL", 30.0, minimum=3.0)

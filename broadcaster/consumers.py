@@ -34,6 +34,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     # (epoch, seq) of the last message sent to this client.
     sent: tuple[str | None, int] = (None, 0)
     max_unsent = 0
+    # What this client was sent from history: it may be unsent for a while on a slow link
+    # without making the client a slow consumer (see write()).
+    catch_up_bytes = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable.
@@ -115,17 +118,19 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 protocol.send_event(protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)),
             )
         self.sent = (backlog.epoch, backlog.after)
-        self._send_entries([*backlog.entries, *held])
+        self.catch_up_bytes = self._send_entries([*backlog.entries, *held])
 
-    def _send_entries(self, entries: list[Entry]) -> None:
-        """Send the entries this client has not had yet, in one frame."""
+    def _send_entries(self, entries: list[Entry]) -> int:
+        """Send the entries this client has not had yet, batched; return the bytes sent."""
         epoch, last = self.sent
         fresh = [e for e in entries if e.epoch != epoch or e.seq > last]
-        if fresh:
-            frames = [e.frame for e in fresh]
-            frame = frames[0] if len(frames) == 1 else protocol.batch_frame(frames)
+        start = size = 0
+        for frame, count in protocol.batch_frames([e.frame for e in fresh]):
             send_now(self.base_send, protocol.send_event(frame))
-            self.sent = (fresh[-1].epoch, fresh[-1].seq)
+            size += len(frame.encode())
+            start += count
+            self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
+        return size
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, by either side, for any reason."""
@@ -177,7 +182,10 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         if link is None:
             send_now(self.base_send, message)
             return
-        if link.unsent() > self.max_unsent:
+        unsent = link.unsent()
+        if self.catch_up_bytes and unsent <= self.max_unsent:
+            self.catch_up_bytes = 0  # the catch-up is out: from now on the usual ceiling
+        if unsent > self.max_unsent + self.catch_up_bytes:
             self.closing = True
             dropped = get_hub().slow_consumer_dropped()
             logger.warning(

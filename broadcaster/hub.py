@@ -187,9 +187,11 @@ class Hub:
 
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
-        frames = [e.frame for e in entries]
-        frame = frames[0] if len(frames) == 1 else protocol.batch_frame(frames)
-        self.write_all(frame, list(self.receivers), entries)
+        receivers = list(self.receivers)
+        start = 0
+        for frame, count in protocol.batch_frames([e.frame for e in entries]):
+            self.write_all(frame, receivers, entries[start : start + count])
+            start += count
 
     def write_all(self, frame: str, receivers: list[Receiver], entries: list[Entry] | None = None) -> None:
         """Write one text frame to each receiver, encoded and framed once for all of them;

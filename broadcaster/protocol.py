@@ -82,6 +82,35 @@ def batch_frame(frames: list[str]) -> str:
     return f'{{"type":"{FRAME_BATCH}","messages":[{",".join(frames)}]}}'
 
 
+# No batch the server sends is larger than this many bytes; more messages go in more batches.
+# Daphne refuses to send, and websockets clients (manage.py listen) refuse to read, a message
+# over 1 MiB by default; one message frame is well under it (see MAX_MESSAGE_LENGTH).
+MAX_BATCH_BYTES = 512 * 1024
+# The longest BROADCAST_MAX_LENGTH allowed: at worst 6 bytes a character in JSON (\u0001),
+# a single message frame stays under the 1 MiB limit above.
+MAX_MESSAGE_LENGTH = 150_000
+
+
+def batch_frames(frames: list[str], *, limit: int = MAX_BATCH_BYTES) -> list[tuple[str, int]]:
+    """Message frames packed in order into as few frames as fit in `limit` bytes each: pairs
+    of (frame, how many messages it carries). A lone message frame is sent as it is."""
+    packed: list[tuple[str, int]] = []
+    group: list[str] = []
+    empty = len(batch_frame([]))
+    size = empty
+    for frame in frames:
+        # Each frame adds its bytes, and a comma after the first.
+        grown = size + len(frame.encode()) + (1 if group else 0)
+        if group and grown > limit:
+            packed.append((group[0] if len(group) == 1 else batch_frame(group), len(group)))
+            group, grown = [], empty + len(frame.encode())
+        group.append(frame)
+        size = grown
+    if group:
+        packed.append((group[0] if len(group) == 1 else batch_frame(group), len(group)))
+    return packed
+
+
 def count_frame(*, clients: int) -> str:
     """The frame that tells a receiver how many receivers are connected."""
     return dumps({"type": FRAME_COUNT, "clients": clients})

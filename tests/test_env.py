@@ -26,14 +26,17 @@ def test_bool_rejects_anything_else():
     )
 
 
-def test_int_and_minimum():
-    """Integers parse; below the minimum or not a number is an error."""
+def test_int_minimum_and_maximum():
+    """Integers parse; below the minimum, above the maximum or not a number is an error."""
     assert env.get_int("N", 5, environ={}) == 5
     assert env.get_int("N", 5, minimum=1, environ={"N": "7"}) == 7
     with pytest.raises(env.ConfigError, match="It must be at least 1"):
         env.get_int("N", 5, minimum=1, environ={"N": "0"})
     with pytest.raises(env.ConfigError, match="Not a valid integer"):
         env.get_int("N", 5, environ={"N": "many"})
+    assert env.get_int("N", 5, maximum=9, environ={"N": "9"}) == 9
+    with pytest.raises(env.ConfigError, match=r"^Config 'N' has value '10'. It must be at most 9.$"):
+        env.get_int("N", 5, maximum=9, environ={"N": "10"})
 
 
 def test_list():

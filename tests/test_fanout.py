@@ -76,6 +76,41 @@ async def test_consumers_in_one_process_take_the_fast_path():
         await hub.stop()
 
 
+def test_batch_frames_split_at_the_limit_in_order():
+    """Batches hold as many frames as fit in the byte limit, in order; a lone big one stays whole."""
+    frames = [protocol.message_frame(seq=i, epoch="e", id=str(i), text="é" * 40, time="t") for i in range(10)]
+    size = len(frames[0].encode())
+    limit = len(protocol.batch_frame(frames[:3]).encode())  # exactly three fit
+    packed = protocol.batch_frames(frames, limit=limit)
+    assert [count for _, count in packed] == [3, 3, 3, 1]
+    assert all(len(frame.encode()) <= limit for frame, _ in packed)
+    assert packed[-1][0] == frames[9]
+    unpacked = [m for frame, _ in packed[:3] for m in json.loads(frame)["messages"]]
+    assert unpacked == [json.loads(f) for f in frames[:9]]
+    assert protocol.batch_frames(frames[:1], limit=size // 2) == [(frames[0], 1)]
+    assert protocol.batch_frames([]) == []
+
+
+async def test_over_a_mebibyte_at_once_reaches_a_default_websockets_client(daphne, redis_url):
+    """2 MB of messages that reach a server at once (here: kept in history but never sent live,
+    as after a lost subscription) go out in batches under the 1 MiB limit of daphne and clients."""
+    from broadcaster import store
+    from broadcaster.history import group_history
+
+    server = daphne()
+    client = await Client(server.ws).connect()  # websockets' default max_size: 1 MiB
+    await asyncio.to_thread(server.wait_for_clients, 1)
+    history = group_history(store.shared_client())
+    lines = [f"{i:03d} " + "y" * 4000 for i in range(500)]
+    for i, line in enumerate(lines):
+        await history.append(id=str(i), text=line, time="2026-11-25T00:00:00.000Z")
+    await client.wait_for(lambda c: len(c.messages()) >= 500, timeout=30, what="500 messages")
+    assert client.messages() == lines
+    assert client.ws.close_code is None
+    assert len([f for f in client.frames if f["type"] == "batch"]) >= 4
+    await client.close()
+
+
 async def test_burst_arrives_complete_in_order_possibly_batched(daphne, env_for, redis_url):
     """A burst of 300 messages reaches every client complete and in order, in fewer frames."""
     server = daphne()
