@@ -6,12 +6,14 @@ Every wait here is on an event or a condition, with a deadline; none is a bare s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -298,3 +300,46 @@ class Subscriber:
 
         wait_until(more, timeout=timeout, what=f"{n} published messages", poll=0)
         return got
+
+
+def raw_receiver(port: int, query: str = "") -> socket.socket:
+    """A raw WebSocket client with a tiny receive buffer, past the handshake (read byte by byte,
+    so no frame after it is consumed); it reads nothing more until the test does."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/broadcast/{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def read_frames(sock: socket.socket, *, until: str, timeout: float) -> list[tuple[int, bytes]]:
+    """Read unmasked server frames (opcode, payload) from a raw socket until a text frame
+    containing `until`, a close frame, or the end of the stream."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    frames: list[tuple[int, bytes]] = []
+    while True:
+        while len(data) >= 2:
+            opcode, size, start = data[0] & 0x0F, data[1] & 0x7F, 2
+            if size == 126:
+                size, start = struct.unpack("!H", data[2:4])[0], 4
+            elif size == 127:
+                size, start = struct.unpack("!Q", data[2:10])[0], 10
+            if len(data) < start + size:
+                break
+            frames.append((opcode, bytes(data[start : start + size])))
+            del data[: start + size]
+            if opcode == 8 or (opcode == 1 and until.encode() in frames[-1][1]):
+                return frames
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return frames
+        data += chunk

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import socket
 
 import pytest
 import redis
@@ -19,7 +16,7 @@ from broadcaster.consumers import ReceiverConsumer
 from broadcaster.hub import get_hub
 from broadcaster.publish import publish
 from broadcaster.transport import send_now, text_frame
-from tests.support import Client, manage
+from tests.support import Client, manage, raw_receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -130,15 +127,7 @@ async def test_client_that_stops_reading_is_dropped_and_others_get_everything(da
     """A reader that stalls is closed with SLOW_CONSUMER once 64 KiB queue up; the rest is unaffected."""
     server = daphne(BROADCAST_MAX_UNSENT_BYTES="65536")
     # A raw client with a tiny receive buffer that completes the handshake and never reads again.
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    stalled.sendall(
-        f"GET /ws/broadcast/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    assert stalled.recv(4096).startswith(b"HTTP/1.1 101")
+    stalled = raw_receiver(server.port)
     healthy = await Client(server.ws).connect(max_size=None)
     await asyncio.to_thread(server.wait_for_clients, 2)
 

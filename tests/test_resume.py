@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 
@@ -16,7 +12,17 @@ import redis.asyncio as aioredis
 
 from broadcaster.embedded_redis import server_binary
 from broadcaster.history import History
-from tests.support import ROOT, Client, Daphne, RedisServer, base_env, free_port, manage
+from tests.support import (
+    ROOT,
+    Client,
+    Daphne,
+    RedisServer,
+    base_env,
+    free_port,
+    manage,
+    raw_receiver,
+    read_frames,
+)
 
 
 def numbered(client: Client) -> list[tuple[int, str]]:
@@ -138,31 +144,6 @@ async def test_redis_restart_nothing_silently_missing(tmp_path):
         redis_server.stop()
 
 
-def read_frames(sock: socket.socket, *, until: str, timeout: float) -> list[tuple[int, bytes]]:
-    """Read unmasked server frames (opcode, payload) from a raw socket until a text frame
-    containing `until`, or a close frame, or the timeout."""
-    sock.settimeout(timeout)
-    data: bytearray = bytearray()
-    frames: list[tuple[int, bytes]] = []
-    while True:
-        while len(data) >= 2:
-            opcode, size, start = data[0] & 0x0F, data[1] & 0x7F, 2
-            if size == 126:
-                size, start = struct.unpack("!H", data[2:4])[0], 4
-            elif size == 127:
-                size, start = struct.unpack("!Q", data[2:10])[0], 10
-            if len(data) < start + size:
-                break
-            frames.append((opcode, bytes(data[start : start + size])))
-            del data[: start + size]
-            if opcode == 8 or (opcode == 1 and until.encode() in frames[-1][1]):
-                return frames
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            return frames
-        data += chunk
-
-
 async def test_slow_download_of_a_large_backlog_is_not_a_slow_consumer(daphne, env_for, redis_url):
     """A client resuming a backlog far over BROADCAST_MAX_UNSENT_BYTES is not dropped while it
     downloads it: it gets the whole backlog, then the live message that came meanwhile."""
@@ -172,19 +153,7 @@ async def test_slow_download_of_a_large_backlog_is_not_a_slow_consumer(daphne, e
     assert done.returncode == 0, done.stderr
     epoch = (await aioredis.Redis.from_url(redis_url).get("broadcaster:history:broadcast:epoch")).decode()
 
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    slow.sendall(
-        f"GET /ws/broadcast/?since=0&epoch={epoch} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += slow.recv(1)  # byte by byte: nothing of the backlog is read yet
-    assert head.startswith(b"HTTP/1.1 101")
+    slow = raw_receiver(server.port, f"?since=0&epoch={epoch}")
     fast = await Client(server.ws).connect(max_size=None)
     await asyncio.to_thread(server.wait_for_clients, 2)
 
