@@ -6,6 +6,7 @@ import json
 import logging
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -47,6 +48,9 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return token
     try:
         body = json.loads(request.body)
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error(413, f"The body is over {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).")
     except (ValueError, UnicodeDecodeError):
         return error(400, "The body is not JSON.")
     text = body.get("text") if isinstance(body, dict) else None

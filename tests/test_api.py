@@ -72,6 +72,16 @@ async def test_413_over_the_size_limit(secret):
     )
 
 
+async def test_413_for_a_body_over_the_upload_limit(secret):
+    """A body bigger than Django accepts gets a JSON 413, not Django's HTML error page."""
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
+        response = await post({"text": "x" * 2000}, secret=secret)
+    assert (response.status_code, response.json()) == (
+        413,
+        {"error": "The body is over 1000 bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)."},
+    )
+
+
 async def test_401_missing_or_unknown_token_and_403_revoked(secret):
     """No token or a wrong one: 401 with WWW-Authenticate; a revoked one: 403."""
     missing = await post({"text": "x"})
