@@ -9,7 +9,6 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
 from broadcaster import ratelimit, store
@@ -40,9 +39,10 @@ async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
 
 
 @csrf_exempt  # bearer-token API: no cookies, so no CSRF
-@require_POST
 async def broadcasts(request: HttpRequest) -> JsonResponse:
     """Publish {"text": ...} to every client; 201 with the broadcast's id, seq and client count."""
+    if request.method != "POST":
+        return error(405, "Use POST.", Allow="POST")
     token = await _token(request)
     if isinstance(token, JsonResponse):
         return token

@@ -82,6 +82,12 @@ async def test_413_for_a_body_over_the_upload_limit(secret):
     )
 
 
+async def test_405_for_anything_but_post(secret):
+    """GET (or any other method) gets a JSON 405 naming the one allowed."""
+    response = await AsyncClient().get(URL, headers={"Authorization": f"Bearer {secret}"})
+    assert (response.status_code, response["Allow"], response.json()) == (405, "POST", {"error": "Use POST."})
+
+
 async def test_401_missing_or_unknown_token_and_403_revoked(secret):
     """No token or a wrong one: 401 with WWW-Authenticate; a revoked one: 403."""
     missing = await post({"text": "x"})
