@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import pprint
 import resource
 import time
 
@@ -54,9 +55,45 @@ def _watch_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+class _Pretty:
+    """pprint.pformat(obj), done only if something turns it into text."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.obj)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy_autobahn_debug_text() -> bool:
+    """Make autobahn's per-connection debug text lazy; True if it was there to change.
+
+    On every new connection autobahn pretty-prints its whole configuration for a debug log
+    line (`WebSocketProtocol._connectionMade`), eagerly, though the line is dropped unless
+    debug logging is on: py-spy put it at 19% of daphne's CPU during a connect storm. Its
+    module calls `pformat` by that global name; a lazy stand-in keeps the debug output
+    identical when it is enabled. (autobahn 26.10; feature-detected, so a later release
+    without the name is left alone.)
+    """
+    try:
+        from autobahn.websocket import protocol as autobahn_protocol
+    except ImportError:
+        return False
+    if getattr(autobahn_protocol, "pformat", None) is not pprint.pformat:
+        return False
+    autobahn_protocol.pformat = _Pretty  # type: ignore[attr-defined]
+    return True
+
+
 def prepare_server() -> None:
     """Called when the ASGI application is imported by daphne or runserver."""
     _watch_gc()
+    _lazy_autobahn_debug_text()
     limit = raise_open_file_limit()
     logger.info("Open-file limit %d: room for about %d connections", limit, max(limit - 64, 0))
     # Starts the embedded Redis now when it is the one in use, so a problem shows at start-up.
