@@ -90,5 +90,6 @@ def test_check_deploy_passes_with_the_documented_production_variables(tmp_path):
         DJANGO_ALLOWED_HOSTS="broadcast.example.com", DJANGO_BEHIND_HTTPS_PROXY="1",
         DJANGO_SSL_REDIRECT="1", DJANGO_HSTS_SECONDS="31536000",
         DJANGO_HSTS_INCLUDE_SUBDOMAINS="1", DJANGO_HSTS_PRELOAD="1",
+        REDIS_URL="redis://redis.internal:6379/0",
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, ""), done.stdout + done.stderr
