@@ -25,8 +25,6 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.dateformat import format as date_format
-from django.utils.timezone import localtime
 from redis.exceptions import RedisError
 
 from broadcaster import store
@@ -61,7 +59,6 @@ def _recent_rows() -> list[dict[str, Any]]:
     return [
         {
             "time": record.created.isoformat(timespec="seconds"),
-            "when": date_format(localtime(record.created), "Y-m-d H:i:s"),
             "sender": record.sender,
             "status": record.status,
             "clients": record.clients,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -206,6 +207,10 @@ async def test_operator_sends_to_two_tabs_and_the_log_shows_it(browser, daphne, 
     for tab in tabs:
         await expect(tab.locator("#messages li .text")).to_have_text(["next", payload], timeout=15_000)
     first = operator.locator("#recent tbody tr", has_text="from the operator page").first
+    await expect(first.locator("td.time time")).to_have_attribute(
+        "datetime", re.compile(r"^\d{4}-\d\d-\d\dT")
+    )
+    await expect(first.locator("td.time")).not_to_contain_text("UTC")  # shown in the browser's zone
     await expect(first.locator("td.sender")).to_have_text("ann")
     await expect(first.locator("td.clients")).to_have_text("2")
     await expect(first.locator("td.text")).to_have_text(payload)

@@ -48,6 +48,12 @@
     window.addEventListener("pageshow", function () { sending = false; send.value = "Send"; });
   }
 
+  // Times in the browser's zone, as on the receiver page.
+  function localTime(iso) { return new Date(iso).toLocaleString(); }
+  document.querySelectorAll("#recent time").forEach(function (t) {
+    t.textContent = localTime(t.dateTime);
+  });
+
   function cell(row, name, text) {
     var td = document.createElement("td");
     td.className = name;
@@ -60,7 +66,10 @@
     var rows = records.map(function (r) {
       var row = document.createElement("tr");
       row.className = r.status;
-      cell(row, "time", r.when);
+      var time = document.createElement("time");
+      time.dateTime = r.time;
+      time.textContent = localTime(r.time);
+      cell(row, "time", "").appendChild(time);
       cell(row, "sender", r.sender);
       cell(row, "clients", r.clients === null ? "–" : String(r.clients));
       cell(row, "status", r.status).title = r.error;
