@@ -99,7 +99,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         get_hub().add(self)
         try:
             await self.channel_layer.group_add(protocol.BROADCAST_GROUP, self.channel_name)
-            backlog = await catch_up(resume)
+            # From this process's memory when it can tell, else from Redis.
+            backlog = get_hub().backlog(resume) or await catch_up(resume)
         except (RedisError, OSError) as exc:
             logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
             self.joined = False

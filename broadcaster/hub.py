@@ -32,6 +32,8 @@ from redis.exceptions import RedisError
 from broadcaster import protocol, store
 from broadcaster.history import Entry, group_history
 from broadcaster.presence import group_presence, withdraw_now
+from broadcaster.recent import RecentBroadcasts
+from broadcaster.resume import Backlog, ResumePoint
 from broadcaster.transport import text_frame
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ class Hub:
         # Whether (epoch, last_seq) were read from history, rather than taken from the first
         # live message (which may itself come after a gap).
         self.baseline_known = False
+        # The newest entries sent out, and when this process was last found in step with
+        # history (loop time): connecting clients are answered from memory while that is recent.
+        self.recent = RecentBroadcasts()
+        self._in_step_at = float("-inf")
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reported_to: str | None = None
@@ -129,8 +135,19 @@ class Hub:
             return
         self._emit(entry)
 
+    def backlog(self, point: ResumePoint | None) -> Backlog | None:
+        """What a connecting client is owed, from memory, when this process checked within
+        the last few seconds that it is in step with history; else None (ask Redis)."""
+        interval: float = settings.BROADCAST_COUNT_INTERVAL
+        if self._repairing is not None or self._held or not self.fast_path:
+            return None
+        if asyncio.get_running_loop().time() - self._in_step_at > max(3.0, 3 * interval):
+            return None
+        return self.recent.backlog(point, epoch=self.epoch, last=self.last_seq)
+
     def _emit(self, entry: Entry) -> None:
         self.last_seq = entry.seq
+        self.recent.remember(entry)
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append(entry)
@@ -175,15 +192,19 @@ class Hub:
         head = await group_history(store.shared_client()).since(self.last_seq)
         if not self.baseline_known and self.epoch is None:
             self.epoch, self.last_seq, self.baseline_known = head.epoch, head.last, True
-            return
-        if head.epoch is None:
-            return
-        if head.epoch != self.epoch:
+            self.recent.clear()
+            for entry in head.entries:
+                self.recent.remember(entry)
+        elif head.epoch is None and self.epoch is not None:
+            return  # history lost its data and nothing was published since: not in step
+        elif head.epoch != self.epoch:
             if self._repairing is None:
                 self._repair(None, epoch=head.epoch, after=0)
         elif head.last > self.last_seq and self._repairing is None:
             for entry in head.entries:
                 self._accept(entry)
+        if self._repairing is None and head.epoch == self.epoch and self.last_seq >= head.last:
+            self._in_step_at = asyncio.get_running_loop().time()
 
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
@@ -269,6 +290,8 @@ class Hub:
                         # With no receivers the group is unsubscribed: what is known of the
                         # numbering goes stale, and is read again when receivers return.
                         self.epoch, self.last_seq, self.baseline_known = None, 0, False
+                        self.recent.clear()
+                        self._in_step_at = float("-inf")
                         return
                 # Coalesce: whatever changes during this pause goes out in one update,
                 # and other processes' changes are picked up within one interval.

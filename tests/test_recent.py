@@ -1,0 +1,104 @@
+"""Connecting clients answered from a server process's memory: same answers as Redis, no reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from broadcaster import store
+from broadcaster.consumers import ReceiverConsumer
+from broadcaster.history import Entry, group_history
+from broadcaster.hub import get_hub
+from broadcaster.publish import publish
+from broadcaster.recent import RecentBroadcasts
+from broadcaster.resume import ResumePoint, catch_up
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def kept(n: int) -> list[Entry]:
+    history = group_history(store.shared_client())
+    return [await history.append(id=str(i), text=f"m{i}", time=now()) for i in range(n)]
+
+
+async def test_memory_gives_the_same_backlog_as_redis_or_defers_to_it():
+    """For every resume point memory answers exactly as history in Redis does, or says None."""
+    entries = await kept(10)
+    epoch = entries[-1].epoch
+    recent = RecentBroadcasts()
+    for entry in entries:
+        recent.remember(entry)
+    points = [None, *(ResumePoint(since=s, epoch=epoch) for s in range(11)), ResumePoint(since=3, epoch=None)]
+    for point in points:
+        assert recent.backlog(point, epoch=epoch, last=10) == await catch_up(point), point
+    # Another numbering, or a client ahead of this process: only Redis can tell.
+    for point in (ResumePoint(since=3, epoch="other"), ResumePoint(since=11, epoch=epoch)):
+        assert recent.backlog(point, epoch=epoch, last=10) is None
+    # Memory that is not at history's newest says nothing.
+    assert recent.backlog(None, epoch=epoch, last=11) is None
+
+
+async def test_memory_keeps_at_most_the_history_count_and_defers_beyond_it():
+    """With BROADCAST_HISTORY_COUNT=4, memory holds 4; a client that missed more asks Redis."""
+    with override_settings(BROADCAST_HISTORY_COUNT=4):
+        entries = await kept(10)
+        recent = RecentBroadcasts()
+        for entry in entries:
+            recent.remember(entry)
+        epoch = entries[-1].epoch
+        assert recent.backlog(ResumePoint(since=5, epoch=epoch), epoch=epoch, last=10) is None
+        answer = recent.backlog(ResumePoint(since=6, epoch=epoch), epoch=epoch, last=10)
+        assert answer == await catch_up(ResumePoint(since=6, epoch=epoch))
+        assert [e.seq for e in answer.entries] == [7, 8, 9, 10]
+
+
+async def test_a_gap_or_a_new_epoch_starts_memory_again():
+    """Entries that do not follow on (a gap, another epoch) replace what memory held."""
+    entries = await kept(3)
+    recent = RecentBroadcasts()
+    recent.remember(entries[0])
+    recent.remember(entries[2])  # seq 2 never came
+    epoch = entries[0].epoch
+    assert recent.backlog(ResumePoint(since=1, epoch=epoch), epoch=epoch, last=3) is None
+    assert recent.backlog(ResumePoint(since=2, epoch=epoch), epoch=epoch, last=3).entries == [entries[2]]
+
+
+async def test_in_step_process_answers_connecting_clients_without_reading_history(redis_url):
+    """Once the hub has checked it is in step, 20 connects (new and resuming) read no history."""
+    with override_settings(BROADCAST_COUNT_INTERVAL=0.05):
+        sent = [await publish(text=f"n{i}", sender="test") for i in range(3)]
+        first = WebsocketCommunicator(ReceiverConsumer.as_asgi(), "/ws/broadcast/")
+        assert (await first.connect())[0]
+        await get_hub().check_history()  # what the hub's task does every interval
+        stats = redis.Redis.from_url(redis_url)
+        stats.config_resetstat()
+        comms = []
+        for i in range(20):
+            path = "/ws/broadcast/" + ("" if i % 2 else f"?since=1&epoch={sent[0].epoch}")
+            comm = WebsocketCommunicator(ReceiverConsumer.as_asgi(), path)
+            assert (await comm.connect())[0]
+            comms.append((i, comm))
+        calls = stats.info("commandstats")
+        for i, comm in comms:
+            frames = []
+            while not any(f["type"] in ("message", "batch") for f in frames):
+                frames.append(json.loads(await comm.receive_from(timeout=5)))
+            shown = next(f for f in frames if f["type"] in ("message", "batch"))
+            texts = [m["text"] for m in shown["messages"]] if shown["type"] == "batch" else [shown["text"]]
+            assert texts == (["n2"] if i % 2 else ["n1", "n2"])
+            await comm.disconnect()
+        await first.disconnect()
+        await get_hub().stop()
+    # The hub's own presence loop may have run once or twice meanwhile; 20 reads did not happen.
+    assert (
+        calls.get("cmdstat_evalsha", {}).get("calls", 0) + calls.get("cmdstat_eval", {}).get("calls", 0) < 5
+    )
