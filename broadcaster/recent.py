@@ -6,6 +6,10 @@ tabs, those reads queue up, and every client holds back live messages until its 
 done. While the hub is in step with history (broadcaster/hub.py decides), the answer comes
 from here instead; when memory cannot tell (not in step, a gap older than what is kept here,
 another numbering), `backlog()` says None and resume.catch_up asks Redis as before.
+
+Answers are the ones Redis would give, with one difference in the client's favour: if this
+process is a message behind Redis (one in flight), a resuming client may be sent a message
+Redis has just trimmed, where Redis would have said `reset`.
 """
 
 from __future__ import annotations
