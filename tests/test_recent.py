@@ -74,7 +74,7 @@ async def test_a_gap_or_a_new_epoch_starts_memory_again():
 
 async def test_in_step_process_answers_connecting_clients_without_reading_history(redis_url):
     """Once the hub has checked it is in step, 20 connects (new and resuming) read no history."""
-    with override_settings(BROADCAST_COUNT_INTERVAL=0.05):
+    with override_settings(BROADCAST_COUNT_INTERVAL=1.0):  # the hub's own loop: 2 calls a second
         sent = [await publish(text=f"n{i}", sender="test") for i in range(3)]
         first = WebsocketCommunicator(ReceiverConsumer.as_asgi(), "/ws/broadcast/")
         assert (await first.connect())[0]
@@ -98,7 +98,7 @@ async def test_in_step_process_answers_connecting_clients_without_reading_histor
             await comm.disconnect()
         await first.disconnect()
         await get_hub().stop()
-    # The hub's own presence loop may have run once or twice meanwhile; 20 reads did not happen.
+    # The hub's own loop (presence, history check) may have run meanwhile; 20 reads did not happen.
     assert (
-        calls.get("cmdstat_evalsha", {}).get("calls", 0) + calls.get("cmdstat_eval", {}).get("calls", 0) < 5
+        calls.get("cmdstat_evalsha", {}).get("calls", 0) + calls.get("cmdstat_eval", {}).get("calls", 0) < 10
     )
