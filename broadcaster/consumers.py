@@ -119,19 +119,20 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 protocol.send_event(protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)),
             )
         self.sent = (backlog.epoch, backlog.after)
-        self.catch_up_bytes = self._send_entries([*backlog.entries, *held])
+        self._send_entries([*backlog.entries, *held])
+        if self.link is not None:
+            # What the catch-up left queued may drain slowly without making this a slow consumer.
+            self.catch_up_bytes = self.link.unsent()
 
-    def _send_entries(self, entries: list[Entry]) -> int:
-        """Send the entries this client has not had yet, batched; return the bytes sent."""
+    def _send_entries(self, entries: list[Entry]) -> None:
+        """Send the entries this client has not had yet, batched."""
         epoch, last = self.sent
         fresh = [e for e in entries if e.epoch != epoch or e.seq > last]
-        start = size = 0
+        start = 0
         for frame, count in protocol.batch_frames([e.frame for e in fresh]):
             send_now(self.base_send, protocol.send_event(frame))
-            size += len(frame.encode())
             start += count
             self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
-        return size
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         """Called when the socket closes. As Channels' own, without closing stale database
