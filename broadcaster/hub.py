@@ -139,7 +139,8 @@ class Hub:
         """What a connecting client is owed, from memory, when this process checked within
         the last few seconds that it is in step with history; else None (ask Redis)."""
         interval: float = settings.BROADCAST_COUNT_INTERVAL
-        if self._repairing is not None or self._held or not self.fast_path:
+        # (Without the fast path, check_history never runs, so this process is never in step.)
+        if self._repairing is not None or self._held:
             return None
         if asyncio.get_running_loop().time() - self._in_step_at > max(3.0, 3 * interval):
             return None

@@ -22,7 +22,7 @@ from datetime import datetime
 from django.conf import settings
 
 from broadcaster.history import Entry
-from broadcaster.resume import Backlog, ResumePoint
+from broadcaster.resume import Backlog, ResumePoint, newest_backlog
 
 # At most this many messages (and never more than BROADCAST_HISTORY_COUNT).
 KEEP = 256
@@ -65,11 +65,10 @@ class RecentBroadcasts:
         if point is None:
             if not kept:
                 # Nothing was ever published; else memory does not know the newest message.
-                return Backlog(entries=[], epoch=epoch, last=last, after=last) if last == 0 else None
+                return newest_backlog(None, epoch=epoch, last=last) if last == 0 else None
             entry, published = kept[-1]
-            if now - published <= settings.BROADCAST_LATEST_AGE:
-                return Backlog(entries=[entry], epoch=epoch, last=last, after=entry.seq - 1)
-            return Backlog(entries=[], epoch=epoch, last=last, after=last)
+            young = now - published <= settings.BROADCAST_LATEST_AGE
+            return newest_backlog(entry if young else None, epoch=epoch, last=last)
         if epoch is None or point.since > last or (point.epoch is not None and point.epoch != epoch):
             return None  # another numbering, or ahead of this process: Redis decides
         if point.since == last:

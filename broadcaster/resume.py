@@ -53,15 +53,22 @@ def resume_point(query_string: bytes) -> ResumePoint | None:
     return ResumePoint(since=since, epoch=query.get("epoch", [None])[0] or None)
 
 
+def newest_backlog(newest: Entry | None, *, epoch: str | None, last: int) -> Backlog:
+    """A new client's backlog: `newest`, the newest message if it is young enough (the caller
+    checked BROADCAST_LATEST_AGE), else nothing; `last` is history's newest seq."""
+    if newest is None:
+        return Backlog(entries=[], epoch=epoch, last=last, after=last)
+    return Backlog(entries=[newest], epoch=epoch, last=last, after=newest.seq - 1)
+
+
 async def catch_up(point: ResumePoint | None) -> Backlog:
     """The backlog for a client resuming at `point`, or for a new client (the latest message
     if it is younger than BROADCAST_LATEST_AGE)."""
     history = group_history(store.shared_client())
     if point is None:
         kept = await history.since(0, max_age=settings.BROADCAST_LATEST_AGE)
-        latest = kept.entries[-1:]
-        after = latest[0].seq - 1 if latest else kept.last
-        return Backlog(entries=latest, epoch=kept.epoch, last=kept.last, after=after)
+        newest = kept.entries[-1] if kept.entries else None
+        return newest_backlog(newest, epoch=kept.epoch, last=kept.last)
     kept = await history.since(point.since)
     numbering_changed = point.epoch is not None and point.epoch != kept.epoch
     if numbering_changed or point.since > kept.last:
