@@ -9,14 +9,13 @@ from django.conf import settings
 from django.core.checks import Warning, register
 from django.utils.module_loading import import_string
 
-FANOUT_LAYER = "broadcaster.layer.FanoutChannelLayer"
-
 
 @register("broadcaster")
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """The fan-out fast path needs the project's channel layer (or a subclass of it)."""
     from broadcaster.layer import FanoutChannelLayer
 
+    fanout = f"{FanoutChannelLayer.__module__}.{FanoutChannelLayer.__qualname__}"
     backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
     try:
         layer_class = import_string(backend)
@@ -26,7 +25,7 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]
         return []
     return [
         Warning(
-            f"The default channel layer is {backend}, not {FANOUT_LAYER}.",
+            f"The default channel layer is {backend}, not {fanout}.",
             hint="Receivers still work, through per-consumer dispatch, but each broadcast then "
             "costs a queue, a task and a thread hop per client (see docs/PERFORMANCE.md).",
             id="broadcaster.W001",
