@@ -108,11 +108,12 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         validate(text)
     except PublishError as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=400)
-    clients, _ = await _clients()
+    count = await _clients()
+    clients = count[0]
     threshold: int = settings.BROADCAST_CONFIRM_ABOVE
     if clients is not None and clients > threshold and request.POST.get("confirmed") != "yes":
         # The JS confirm() used the last polled count; this asks again with the count now.
-        return await _page(request, can_send=True, text=text, confirm=clients, status=409)
+        return await _page(request, can_send=True, text=text, confirm=clients, status=409, count=count)
     send_id = request.POST.get("send_id", "")
     if send_id and not await _first_send(send_id):
         messages.info(request, "That form was sent already; it was not sent again.")
@@ -127,8 +128,10 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
 
 
 async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: str = "",
-                confirm: int | None = None, status: int = 200) -> HttpResponse:  # fmt: skip
-    clients, redis = await _clients()
+                confirm: int | None = None, status: int = 200,
+                count: tuple[int | None, str] | None = None) -> HttpResponse:  # fmt: skip
+    """Render the page; `count` is _clients()'s answer when the caller has just asked."""
+    clients, redis = count or await _clients()
 
     def build() -> HttpResponse:
         context = {
