@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from broadcast_site import env
 from broadcaster.protocol import MAX_MESSAGE_LENGTH
+from broadcaster.redis_client import layer_hosts
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.get_str("BROADCAST_VAR_DIR", str(BASE_DIR / "var")))
@@ -115,7 +116,8 @@ CHANNEL_LAYERS = {
         # writes one Redis entry per member and drops past a channel's capacity), plus a
         # per-process fan-out fast path: see broadcaster/layer.py.
         "BACKEND": "broadcaster.layer.FanoutChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # The same timeouts and retry policy as every other Redis client (redis_client.py).
+        "CONFIG": {"hosts": layer_hosts(REDIS_URL)},
     }
 }
 

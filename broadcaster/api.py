@@ -11,7 +11,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from broadcaster import ratelimit, store
+from broadcaster import ratelimit, redis_client
 from broadcaster.models import PublishToken, hash_secret
 from broadcaster.publish import BrokerUnavailable, EmptyMessage, MessageTooLong, publish, validate
 
@@ -64,7 +64,7 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(413, str(exc))
     try:
         verdict = await ratelimit.hit(
-            store.shared_client(),
+            redis_client.shared_client(),
             sender=token.sender,
             limit=settings.BROADCAST_API_RATE_LIMIT,
             window=settings.BROADCAST_API_RATE_WINDOW,

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.management.base import OutputWrapper
 from redis.exceptions import RedisError
 
-from broadcaster import store
+from broadcaster import redis_client
 from broadcaster.presence import group_presence
 from broadcaster.publish import BrokerUnavailable, PublishError, publish
 
@@ -67,14 +67,14 @@ class Screen:
 async def check_redis() -> None:
     """Fail with one clear line when Redis cannot be reached."""
     try:
-        await store.shared_client().ping()
+        await redis_client.shared_client().ping()
     except (RedisError, OSError) as exc:
-        raise ConsoleError(f"Cannot reach Redis at {store.display_url()}: {exc}") from exc
+        raise ConsoleError(f"Cannot reach Redis at {redis_client.display_url()}: {exc}") from exc
 
 
 async def watch_count(screen: Screen) -> None:
     """Print "Total clients: N" whenever the global count changes, at most once per interval."""
-    presence = group_presence(store.shared_client())
+    presence = group_presence(redis_client.shared_client())
     last: int | None = None
     while True:
         try:

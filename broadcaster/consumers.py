@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any
@@ -18,10 +19,15 @@ from broadcaster import protocol
 from broadcaster.history import Entry
 from broadcaster.hub import get_hub
 from broadcaster.protocol import CloseCode
-from broadcaster.resume import Backlog, catch_up, resume_point
-from broadcaster.transport import SCOPE_LINK_KEY, DirectLink, send_now
+from broadcaster.resume import Backlog, catch_up, next_page, resume_point
+from broadcaster.transport import SCOPE_LINK_KEY, AsgiLink, Link, text_frame
 
 logger = logging.getLogger(__name__)
+
+# A client that takes nothing of its catch-up for this long is a slow consumer.
+CATCH_UP_STALL = 30.0
+# Checks of a catching-up client's unsent output start this often and back off to the max.
+_DRAIN_POLL = (0.005, 0.2)
 
 
 class ReceiverConsumer(AsyncWebsocketConsumer):
@@ -29,14 +35,13 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
     joined = False
     closing = False
-    link: DirectLink | None = None
+    link: Link
+    # Live messages that arrived while the catch-up was being sent; None once live.
     held: list[Entry] | None = None
     # (epoch, seq) of the last message sent to this client.
     sent: tuple[str | None, int] = (None, 0)
     max_unsent = 0
-    # What this client was sent from history: it may be unsent for a while on a slow link
-    # without making the client a slow consumer (see write()).
-    catch_up_bytes = 0
+    catching_up: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable.
@@ -48,6 +53,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
+        self.link = scope.get(SCOPE_LINK_KEY) or AsgiLink(send)
         new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
         try:
             if new_local_channel is not None:
@@ -70,6 +76,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             await send(protocol.close_event(CloseCode.TRY_AGAIN_LATER))
         finally:
             # Also on cancel (server shutdown), when disconnect() does not run.
+            self._stop_catching_up()
             if self.joined:
                 self.joined = False
                 get_hub().discard(self)
@@ -88,7 +95,6 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
-        self.link = self.scope.get(SCOPE_LINK_KEY)
         self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
@@ -107,22 +113,76 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             get_hub().discard(self)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
             return
-        self._release(backlog)
+        if not self._release(backlog):
+            # Too much to send at once: the rest goes as the client reads (its socket is
+            # still read meanwhile, so pings and a disconnect are handled).
+            self.catching_up = asyncio.get_running_loop().create_task(self._stream(backlog))
         logger.info("Receiver connected: %s", self._peer())
 
-    def _release(self, backlog: Backlog) -> None:
-        """Send the reset notice and kept messages, then what was held, then go live."""
-        held, self.held = self.held or [], None
+    def _release(self, backlog: Backlog) -> bool:
+        """Send the reset notice and the backlog, then what was held, and go live, if all of
+        it fits under the slow-consumer bound now; else send the reset only and return False."""
         if backlog.reset:
-            send_now(
-                self.base_send,
-                protocol.send_event(protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)),
+            self.link.write(
+                protocol.send_event(protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)), None
             )
         self.sent = (backlog.epoch, backlog.after)
-        self._send_entries([*backlog.entries, *held])
-        if self.link is not None:
-            # What the catch-up left queued may drain slowly without making this a slow consumer.
-            self.catch_up_bytes = self.link.unsent()
+        if backlog.more or _size(backlog.entries) + self.link.unsent() > self.max_unsent:
+            return False
+        self._send_entries([*backlog.entries, *(self.held or [])])
+        self.held = None
+        return True
+
+    async def _stream(self, backlog: Backlog) -> None:
+        """Send a large catch-up as the client takes it: never more than the slow-consumer
+        bound unsent, the rest read from Redis page by page, then what was held, then live."""
+        queue, more = list(backlog.entries), backlog.more
+        try:
+            while True:
+                if not queue and more:
+                    page = await next_page(after=self.sent[1], epoch=self.sent[0])
+                    queue, more = page or [], bool(page)
+                if not queue:
+                    held, self.held = self.held or [], []
+                    if not held:
+                        self.held = None  # caught up: live from here
+                        return
+                    queue = held
+                while queue and self.link.unsent() <= self.max_unsent:
+                    chunk, queue = _take(queue, self.max_unsent - self.link.unsent())
+                    self._send_entries(chunk)
+                if (queue or more) and not await self._drained():
+                    return
+        except (RedisError, OSError) as exc:
+            logger.warning("Closing receiver %s: its catch-up could not be read: %s", self._peer(), exc)
+            self._close_now(CloseCode.TRY_AGAIN_LATER)
+
+    async def _drained(self) -> bool:
+        """Wait until the client has taken enough to send more; False if it was closed, or
+        took nothing for CATCH_UP_STALL seconds (then it is closed as a slow consumer)."""
+        loop = asyncio.get_running_loop()
+        unsent = self.link.unsent()
+        progress_at = loop.time()
+        delay = _DRAIN_POLL[0]
+        while unsent > self.max_unsent // 2:
+            if self.closing or self.link.gone():
+                return False
+            if loop.time() - progress_at > CATCH_UP_STALL:
+                self._slow_consumer()
+                return False
+            await asyncio.sleep(delay)
+            now = self.link.unsent()
+            if now < unsent:
+                progress_at, delay = loop.time(), _DRAIN_POLL[0]
+            else:
+                delay = min(delay * 2, _DRAIN_POLL[1])
+            unsent = now
+        return not self.closing
+
+    def _stop_catching_up(self) -> None:
+        if self.catching_up is not None:
+            self.catching_up.cancel()
+            self.catching_up = None
 
     def _send_entries(self, entries: list[Entry]) -> None:
         """Send the entries this client has not had yet, batched."""
@@ -130,7 +190,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         fresh = [e for e in entries if e.epoch != epoch or e.seq > last]
         start = 0
         for frame, count in protocol.batch_frames([e.frame for e in fresh]):
-            send_now(self.base_send, protocol.send_event(frame))
+            self.link.write(protocol.send_event(frame), text_frame(frame.encode()))
             start += count
             self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
 
@@ -143,6 +203,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, by either side, for any reason."""
+        self._stop_catching_up()
         if not self.joined:
             return
         self.joined = False
@@ -156,13 +217,15 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called with each frame the client sends; only `ping` is defined."""
         if protocol.parse_client_frame(text_data) == protocol.FRAME_PING:
-            await self.send(text_data=protocol.pong_frame())
+            self.link.write(protocol.send_event(protocol.pong_frame()), None)
             return
         shown = (text_data or repr(bytes_data))[:80]
         logger.warning("Closing receiver %s: unsupported frame %r", self._peer(), shown)
         code = CloseCode.UNSUPPORTED_FRAME
-        await self.send(text_data=protocol.error_frame(code=code, reason="unsupported frame"))
-        await self.close(code=int(code))
+        self.link.write(
+            protocol.send_event(protocol.error_frame(code=code, reason="unsupported frame")), None
+        )
+        self._close_now(code)
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
         """Called for each broadcast (layer event `broadcast.message`) when the configured
@@ -180,34 +243,48 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             return
         if entries:
             if self.held is not None:
-                self.held.extend(entries)  # catching up: _release sends these in order
+                self.held.extend(entries)  # catching up: sent after the backlog, in order
                 return
             epoch, last = self.sent
             if entries[0].seq <= last and entries[0].epoch == epoch:
                 self._send_entries(entries)  # some were sent already (from history): not twice
                 return
             self.sent = (entries[-1].epoch, entries[-1].seq)
-        link = self.link
-        if link is None:
-            send_now(self.base_send, message)
+        if self.link.unsent() > self.max_unsent:
+            self._slow_consumer()
             return
-        unsent = link.unsent()
-        if self.catch_up_bytes and unsent <= self.max_unsent:
-            self.catch_up_bytes = 0  # the catch-up is out: from now on the usual ceiling
-        if unsent > self.max_unsent + self.catch_up_bytes:
+        self.link.write(message, frame)
+
+    def _slow_consumer(self) -> None:
+        dropped = get_hub().slow_consumer_dropped()
+        logger.warning(
+            "Closing receiver %s: slow consumer, over %d bytes unsent (%d dropped by this process)",
+            self._peer(),
+            self.max_unsent,
+            dropped,
+        )
+        self._close_now(CloseCode.SLOW_CONSUMER)
+
+    def _close_now(self, code: CloseCode) -> None:
+        """Close with `code`; the client gets it after what is already queued for it."""
+        if not self.closing:
             self.closing = True
-            dropped = get_hub().slow_consumer_dropped()
-            logger.warning(
-                "Closing receiver %s: slow consumer, over %d bytes unsent (%d dropped by this process)",
-                self._peer(),
-                self.max_unsent,
-                dropped,
-            )
-            send_now(self.base_send, protocol.close_event(CloseCode.SLOW_CONSUMER))
-            return
-        if frame is None or not link.write_frame(frame):
-            send_now(self.base_send, message)
+            self.link.close(protocol.close_event(code))
 
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)
         return f"{client[0]}:{client[1]}"
+
+
+def _size(entries: list[Entry]) -> int:
+    return sum(len(e.frame) for e in entries)
+
+
+def _take(entries: list[Entry], budget: int) -> tuple[list[Entry], list[Entry]]:
+    """Split off the first entries that fit in `budget` characters (at least one)."""
+    total = 0
+    for i, entry in enumerate(entries):
+        total += len(entry.frame)
+        if i and total > budget:
+            return entries[:i], entries[i:]
+    return entries, []

@@ -20,8 +20,8 @@ Keys (built only in `_keys`):
 
 from __future__ import annotations
 
-import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +30,25 @@ import redis.asyncio as aioredis
 from broadcaster import protocol
 from broadcaster.protocol import BROADCAST_GROUP
 
+# The time now in ms: ARGV[n] when given (tests drive the clock), else Redis's clock.
+_NOW = """
+local function now_ms(given)
+  if given ~= '' then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
 # KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times
 # ARGV[1] the frame, built by protocol.message_frame with seq 0 and epoch "", ARGV[2] max
 # count, ARGV[3] max age ms, ARGV[4] an epoch to use if none is set yet, ARGV[5] the
-# placeholder in ARGV[1] to replace with the real seq and epoch.
+# placeholder in ARGV[1] to replace with the real seq and epoch, ARGV[6] now ms or "".
 # Returns {seq, epoch, frame}.
-_APPEND = """
+# Trimming removes the same seqs from `log` and `times`, found by seq or by time, never by
+# rank in `times`: entries of one millisecond sort there by member as strings ("10" < "9").
+_APPEND = (
+    _NOW
+    + """
 redis.replicate_commands()
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -43,8 +56,7 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 local seq = redis.call('INCR', KEYS[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms(ARGV[6])
 local i, j = string.find(ARGV[1], ARGV[5], 1, true)
 local frame = string.sub(ARGV[1], 1, i - 1) .. '"seq":' .. seq .. ',"epoch":"' .. epoch .. '"'
   .. string.sub(ARGV[1], j + 1)
@@ -52,35 +64,77 @@ redis.call('ZADD', KEYS[3], seq, frame)
 redis.call('ZADD', KEYS[4], now, seq)
 local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[2])
 if excess > 0 then
+  local gone = redis.call('ZRANGE', KEYS[3], 0, excess - 1, 'WITHSCORES')
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, excess - 1)
+  for k = 2, #gone, 2 do redis.call('ZREM', KEYS[4], gone[k]) end
 end
 local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
-if #old > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', old[#old])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
+for _, s in ipairs(old) do
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], s, s)
+  redis.call('ZREM', KEYS[4], s)
 end
 return {seq, epoch, frame}
 """
+)
 
-# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times; ARGV[1] after seq, ARGV[2] max age ms
-# Returns {last seq, epoch or false, frames with seq > ARGV[1] not older than ARGV[2]...}.
-_SINCE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times
+# ARGV[1] after seq, ARGV[2] max age ms, ARGV[3] max bytes (at least one entry is returned),
+# ARGV[4] now ms or "".
+# Returns {last seq, epoch or false, more (1 if kept entries follow the page), then seq and
+# frame of each kept entry with seq > ARGV[1] not older than ARGV[2]}. Reads the log in
+# slices, so a small page of a large history costs little.
+_SINCE = (
+    _NOW
+    + """
+local now = now_ms(ARGV[4])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local epoch = redis.call('GET', KEYS[2])
-local result = {last, epoch}
-local frames = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
-local seqs = redis.call('ZRANGEBYSCORE', KEYS[4], now - tonumber(ARGV[2]), '+inf')
+local result = {last, epoch, 0}
 local young = {}
-for _, s in ipairs(seqs) do young[s] = true end
-for _, f in ipairs(frames) do
-  local s = string.match(f, '"seq":(%d+)')
-  if young[s] then table.insert(result, f) end
+for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], now - tonumber(ARGV[2]), '+inf')) do
+  young[s] = true
 end
-return result
+local budget = tonumber(ARGV[3])
+local offset = 0
+while true do
+  local slice = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES',
+    'LIMIT', offset, 32)
+  if #slice == 0 then return result end
+  for k = 1, #slice, 2 do
+    local frame, s = slice[k], slice[k + 1]
+    if young[s] then
+      if #result > 3 and budget < string.len(frame) then
+        result[3] = 1
+        return result
+      end
+      budget = budget - string.len(frame)
+      table.insert(result, s)
+      table.insert(result, frame)
+    end
+  end
+  offset = offset + 32
+end
 """
+)
+
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times; ARGV[1] max age ms, ARGV[2] now ms or "".
+# Returns {last seq, epoch or false, the newest kept frame if not older than ARGV[1] or false,
+# its seq or false}: a new client's backlog, without reading the rest of the history.
+_NEWEST = (
+    _NOW
+    + """
+local now = now_ms(ARGV[2])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local epoch = redis.call('GET', KEYS[2])
+local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+if #newest == 0 then return {last, epoch, false, false} end
+local published = redis.call('ZSCORE', KEYS[4], newest[2])
+if not published or tonumber(published) < now - tonumber(ARGV[1]) then
+  return {last, epoch, false, false}
+end
+return {last, epoch, newest[1], newest[2]}
+"""
+)
 
 
 def _keys(group: str) -> list[str]:
@@ -99,45 +153,80 @@ class Entry:
 
 @dataclass(frozen=True)
 class Since:
-    """What the history holds after a point: the newest seq, the epoch, the kept entries."""
+    """What the history holds after a point: the newest seq, the epoch, the kept entries
+    (the first page of them when `more`)."""
 
     last: int
     epoch: str | None
     entries: list[Entry]
+    more: bool = False
+
+
+# No page is larger than this unless its one entry is.
+UNLIMITED = 1 << 62
 
 
 class History:
-    """The numbered, bounded history of one group."""
+    """The numbered, bounded history of one group.
+
+    `clock`, when given, is the time in ms the scripts use instead of Redis's (tests).
+    """
 
     def __init__(
-        self, redis: aioredis.Redis, *, count: int, age: float, group: str = BROADCAST_GROUP
+        self,
+        redis: aioredis.Redis,
+        *,
+        count: int,
+        age: float,
+        group: str = BROADCAST_GROUP,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self._redis = redis
         self._count = count
         self._age_ms = int(age * 1000)
         self._keys = _keys(group)
+        self._clock = clock
         self._append: Any = redis.register_script(_APPEND)
         self._since: Any = redis.register_script(_SINCE)
+        self._newest: Any = redis.register_script(_NEWEST)
+
+    def _now(self) -> str:
+        return "" if self._clock is None else str(self._clock())
 
     async def append(self, *, id: str, text: str, time: str) -> Entry:
         """Number and keep a message; return it with its seq, epoch and final frame."""
         template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time)
-        seq, epoch, frame = await self._append(
-            keys=self._keys,
-            args=[template, self._count, self._age_ms, secrets.token_hex(4), protocol.SEQ_PLACEHOLDER],
-        )
+        args = [
+            template,
+            self._count,
+            self._age_ms,
+            secrets.token_hex(4),
+            protocol.SEQ_PLACEHOLDER,
+            self._now(),
+        ]
+        seq, epoch, frame = await self._append(keys=self._keys, args=args)
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
 
-    async def since(self, seq: int, *, max_age: float | None = None) -> Since:
-        """Kept entries with a seq above `seq` (and younger than `max_age` s), in order."""
+    async def since(self, seq: int, *, max_age: float | None = None, max_bytes: int = UNLIMITED) -> Since:
+        """Kept entries with a seq above `seq` (and younger than `max_age` s), in order: all of
+        them, or as many as fit in `max_bytes` (at least one) with `more` set if others follow."""
         age_ms = self._age_ms if max_age is None else int(max_age * 1000)
-        last, epoch, *frames = await self._since(keys=self._keys, args=[seq, age_ms])
-        entries = []
-        for raw in frames:
-            frame = _text(raw)
-            decoded = json.loads(frame)
-            entries.append(Entry(seq=decoded["seq"], epoch=decoded["epoch"], frame=frame))
-        return Since(last=int(last), epoch=_text(epoch) if epoch else None, entries=entries)
+        last, epoch, more, *flat = await self._since(
+            keys=self._keys, args=[seq, age_ms, max_bytes, self._now()]
+        )
+        numbering = _text(epoch) if epoch else None
+        entries = [
+            Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
+            for k in range(0, len(flat), 2)
+        ]
+        return Since(last=int(last), epoch=numbering, entries=entries, more=bool(more))
+
+    async def newest(self, *, max_age: float) -> Since:
+        """The newest kept entry if it is younger than `max_age` s (a new client's backlog)."""
+        last, epoch, frame, seq = await self._newest(keys=self._keys, args=[int(max_age * 1000), self._now()])
+        numbering = _text(epoch) if epoch else None
+        entries = [Entry(seq=int(seq), epoch=numbering or "", frame=_text(frame))] if frame else []
+        return Since(last=int(last), epoch=numbering, entries=entries)
 
 
 def _text(value: bytes | str) -> str:

@@ -29,7 +29,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from broadcaster import protocol, store
+from broadcaster import gc_policy, protocol, redis_client
 from broadcaster.history import Entry, group_history
 from broadcaster.presence import group_presence, withdraw_now
 from broadcaster.recent import RecentBroadcasts
@@ -91,6 +91,8 @@ class Hub:
 
     def discard(self, receiver: Receiver) -> None:
         """Called when a receiver connection closes, whatever the reason."""
+        if receiver in self.receivers:
+            gc_policy.churn.connection_closed(still_open=len(self.receivers) - 1)
         self.receivers.discard(receiver)
         self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
@@ -160,7 +162,7 @@ class Hub:
 
     async def _fill(self, *, epoch: str, after: int) -> None:
         try:
-            kept = await group_history(store.shared_client()).since(after)
+            kept = await group_history(redis_client.shared_client()).since(after)
         except Exception as exc:
             # Whatever went wrong, held messages must not wait forever: they go out below.
             logger.warning("Could not fill a gap after seq %d from history: %r", after, exc)
@@ -190,7 +192,7 @@ class Hub:
         live here (the Redis subscription was down), even when nothing follows it."""
         if self._repairing is not None:
             return
-        head = await group_history(store.shared_client()).since(self.last_seq)
+        head = await group_history(redis_client.shared_client()).since(self.last_seq)
         if not self.baseline_known and self.epoch is None:
             self.epoch, self.last_seq, self.baseline_known = head.epoch, head.last, True
             self.recent.clear()
@@ -256,8 +258,8 @@ class Hub:
     async def _run(self) -> None:
         interval: float = settings.BROADCAST_COUNT_INTERVAL
         ttl: float = settings.BROADCAST_PRESENCE_TTL
-        self._reported_to = store.redis_url()
-        presence = group_presence(store.shared_client())
+        self._reported_to = redis_client.redis_url()
+        presence = group_presence(redis_client.shared_client())
         # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
         atexit.register(self._withdraw_at_exit)
         loop = asyncio.get_running_loop()

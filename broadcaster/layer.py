@@ -6,11 +6,19 @@ in this process (`set_fast_path`), the message is decoded once and handed to tha
 path once, instead of being copied into every member's queue and dispatched per consumer
 (which in Channels costs a thread hop per message per consumer, for database cleanup).
 Members the fast path does not own still get the message through their queue.
+
+The fast path overrides private parts of channels_redis 4.3 (pinned). `fast_path_problem()`
+names any that the installed release lacks; then this layer runs as the plain pub/sub layer
+(every receiver on its own queue: slower, nothing lost), and says so at start-up.
+`verify_fast_path()` sends one message through Redis at start-up and checks that it reaches
+a fast path: a release that still has the names but no longer calls them must not leave
+receivers silently without messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from typing import Any, Protocol
@@ -45,10 +53,36 @@ class _NoQueue:
 _NO_QUEUE: Any = _NoQueue()
 
 
+# What the fast path overrides or relies on, by class.
+_RELIES_ON = {
+    RedisPubSubChannelLayer: ("_get_layer", "__getattr__"),
+    RedisPubSubLoopLayer: ("_get_group_channel_name", "group_add", "group_discard", "group_send"),
+    RedisSingleShardConnection: ("_receive_message", "_do_receiving"),
+}
+
+
+@functools.cache
+def fast_path_problem() -> str | None:
+    """What the installed channels_redis lacks of what the fast path relies on, or None."""
+    missing = [f"{cls.__name__}.{name}" for cls, names in _RELIES_ON.items() for name in names
+               if not hasattr(cls, name)]  # fmt: skip
+    receiving = getattr(RedisSingleShardConnection, "_do_receiving", None)
+    if receiving is not None and "_receive_message" not in receiving.__code__.co_names:
+        missing.append("RedisSingleShardConnection._do_receiving calling _receive_message")
+    for attribute in ("_layers", "_args", "_kwargs"):
+        if attribute not in RedisPubSubChannelLayer.__init__.__code__.co_names:
+            missing.append(f"RedisPubSubChannelLayer.{attribute}")
+    if not missing:
+        return None
+    return "the installed channels_redis lacks " + ", ".join(missing)
+
+
 class FanoutChannelLayer(RedisPubSubChannelLayer):
     """`channels_redis.pubsub.RedisPubSubChannelLayer` with per-process fan-out."""
 
-    def _get_layer(self) -> FanoutLoopLayer:
+    def _get_layer(self) -> RedisPubSubLoopLayer:
+        if fast_path_problem() is not None:
+            return super()._get_layer()  # the plain layer: receivers get their own queues
         # Same as the parent's, building our loop layer instead (channels_redis 4.3).
         loop = asyncio.get_running_loop()
         try:
@@ -115,3 +149,39 @@ class _FanoutShard(RedisSingleShardConnection):
         for channel in members - fast.channels:
             if channel in layer.channels:
                 layer.channels[channel].put_nowait(data)
+
+
+class _Probe:
+    """A fast path that only notes that a message reached it."""
+
+    def __init__(self, channel: str) -> None:
+        self.channels = {channel}
+        self.reached = asyncio.Event()
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        self.reached.set()
+
+
+async def verify_fast_path(layer: Any, *, wait: float = 5.0) -> bool:
+    """Send one message to a private group through Redis; True once it reaches the fast path.
+
+    Raises RedisError or OSError when Redis cannot be reached (nothing can be verified then).
+    """
+    loop_layer = layer._get_layer()
+    group = f"broadcaster.selftest.{uuid.uuid4().hex}"
+    channel = await loop_layer.new_local_channel()
+    probe = _Probe(channel)
+    loop_layer.set_fast_path(group, probe)
+    try:
+        await layer.group_add(group, channel)
+        await layer.group_send(group, {"type": "broadcaster.selftest"})
+        try:
+            async with asyncio.timeout(wait):
+                await probe.reached.wait()
+        except TimeoutError:
+            return False
+        return True
+    finally:
+        loop_layer.set_fast_path(group, None)
+        loop_layer.forget_local_channel(channel)
+        await layer.group_discard(group, channel)

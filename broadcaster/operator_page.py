@@ -27,7 +27,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from redis.exceptions import RedisError
 
-from broadcaster import store
+from broadcaster import redis_client
 from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
 from broadcaster.publish import BrokerUnavailable, PublishError, publish, validate
@@ -50,9 +50,9 @@ async def _staff(request: HttpRequest) -> Any | None:
 async def _clients() -> tuple[int | None, str]:
     """The global client count and "ok", or None and why Redis did not answer."""
     try:
-        return await group_presence(store.shared_client()).total(), "ok"
+        return await group_presence(redis_client.shared_client()).total(), "ok"
     except (RedisError, OSError) as exc:
-        return None, f"Redis unreachable at {store.display_url()}: {exc}"
+        return None, f"Redis unreachable at {redis_client.display_url()}: {exc}"
 
 
 def _recent_rows() -> list[dict[str, Any]]:
@@ -73,7 +73,7 @@ async def _first_send(send_id: str) -> bool:
     """Claim a form's id: True the first time, False for a repeat (or with Redis down, True:
     publish() then reports the outage)."""
     try:
-        claimed = await store.shared_client().set(f"broadcaster:operator:sent:{send_id}", 1, nx=True,
+        claimed = await redis_client.shared_client().set(f"broadcaster:operator:sent:{send_id}", 1, nx=True,
                                                   ex=SEND_ID_TTL)  # fmt: skip
     except (RedisError, OSError):
         return True

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 
 from broadcaster.protocol import BROADCAST_GROUP
+from broadcaster.redis_client import sync_client
 
 # KEYS[1] servers zset, KEYS[2] counts hash
 # ARGV[1] server id or "" (prune and sum only), ARGV[2] its count, ARGV[3] TTL seconds
@@ -87,7 +87,7 @@ def group_presence(redis: aioredis.Redis) -> Presence:
 
 def withdraw_now(url: str, *, server_id: str, group: str = BROADCAST_GROUP) -> None:
     """Forget `server_id` from plain synchronous code (an exiting process, no event loop)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    client = sync_client(url)
     try:
         client.eval(_WITHDRAW, 2, *_keys(group), server_id)
     finally:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from broadcaster import protocol, store
+from broadcaster import protocol, redis_client
 from broadcaster.history import group_history
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
@@ -75,13 +75,13 @@ async def publish(*, text: str, sender: str) -> Published:
     validate(text)
     id = uuid.uuid4().hex
     time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    redis = store.shared_client()
+    redis = redis_client.shared_client()
     try:
         clients = await group_presence(redis).total()
         entry = await group_history(redis).append(id=id, text=text, time=time)
     except (RedisError, OSError) as exc:
         logger.warning("Broadcast from %s failed: Redis unreachable: %s", sender, exc)
-        failure = f"Cannot reach Redis at {store.display_url()}: {exc}. Nothing was sent."
+        failure = f"Cannot reach Redis at {redis_client.display_url()}: {exc}. Nothing was sent."
         await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=failure)
         raise BrokerUnavailable(failure) from exc
     try:

@@ -22,7 +22,7 @@ from datetime import datetime
 from django.conf import settings
 
 from broadcaster.history import Entry
-from broadcaster.resume import Backlog, ResumePoint, newest_backlog
+from broadcaster.resume import Backlog, ResumePoint, newest_backlog, numbering_unknown
 
 # At most this many messages (and never more than BROADCAST_HISTORY_COUNT).
 KEEP = 256
@@ -69,7 +69,7 @@ class RecentBroadcasts:
             entry, published = kept[-1]
             young = now - published <= settings.BROADCAST_LATEST_AGE
             return newest_backlog(entry if young else None, epoch=epoch, last=last)
-        if epoch is None or point.since > last or (point.epoch is not None and point.epoch != epoch):
+        if epoch is None or point.since > last or numbering_unknown(point, epoch=epoch):
             return None  # another numbering, or ahead of this process: Redis decides
         if point.since == last:
             return Backlog(entries=[], epoch=epoch, last=last, after=last)

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 
-from broadcaster import store
+from broadcaster import redis_client
 from broadcaster.history import Entry, group_history
 
 logger = logging.getLogger(__name__)
@@ -27,14 +27,23 @@ class ResumePoint:
 
 @dataclass(frozen=True)
 class Backlog:
-    """What to send before going live: maybe a reset notice, then kept entries after `after`."""
+    """What to send before going live: maybe a reset notice, then kept entries after `after`.
+
+    With `more`, `entries` is only the first page: `next_page` reads the rest, one page at a
+    time, as the client takes them (a large catch-up is never held in memory whole).
+    """
 
     entries: list[Entry]
     epoch: str | None
     last: int
     after: int
     reset: bool = False
+    more: bool = False
     notes: list[str] = field(default_factory=list)
+
+
+# A catch-up read from Redis comes in pages of about this many bytes.
+PAGE_BYTES = 256 * 1024
 
 
 def resume_point(query_string: bytes) -> ResumePoint | None:
@@ -62,20 +71,35 @@ def newest_backlog(newest: Entry | None, *, epoch: str | None, last: int) -> Bac
 
 
 async def catch_up(point: ResumePoint | None) -> Backlog:
-    """The backlog for a client resuming at `point`, or for a new client (the latest message
-    if it is younger than BROADCAST_LATEST_AGE)."""
-    history = group_history(store.shared_client())
+    """The backlog for a client resuming at `point` (its first page), or for a new client (the
+    latest message if it is younger than BROADCAST_LATEST_AGE)."""
+    history = group_history(redis_client.shared_client())
     if point is None:
-        kept = await history.since(0, max_age=settings.BROADCAST_LATEST_AGE)
-        newest = kept.entries[-1] if kept.entries else None
-        return newest_backlog(newest, epoch=kept.epoch, last=kept.last)
-    kept = await history.since(point.since)
-    numbering_changed = point.epoch is not None and point.epoch != kept.epoch
-    if numbering_changed or point.since > kept.last:
-        # The client's numbering is not this one (Redis lost its data): send all that is kept.
-        everything = await history.since(0)
+        kept = await history.newest(max_age=settings.BROADCAST_LATEST_AGE)
+        return newest_backlog(kept.entries[0] if kept.entries else None, epoch=kept.epoch, last=kept.last)
+    kept = await history.since(point.since, max_bytes=PAGE_BYTES)
+    if numbering_unknown(point, epoch=kept.epoch) or point.since > kept.last:
+        # The client's numbering may not be this one (Redis lost its data): all that is kept.
+        everything = await history.since(0, max_bytes=PAGE_BYTES)
         return Backlog(entries=everything.entries, epoch=everything.epoch, last=everything.last, after=0,
-                       reset=bool(point.since or numbering_changed))  # fmt: skip
+                       reset=point.since > 0 or point.epoch is not None, more=everything.more)  # fmt: skip
     first = kept.entries[0].seq if kept.entries else kept.last + 1
     return Backlog(entries=kept.entries, epoch=kept.epoch, last=kept.last, after=point.since,
-                   reset=first > point.since + 1)  # fmt: skip
+                   reset=first > point.since + 1, more=kept.more)  # fmt: skip
+
+
+def numbering_unknown(point: ResumePoint, *, epoch: str | None) -> bool:
+    """Whether `point` may belong to another numbering than `epoch`: it names another epoch,
+    or none at all while saying it saw messages (so a restart cannot be ruled out)."""
+    if point.epoch is None:
+        return point.since > 0
+    return point.epoch != epoch
+
+
+async def next_page(*, after: int, epoch: str | None) -> list[Entry] | None:
+    """The next page of a catch-up: kept entries after `after`, in order; [] at the end; None
+    when the numbering changed since the catch-up began (the live path sends the reset)."""
+    kept = await group_history(redis_client.shared_client()).since(after, max_bytes=PAGE_BYTES)
+    if kept.epoch != epoch:
+        return None
+    return kept.entries

@@ -16,7 +16,7 @@ from typing import Any
 from broadcaster import protocol
 from broadcaster.consumers import ReceiverConsumer
 from broadcaster.origin import OriginCheck
-from broadcaster.transport import SCOPE_LINK_KEY, daphne_link
+from broadcaster.transport import SCOPE_LINK_KEY, DirectLink, link_for
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ class Router:
             return _deny(receive, send)
         if not self.origins.allows(scope):
             return _deny(receive, send)
-        link = daphne_link(send)
-        if link is not None:
+        link = link_for(send)
+        if isinstance(link, DirectLink):
             # Twisted leaves Nagle's algorithm on; with delayed ACKs it holds small frames back.
             link.transport.setTcpNoDelay(True)
-            # In place, not a copy: daphne builds a scope per connection and keeps no other use.
-            scope[SCOPE_LINK_KEY] = link
+        # In place, not a copy: daphne builds a scope per connection and keeps no other use.
+        scope[SCOPE_LINK_KEY] = link
         return ReceiverConsumer()(scope, receive, send)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
+import asyncio
 import logging
 import pprint
 import resource
-import time
+import sys
+import threading
+from typing import Any
 
-from broadcaster import store
+from redis.exceptions import RedisError
+
+from broadcaster import gc_policy, redis_client, transport
+from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,72 +34,122 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def _watch_gc() -> None:
-    """Log full garbage collections that stall the event loop (every connection's objects
-    are scanned: at 10,000 connections this can take a noticeable time)."""
-    started: list[float] = []
-
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if info.get("generation") != 2:
-            return
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-        elif started:
-            took = time.perf_counter() - started[0]
-            if took > 0.05:
-                logger.warning("Full garbage collection paused the server for %.0f ms", took * 1000)
-
-    gc.callbacks.append(callback)
-    # Logging may be shut down before the last collections at exit.
-    atexit.register(gc.callbacks.remove, callback)
-    # Every connection holds a few hundred long-lived objects (Twisted, autobahn, Channels),
-    # and a full collection scans them all: measured here, 600-770 ms per collection at
-    # 10,000 connections, eleven of them during one connect storm. Collect the young
-    # generation less often and full collections far less often; cycles are still collected.
-    gc.set_threshold(50_000, 20, 100)
+def _dropped_debug_line() -> bool:
+    """True when the caller's caller is autobahn's `_connectionMade` and its debug line,
+    the only use of the text, will be dropped (txaio binds disabled levels to a no-op)."""
+    caller = sys._getframe(2)
+    if caller.f_code is not _CONNECTION_MADE_CODE:
+        return False
+    log = getattr(caller.f_locals.get("self"), "log", None)
+    return getattr(log, "debug", None) is _TXAIO_NO_OP
 
 
-class _Pretty:
-    """pprint.pformat(obj), done only if something turns it into text."""
+def _pformat(obj: object, *args: Any, **kwargs: Any) -> str:
+    """autobahn's `pformat`: the same text for every caller (Timings.__str__ and the rest),
+    except an empty string for the per-connection debug line that nobody will see."""
+    if _dropped_debug_line():
+        return ""
+    return pprint.pformat(obj, *args, **kwargs)
 
-    __slots__ = ("obj",)
 
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __str__(self) -> str:
-        return pprint.pformat(self.obj)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
+_CONNECTION_MADE_CODE: Any = None
+_TXAIO_NO_OP: Any = None
 
 
 def _lazy_autobahn_debug_text() -> bool:
-    """Make autobahn's per-connection debug text lazy; True if it was there to change.
+    """Skip autobahn's per-connection debug text when it would be dropped; True if changed.
 
     On every new connection autobahn pretty-prints its whole configuration for a debug log
     line (`WebSocketProtocol._connectionMade`), eagerly, though the line is dropped unless
     debug logging is on: py-spy put it at 19% of daphne's CPU during a connect storm. Its
-    module calls `pformat` by that global name; a lazy stand-in keeps the debug output
-    identical when it is enabled. (autobahn 26.10; feature-detected, so a later release
-    without the name is left alone.)
+    module calls `pformat` by that global name; the stand-in returns a real string to every
+    caller, and the same text unless the caller is that dropped line. (autobahn 26.10,
+    txaio 26.6; feature-detected, so a release without these names is left alone.)
     """
+    global _CONNECTION_MADE_CODE, _TXAIO_NO_OP
     try:
         from autobahn.websocket import protocol as autobahn_protocol
+        from txaio import tx as txaio_tx
     except ImportError:
         return False
-    if getattr(autobahn_protocol, "pformat", None) is not pprint.pformat:
+    connection_made = getattr(autobahn_protocol.WebSocketProtocol, "_connectionMade", None)
+    no_op = getattr(txaio_tx, "_no_op", None)
+    if getattr(autobahn_protocol, "pformat", None) is not pprint.pformat or connection_made is None:
         return False
-    autobahn_protocol.pformat = _Pretty  # type: ignore[attr-defined]
+    if no_op is None:
+        return False
+    _CONNECTION_MADE_CODE, _TXAIO_NO_OP = connection_made.__code__, no_op
+    autobahn_protocol.pformat = _pformat  # type: ignore[attr-defined]
     return True
+
+
+def check_write_path() -> None:
+    """Say once, at start-up, when the installed Twisted or autobahn rules out direct writes."""
+    problem = transport.direct_path_problem()
+    if problem is not None:
+        logger.warning("Direct frame writes unavailable (%s): slower fan-out; the slow-consumer "
+                       "bound still holds", problem)  # fmt: skip
+
+
+def check_channel_layer() -> None:
+    """Check, once at start-up, that broadcasts reach the layer's fast path.
+
+    Without the fast-path internals in the installed channels_redis, the layer runs as the
+    plain pub/sub layer (slower, nothing lost): said in one line. With them, one message
+    goes through Redis to a private group: if it does not reach the fast path, receivers
+    would get nothing, so the process refuses to start.
+    """
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if not isinstance(layer, FanoutChannelLayer):
+        return  # system check broadcaster.W001 says what this costs
+    problem = fast_path_problem()
+    if problem is not None:
+        logger.error(
+            "The fan-out fast path is off: %s. Receivers get broadcasts through per-consumer "
+            "dispatch (slower). Install the pinned channels-redis.",
+            problem,
+        )
+        return
+    outcome: list[BaseException | bool] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(verify_fast_path(layer)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    # In a thread with its own event loop: daphne's loop is not running yet, and must stay
+    # the main thread's current loop.
+    thread = threading.Thread(target=run, name="fast-path-check")
+    thread.start()
+    thread.join()
+    [result] = outcome
+    if result is True:
+        logger.info("Fan-out fast path verified through Redis")
+    elif isinstance(result, (RedisError, OSError)):
+        logger.warning("Could not verify the fan-out fast path at start-up (Redis unreachable: %s)", result)
+    elif isinstance(result, BaseException):
+        raise result
+    else:
+        message = (
+            "A broadcast sent through Redis did not reach the channel layer's fan-out fast "
+            "path: receivers would get nothing. The installed channels-redis does not behave "
+            "as the pinned version does; install the version in requirements.txt."
+        )
+        logger.critical(message)
+        raise SystemExit(message)
 
 
 def prepare_server() -> None:
     """Called when the ASGI application is imported by daphne or runserver."""
-    _watch_gc()
+    gc_policy.configure()
     _lazy_autobahn_debug_text()
     limit = raise_open_file_limit()
     logger.info("Open-file limit %d: room for about %d connections", limit, max(limit - 64, 0))
     # Starts the embedded Redis now when it is the one in use, so a problem shows at start-up.
-    store.redis_url()
-    logger.info("Using Redis at %s", store.display_url())
+    redis_client.redis_url()
+    logger.info("Using Redis at %s", redis_client.display_url())
+    check_write_path()
+    check_channel_layer()

@@ -1,32 +1,46 @@
-"""Writing to a connection without waiting for it: the fan-out's per-connection cost.
+"""Writing to a connection without waiting for it: one small interface, `Link`, with one
+implementation per transport, each measuring what it holds unsent for the client, so the
+slow-consumer bound (BROADCAST_MAX_UNSENT_BYTES) holds whichever way frames leave.
 
-Two ways, fastest first:
-
-1. `DirectLink` (daphne only): the same WebSocket frame bytes, built once per broadcast
+1. `DirectLink` (daphne, plain TCP): the same WebSocket frame bytes, built once per broadcast
    (server-to-client frames are unmasked, so every client's are identical), written straight
-   to the connection's socket, or to Twisted's buffer when the socket is busy. Found by the
-   router (broadcaster/routing.py), which also turns on TCP_NODELAY: Twisted leaves Nagle's
-   algorithm on, which with delayed ACKs holds a small frame back for up to 40 ms.
-2. `send_now` (any ASGI server): steps the `send` coroutine directly instead of a task per
-   connection. Daphne's `send` never suspends; if another server's does (backpressure),
-   the rest runs in a task, so no connection stalls the others.
+   to the connection's socket, or to Twisted's buffer when the socket is busy. The router
+   (broadcaster/routing.py) also turns on TCP_NODELAY: Twisted leaves Nagle's algorithm on,
+   which with delayed ACKs holds a small frame back for up to 40 ms.
+2. `TwistedLink` (daphne where the socket is not reachable, e.g. daphne terminating TLS):
+   daphne's own `send`; unsent is what Twisted's transports (TLS, then TCP) hold.
+3. `AsgiLink` (any other ASGI server): its `send`; unsent is what is in sends that have not
+   finished (a server that applies backpressure suspends `send` while its buffer is full).
 
-A server without (1) still works through (2); a daphne connection behind TLS has no raw
-socket and uses (2) as well.
+Every `send` is stepped directly by `send_now` instead of a task per connection. Daphne's
+`send` never suspends; if another server's does, the rest runs in a task, so no connection
+stalls the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 SCOPE_LINK_KEY = "broadcaster.link"
+
+# How long a client closed by the server has to read what is queued ahead of the close frame
+# (a slow consumer's megabyte) before the connection is dropped without it. autobahn's own
+# default is 1 s, which no slow reader can meet.
+CLOSE_GRACE = 30.0
+
+# What the direct write path uses of Twisted's TCP transport and of autobahn's protocol.
+_TRANSPORT_NEEDS = ("socket", "dataBuffer", "offset", "_tempDataLen", "setTcpNoDelay")
+_PROTOCOL_NEEDS = ("state", "STATE_OPEN", "send_queue", "closeHandshakeTimeout")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -65,20 +79,74 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             return
 
 
-class DirectLink:
-    """A daphne WebSocket connection's Twisted transport, for writing prebuilt frames."""
+class Link(Protocol):
+    """Where a receiver's frames go. Never waits for the client."""
 
-    def __init__(self, protocol: Any, transport: Any) -> None:
+    def unsent(self) -> int:
+        """Bytes accepted for this client that have not left the process yet."""
+
+    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+        """Queue one ASGI send message; `frame` is the same text prebuilt as frame bytes."""
+
+    def close(self, message: dict[str, Any]) -> None:
+        """Queue the ASGI close message, giving a slow reader CLOSE_GRACE to reach it."""
+
+    def gone(self) -> bool:
+        """Whether the connection is closed (nothing written now reaches the client)."""
+
+
+def _buffered(transport: Any) -> int:
+    """What one Twisted transport holds unsent (a FileDescriptor's two buffers), else 0."""
+    if not all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")):
+        return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class TwistedLink:
+    """A daphne connection written through daphne's `send` (autobahn frames it)."""
+
+    def __init__(self, send: Send, protocol: Any) -> None:
+        self.send = send
         self.protocol = protocol
+
+    def unsent(self) -> int:
+        total = 0
+        transport = getattr(self.protocol, "transport", None)
+        while transport is not None:
+            total += _buffered(transport)
+            total += sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()))
+            transport = getattr(transport, "transport", None)
+        return total
+
+    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+        send_now(self.send, message)
+
+    def close(self, message: dict[str, Any]) -> None:
+        self.protocol.closeHandshakeTimeout = CLOSE_GRACE
+        send_now(self.send, message)
+
+    def gone(self) -> bool:
+        transport = getattr(self.protocol, "transport", None)
+        return transport is None or bool(getattr(transport, "disconnected", False))
+
+
+class DirectLink(TwistedLink):
+    """A daphne connection on plain TCP: prebuilt frames go straight to its socket."""
+
+    def __init__(self, send: Send, protocol: Any, transport: Any) -> None:
+        super().__init__(send, protocol)
         self.transport = transport
         self.sock: socket.socket = transport.socket
 
     def unsent(self) -> int:
-        """Bytes accepted for this connection that the kernel has not taken yet."""
         t = self.transport
         return len(t.dataBuffer) - t.offset + t._tempDataLen
 
-    def write_frame(self, frame: bytes) -> bool:
+    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+        if frame is None or not self._write_frame(frame):
+            send_now(self.send, message)
+
+    def _write_frame(self, frame: bytes) -> bool:
         """Write a whole prebuilt frame; False when the connection is not in a state for it."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
@@ -101,16 +169,79 @@ class DirectLink:
         return True
 
 
-def daphne_link(send: Any) -> DirectLink | None:
-    """The DirectLink behind daphne's `send` (a partial of Server.handle_reply bound to the
-    protocol), or None for another server or a connection without a plain TCP socket."""
-    if not isinstance(send, functools.partial) or not send.args:
-        return None
-    protocol = send.args[0]
+class AsgiLink:
+    """Any other ASGI server: unsent is the size of sends that have not finished."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.pending = 0
+        self.closed = False
+
+    def unsent(self) -> int:
+        return self.pending
+
+    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+        size = len(frame) if frame is not None else len(message.get("text", "").encode())
+        task = send_now(self.send, message)
+        if task is not None:
+            self.pending += size
+            task.add_done_callback(functools.partial(self._done, size))
+
+    def _done(self, size: int, task: asyncio.Task[None]) -> None:
+        self.pending -= size
+        if not task.cancelled() and task.exception() is not None:
+            self.closed = True  # the server could not send: the connection is gone
+
+    def close(self, message: dict[str, Any]) -> None:
+        send_now(self.send, message)
+
+    def gone(self) -> bool:
+        return self.closed
+
+
+def _has(obj: Any, names: tuple[str, ...]) -> bool:
+    return obj is not None and all(hasattr(obj, name) for name in names)
+
+
+def link_for(send: Any) -> Link:
+    """The fastest link for a connection, given the `send` its server passed.
+
+    Daphne's `send` is a partial of Server.handle_reply bound to the connection's protocol.
+    """
+    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+    if not _has(protocol, _PROTOCOL_NEEDS):
+        _say_once("other", "Receivers on this process are served through the ASGI send path (not daphne)")
+        return AsgiLink(send)
     transport = getattr(protocol, "transport", None)
-    needed = ("socket", "dataBuffer", "offset", "_tempDataLen", "setTcpNoDelay")
-    if transport is None or not all(hasattr(transport, name) for name in needed):
-        return None
-    if not all(hasattr(protocol, name) for name in ("state", "STATE_OPEN", "send_queue")):
-        return None
-    return DirectLink(protocol, transport)
+    if _has(transport, _TRANSPORT_NEEDS) and isinstance(getattr(transport, "socket", None), socket.socket):
+        return DirectLink(send, protocol, transport)
+    _say_once(
+        "twisted", "Receivers on this process are written through daphne's send (no raw socket, e.g. TLS)"
+    )
+    return TwistedLink(send, protocol)
+
+
+_said: set[str] = set()
+
+
+def _say_once(key: str, text: str) -> None:
+    if key not in _said:
+        _said.add(key)
+        logger.warning("%s: slower fan-out; the slow-consumer bound still holds", text)
+
+
+def direct_path_problem() -> str | None:
+    """Why the direct write path cannot work with the installed Twisted and autobahn, or None.
+
+    Called once at start-up, so a release that renamed what DirectLink uses is named in the log.
+    """
+    try:
+        from autobahn.websocket.protocol import WebSocketProtocol
+        from twisted.internet.tcp import Connection
+    except ImportError as exc:
+        return f"cannot import {exc.name}"
+    missing = [f"twisted Connection.{n}" for n in ("dataBuffer", "offset", "setTcpNoDelay", "doWrite")
+               if not hasattr(Connection, n)]  # fmt: skip
+    missing += [f"autobahn WebSocketProtocol.{n}" for n in ("STATE_OPEN", "sendMessage", "sendClose")
+                if not hasattr(WebSocketProtocol, n)]  # fmt: skip
+    return ", ".join(missing) + " missing" if missing else None

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from redis.exceptions import RedisError
 
-from broadcaster import store
+from broadcaster import redis_client
 from broadcaster.presence import group_presence
 
 
@@ -17,7 +17,7 @@ def receiver_page(request: HttpRequest) -> HttpResponse:
 
 async def health(request: HttpRequest) -> JsonResponse:
     """200 with the global client count when Redis answers; 503 with the reason otherwise."""
-    redis = store.shared_client()
+    redis = redis_client.shared_client()
     try:
         await redis.ping()
         clients = await group_presence(redis).total()

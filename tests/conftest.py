@@ -12,6 +12,7 @@ from channels.layers import channel_layers
 from django.conf import settings
 
 from broadcaster.embedded_redis import server_binary
+from broadcaster.redis_client import layer_hosts
 from tests.support import Daphne, RedisServer, base_env, free_port
 
 
@@ -47,7 +48,7 @@ def point_django_at(url: str) -> None:
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "broadcaster.layer.FanoutChannelLayer",
-            "CONFIG": {"hosts": [url]},
+            "CONFIG": {"hosts": layer_hosts(url)},
         }
     }
     channel_layers.backends = {}

@@ -343,3 +343,39 @@ def read_frames(sock: socket.socket, *, until: str, timeout: float) -> list[tupl
         if not chunk:
             return frames
         data += chunk
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def http_request(port: int, method: str, path: str, *, headers: dict[str, str] | None = None,
+                       body: bytes = b"", timeout: float = 30) -> HttpAnswer:  # fmt: skip
+    """One HTTP/1.1 request on its own connection, for many at once without a thread each."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close",
+                f"Content-Length: {len(body)}"]  # fmt: skip
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    header_block, _, payload = rest.partition(b"\r\n\r\n")
+    fields = dict(line.decode().split(": ", 1) for line in header_block.split(b"\r\n") if b": " in line)
+    return HttpAnswer(status=int(status_line.split()[1]), headers={k.lower(): v for k, v in fields.items()},
+                      body=payload)  # fmt: skip
+
+
+def create_token(name: str, *, env: dict[str, str]) -> str:
+    """Create a publish token with the real command; return its secret."""
+    done = manage(["create_publish_token", name], env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[1].strip()

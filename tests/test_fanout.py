@@ -91,13 +91,13 @@ def test_batch_frames_split_at_the_limit_in_order():
 async def test_over_a_mebibyte_at_once_reaches_a_default_websockets_client(daphne, redis_url):
     """2 MB of messages that reach a server at once (here: kept in history but never sent live,
     as after a lost subscription) go out in batches under the 1 MiB limit of daphne and clients."""
-    from broadcaster import store
+    from broadcaster import redis_client
     from broadcaster.history import group_history
 
     server = daphne()
     client = await Client(server.ws).connect()  # websockets' default max_size: 1 MiB
     await asyncio.to_thread(server.wait_for_clients, 1)
-    history = group_history(store.shared_client())
+    history = group_history(redis_client.shared_client())
     lines = [f"{i:03d} " + "y" * 4000 for i in range(500)]
     for i, line in enumerate(lines):
         await history.append(id=str(i), text=line, time="2026-11-25T00:00:00.000Z")

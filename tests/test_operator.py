@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
 from django.test import AsyncClient, override_settings
 
-from broadcaster import store
+from broadcaster import redis_client
 from broadcaster.history import group_history
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
@@ -39,7 +39,7 @@ async def client_for(username: str | None, *, staff: bool = True, can_send: bool
 
 
 async def kept_seqs() -> list[int]:
-    return [entry.seq for entry in (await group_history(store.shared_client()).since(0)).entries]
+    return [entry.seq for entry in (await group_history(redis_client.shared_client()).since(0)).entries]
 
 
 async def test_anonymous_is_sent_to_login_and_gets_no_status():
@@ -83,7 +83,7 @@ async def test_staff_without_permission_watches_but_cannot_send():
 async def test_permitted_staff_sends_through_the_publish_path(redis_url):
     """A send goes out on the group, is numbered in history and logged with the user as sender."""
     sub = Subscriber(redis_url)
-    await group_presence(store.shared_client()).report(server_id="other-process", count=3)
+    await group_presence(redis_client.shared_client()).report(server_id="other-process", count=3)
     client = await client_for("ann", can_send=True)
     response = await client.post(PAGE, {"text": "line one\r\nline two"})
     assert (response.status_code, response["Location"]) == (303, "/operator/")
@@ -144,7 +144,7 @@ async def test_empty_and_too_long_are_refused_and_the_text_is_kept():
 
 async def test_large_audience_needs_confirmation():
     """Above BROADCAST_CONFIRM_ABOVE a send without confirmation is held and asked again."""
-    await group_presence(store.shared_client()).report(server_id="other-process", count=3)
+    await group_presence(redis_client.shared_client()).report(server_id="other-process", count=3)
     client = await client_for("ann", can_send=True)
     with override_settings(BROADCAST_CONFIRM_ABOVE=2):
         held = await client.post(PAGE, {"text": "to everyone", "confirmed": ""})

@@ -10,7 +10,7 @@ import redis
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from broadcaster import store
+from broadcaster import redis_client
 from broadcaster.consumers import ReceiverConsumer
 from broadcaster.history import Entry, group_history
 from broadcaster.hub import get_hub
@@ -26,7 +26,7 @@ def now() -> str:
 
 
 async def kept(n: int) -> list[Entry]:
-    history = group_history(store.shared_client())
+    history = group_history(redis_client.shared_client())
     return [await history.append(id=str(i), text=f"m{i}", time=now()) for i in range(n)]
 
 
@@ -37,11 +37,12 @@ async def test_memory_gives_the_same_backlog_as_redis_or_defers_to_it():
     recent = RecentBroadcasts()
     for entry in entries:
         recent.remember(entry)
-    points = [None, *(ResumePoint(since=s, epoch=epoch) for s in range(11)), ResumePoint(since=3, epoch=None)]
+    points = [None, *(ResumePoint(since=s, epoch=epoch) for s in range(11)), ResumePoint(since=0, epoch=None)]
     for point in points:
         assert recent.backlog(point, epoch=epoch, last=10) == await catch_up(point), point
-    # Another numbering, or a client ahead of this process: only Redis can tell.
-    for point in (ResumePoint(since=3, epoch="other"), ResumePoint(since=11, epoch=epoch)):
+    # Another numbering, an unknown one, or a client ahead of this process: only Redis can tell.
+    others = [ResumePoint(since=3, epoch="other"), ResumePoint(since=3, epoch=None), ResumePoint(since=11, epoch=epoch)]
+    for point in others:
         assert recent.backlog(point, epoch=epoch, last=10) is None
     # Memory that is not at history's newest says nothing.
     assert recent.backlog(None, epoch=epoch, last=11) is None

@@ -96,17 +96,18 @@ async def test_publisher_dying_between_history_and_live_leaves_no_hole(daphne, e
     await client.close()
 
 
-async def test_publisher_sigkilled_mid_stream_leaves_no_hole(daphne, env_for, redis_url):
+async def test_publisher_sigkilled_mid_stream_leaves_no_hole(daphne, env_for, redis_url, tmp_path):
     """SIGKILL a console publishing a stream; after one more message, clients hold every seq, in order."""
     server = daphne()
     client = await Client(server.ws).connect(max_size=None)
     await asyncio.to_thread(server.wait_for_clients, 1)
-    publisher = subprocess.Popen([sys.executable, "manage.py", "broadcast"], cwd=ROOT, env=env_for(redis_url),
-                                 stdin=subprocess.PIPE, text=True)  # fmt: skip
-    assert publisher.stdin is not None
-    for i in range(20000):
-        publisher.stdin.write(f"stream {i}\n")
-    publisher.stdin.flush()
+    # From a file, not a pipe written here: writing 20,000 lines to a pipe blocks this event
+    # loop until the publisher has read most of them, and the client above stops reading.
+    lines = tmp_path / "stream.txt"
+    lines.write_text("".join(f"stream {i}\n" for i in range(20000)))
+    with lines.open() as stdin:
+        publisher = subprocess.Popen([sys.executable, "manage.py", "broadcast"], cwd=ROOT,
+                                     env=env_for(redis_url), stdin=stdin, text=True)  # fmt: skip
     await client.wait_for(lambda c: len(c.messages()) >= 200, timeout=30, what="the stream to flow")
     publisher.send_signal(signal.SIGKILL)
     publisher.wait(timeout=10)
