@@ -41,8 +41,8 @@ async def test_memory_gives_the_same_backlog_as_redis_or_defers_to_it():
     for point in points:
         assert recent.backlog(point, epoch=epoch, last=10) == await catch_up(point), point
     # Another numbering, an unknown one, or a client ahead of this process: only Redis can tell.
-    others = [ResumePoint(since=3, epoch="other"), ResumePoint(since=3, epoch=None), ResumePoint(since=11, epoch=epoch)]
-    for point in others:
+    for point in (ResumePoint(since=3, epoch="other"), ResumePoint(since=3, epoch=None),
+                  ResumePoint(since=11, epoch=epoch)):  # fmt: skip
         assert recent.backlog(point, epoch=epoch, last=10) is None
     # Memory that is not at history's newest says nothing.
     assert recent.backlog(None, epoch=epoch, last=11) is None
