@@ -42,6 +42,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     sent: tuple[str | None, int] = (None, 0)
     max_unsent = 0
     catching_up: asyncio.Task[None] | None = None
+    # The newest count update that came while catching up: (message, frame).
+    deferred: tuple[dict[str, Any], bytes | None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable.
@@ -130,8 +132,15 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         if backlog.more or _size(backlog.entries) + self.link.unsent() > self.max_unsent:
             return False
         self._send_entries([*backlog.entries, *(self.held or [])])
-        self.held = None
+        self._go_live()
         return True
+
+    def _go_live(self) -> None:
+        """Called when the catch-up is out: from now on frames are written as they come."""
+        self.held = None
+        if self.deferred is not None:
+            self.link.write(*self.deferred)
+            self.deferred = None
 
     async def _stream(self, backlog: Backlog) -> None:
         """Send a large catch-up as the client takes it: never more than the slow-consumer
@@ -145,7 +154,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 if not queue:
                     held, self.held = self.held or [], []
                     if not held:
-                        self.held = None  # caught up: live from here
+                        self._go_live()
                         return
                     queue = held
                 while queue and self.link.unsent() <= self.max_unsent:
@@ -241,6 +250,10 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         """
         if self.closing:
             return
+        if not entries and self.held is not None:
+            # Catching up: a count update waits (the newest replaces the last) until it is done.
+            self.deferred = (message, frame)
+            return
         if entries:
             if self.held is not None:
                 self.held.extend(entries)  # catching up: sent after the backlog, in order
@@ -266,10 +279,14 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         self._close_now(CloseCode.SLOW_CONSUMER)
 
     def _close_now(self, code: CloseCode) -> None:
-        """Close with `code`; the client gets it after what is already queued for it."""
-        if not self.closing:
-            self.closing = True
-            self.link.close(protocol.close_event(code))
+        """Close with `code`; the client gets it after what is already queued for it. From
+        now on it gets nothing else and no longer counts as connected."""
+        if self.closing:
+            return
+        self.closing = True
+        self._stop_catching_up()
+        get_hub().discard(self)  # the group is left when the socket is gone (disconnect())
+        self.link.close(protocol.close_event(code))
 
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)

@@ -95,11 +95,14 @@ class Link(Protocol):
         """Whether the connection is closed (nothing written now reaches the client)."""
 
 
-def _buffered(transport: Any) -> int:
-    """What one Twisted transport holds unsent (a FileDescriptor's two buffers), else 0."""
-    if not all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")):
-        return 0
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+def _is_tcp(transport: Any) -> bool:
+    """Whether `transport` is Twisted's own TCP connection (not a wrapper such as TLS, whose
+    attribute lookups fall through to the TCP transport underneath)."""
+    try:
+        from twisted.internet.tcp import Connection
+    except ImportError:
+        return False
+    return isinstance(transport, Connection)
 
 
 class TwistedLink:
@@ -112,10 +115,13 @@ class TwistedLink:
     def unsent(self) -> int:
         total = 0
         transport = getattr(self.protocol, "transport", None)
-        while transport is not None:
-            total += _buffered(transport)
-            total += sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()))
-            transport = getattr(transport, "transport", None)
+        # Down the wrappers (TLS keeps what it cannot encrypt yet) to the TCP transport.
+        while transport is not None and not _is_tcp(transport):
+            own = vars(transport) if hasattr(transport, "__dict__") else {}
+            total += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
+            transport = own.get("transport")
+        if transport is not None:
+            total += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         return total
 
     def write(self, message: dict[str, Any], frame: bytes | None) -> None:
@@ -213,7 +219,7 @@ def link_for(send: Any) -> Link:
         _say_once("other", "Receivers on this process are served through the ASGI send path (not daphne)")
         return AsgiLink(send)
     transport = getattr(protocol, "transport", None)
-    if _has(transport, _TRANSPORT_NEEDS) and isinstance(getattr(transport, "socket", None), socket.socket):
+    if _is_tcp(transport) and _has(transport, _TRANSPORT_NEEDS):
         return DirectLink(send, protocol, transport)
     _say_once(
         "twisted", "Receivers on this process are written through daphne's send (no raw socket, e.g. TLS)"

@@ -90,9 +90,10 @@ def daphne(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Daphne]]:
     """Start real daphne processes; all are stopped at the end of the test."""
     started: list[Daphne] = []
 
-    def start(*, url: str | None = None, port: int | None = None, **extra: str) -> Daphne:
+    def start(*, url: str | None = None, port: int | None = None, tls: tuple[Path, Path] | None = None,
+              **extra: str) -> Daphne:  # fmt: skip
         env = base_env(url or redis_url, tmp_path / "var", **extra)
-        server = Daphne(env=env, log=tmp_path / f"daphne-{len(started)}.log", port=port).start()
+        server = Daphne(env=env, log=tmp_path / f"daphne-{len(started)}.log", port=port, tls=tls).start()
         started.append(server)
         return server
 

@@ -128,10 +128,13 @@ class RedisServer:
 class Daphne:
     """A real daphne process serving the project on a loopback port."""
 
-    def __init__(self, *, env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(self, *, env: dict[str, str], log: Path, port: int | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:  # fmt: skip
         self.env = env
         self.port = port or free_port()
         self.log_path = log
+        # (certificate, private key): daphne terminates TLS itself.
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -144,6 +147,9 @@ class Daphne:
 
     def start(self) -> Daphne:
         endpoint = f"tcp:port={self.port}:interface=127.0.0.1:backlog=1024"
+        if self.tls is not None:
+            cert, key = self.tls
+            endpoint = f"ssl:port={self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-e", endpoint, "broadcast_site.asgi:application"],
@@ -162,6 +168,24 @@ class Daphne:
                 return True
         except OSError:
             return False
+
+    def rss(self) -> int:
+        """The process's resident memory, in bytes."""
+        import psutil
+
+        assert self.proc is not None
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    def steady_rss(self, *, timeout: float = 20) -> int:
+        """The RSS once it has stopped growing (two samples 0.5 s apart within 1 MB)."""
+        samples = [self.rss()]
+
+        def settled() -> bool:
+            samples.append(self.rss())
+            return abs(samples[-1] - samples[-2]) < 1 << 20
+
+        wait_until(settled, timeout=timeout, what="daphne's memory to settle", poll=0.5)
+        return samples[-1]
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
@@ -302,12 +326,18 @@ class Subscriber:
         return got
 
 
-def raw_receiver(port: int, query: str = "") -> socket.socket:
+def raw_receiver(port: int, query: str = "", *, tls: bool = False) -> socket.socket:
     """A raw WebSocket client with a tiny receive buffer, past the handshake (read byte by byte,
     so no frame after it is consumed); it reads nothing more until the test does."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
+    if tls:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        sock = context.wrap_socket(sock)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET /ws/broadcast/{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -379,3 +409,31 @@ def create_token(name: str, *, env: dict[str, str]) -> str:
     done = manage(["create_publish_token", name], env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()[1].strip()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    loopback = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(loopback, critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return cert_path, key_path

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from broadcaster.history import History
 from broadcaster.resume import ResumePoint, catch_up, resume_point
@@ -89,3 +93,78 @@ async def test_catch_up_cases(redis, settings):
     assert ([e.seq for e in fresh.entries], fresh.reset) == ([6], False)
     settings.BROADCAST_LATEST_AGE = 0
     assert (await catch_up(None)).entries == []
+
+
+# --- Property: history against a plain model --------------------------------------------
+
+_op = st.one_of(
+    st.tuples(st.just("append"), st.sampled_from([0, 0, 0, 1, 2, 7])),  # ms since the last op
+    st.tuples(
+        st.just("since"), st.integers(0, 30), st.sampled_from([1, 3, 10, 1000]), st.sampled_from([1, 300])
+    ),
+    st.tuples(st.just("newest"), st.sampled_from([0, 2, 1000])),
+)
+
+
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(start=st.sampled_from([0, 7, 8, 97, 98, 997, 998]), count=st.integers(1, 4), age=st.integers(1, 20),
+       ops=st.lists(_op, min_size=1, max_size=40))  # fmt: skip
+def test_history_matches_a_plain_model(redis_url, start, count, age, ops):
+    """append/trim/since/newest equal a list model, with bursts in one millisecond across 9->10,
+    99->100 and 999->1000 (members that sort differently as strings) and every page size."""
+    asyncio.run(_check_against_model(redis_url, start, count, age, ops))
+
+
+async def _check_against_model(url: str, start: int, count: int, age: int, ops: list[tuple]) -> None:
+    client = aioredis.Redis.from_url(url)
+    await client.flushall()
+    now = [1_000_000]
+    history = History(client, count=count, age=age / 1000, clock=lambda: now[0])
+    if start:
+        await client.set("broadcaster:history:broadcast:seq", start)
+    kept: list[tuple[int, int, str]] = []  # (seq, time, frame), oldest first
+    last = start
+    try:
+        for op in ops:
+            if op[0] == "append":
+                now[0] += op[1]
+                entry = await history.append(id="i", text=f"m{last + 1}", time="t")
+                last += 1
+                assert entry.seq == last
+                kept.append((entry.seq, now[0], entry.frame))
+                kept = kept[-count:]
+                kept = [k for k in kept if k[1] > now[0] - age]
+            elif op[0] == "since":
+                _, after, max_bytes, max_age = op
+                expected = [k for k in kept if k[0] > after and k[1] >= now[0] - max_age]
+                got, more, cursor = [], True, after
+                while more:
+                    page = await history.since(cursor, max_age=max_age / 1000, max_bytes=max_bytes)
+                    assert page.last == last
+                    assert page.entries or not page.more
+                    got += page.entries
+                    more = page.more
+                    cursor = got[-1].seq if got else cursor
+                assert [(e.seq, e.frame) for e in got] == [(k[0], k[2]) for k in expected]
+            else:
+                max_age = op[1]
+                young = [k for k in kept if k[1] >= now[0] - max_age]
+                newest = await history.newest(max_age=max_age / 1000)
+                expected_newest = [kept[-1]] if kept and young and young[-1] == kept[-1] else []
+                assert newest.last == last
+                assert [(e.seq, e.frame) for e in newest.entries] == [(k[0], k[2]) for k in expected_newest]
+    finally:
+        await client.aclose()
+
+
+async def test_same_millisecond_burst_across_ten_keeps_every_timestamp(redis):
+    """Seqs 9 and 10 in one millisecond, trimmed by count: 10 keeps its time and is served."""
+    history = History(redis, count=1, age=60, clock=lambda: 5_000)
+    await redis.set("broadcaster:history:broadcast:seq", 8)
+    await history.append(id="a", text="nine", time="t")
+    ten = await history.append(id="b", text="ten", time="t")
+    assert [e.seq for e in (await history.since(0)).entries] == [10]
+    assert await redis.zrange("broadcaster:history:broadcast:times", 0, -1) == [b"10"]
+    assert (await history.newest(max_age=60)).entries == [ten]
