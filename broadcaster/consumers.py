@@ -263,10 +263,11 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 self._send_entries(entries)  # some were sent already (from history): not twice
                 return
             self.sent = (entries[-1].epoch, entries[-1].seq)
-        if self.link.unsent() > self.max_unsent:
+        link = self.link
+        if link.unsent() > self.max_unsent:
             self._slow_consumer()
             return
-        self.link.write(message, frame)
+        link.write(message, frame)
 
     def _slow_consumer(self) -> None:
         dropped = get_hub().slow_consumer_dropped()

@@ -108,6 +108,8 @@ def _is_tcp(transport: Any) -> bool:
 class TwistedLink:
     """A daphne connection written through daphne's `send` (autobahn frames it)."""
 
+    __slots__ = ("protocol", "send")
+
     def __init__(self, send: Send, protocol: Any) -> None:
         self.send = send
         self.protocol = protocol
@@ -139,6 +141,8 @@ class TwistedLink:
 class DirectLink(TwistedLink):
     """A daphne connection on plain TCP: prebuilt frames go straight to its socket."""
 
+    __slots__ = ("sock", "transport")
+
     def __init__(self, send: Send, protocol: Any, transport: Any) -> None:
         super().__init__(send, protocol)
         self.transport = transport
@@ -149,34 +153,33 @@ class DirectLink(TwistedLink):
         return len(t.dataBuffer) - t.offset + t._tempDataLen
 
     def write(self, message: dict[str, Any], frame: bytes | None) -> None:
-        if frame is None or not self._write_frame(frame):
-            send_now(self.send, message)
-
-    def _write_frame(self, frame: bytes) -> bool:
-        """Write a whole prebuilt frame; False when the connection is not in a state for it."""
+        """The prebuilt frame straight to the socket when the connection is open and nothing
+        of daphne's own is queued ahead of it; else daphne's `send`."""
         protocol = self.protocol
-        if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
-            return False
+        if frame is None or protocol.state != protocol.STATE_OPEN or protocol.send_queue:
+            send_now(self.send, message)
+            return
         transport = self.transport
         if transport.disconnecting or transport.disconnected:
-            return True  # closing: nothing more goes out, as with daphne's own send
-        if not self.unsent():
+            return  # closing: nothing more goes out, as with daphne's own send
+        if not (len(transport.dataBuffer) - transport.offset + transport._tempDataLen):
             # Nothing queued ahead of it, so the socket may take it at once.
             try:
                 sent = self.sock.send(frame)
             except BlockingIOError:
                 sent = 0
             except OSError:
-                return True  # the connection broke; Twisted notices and closes it
+                return  # the connection broke; Twisted notices and closes it
             if sent == len(frame):
-                return True
+                return
             frame = frame[sent:]
         transport.write(frame)
-        return True
 
 
 class AsgiLink:
     """Any other ASGI server: unsent is the size of sends that have not finished."""
+
+    __slots__ = ("closed", "pending", "send")
 
     def __init__(self, send: Send) -> None:
         self.send = send
