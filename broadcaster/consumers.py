@@ -44,6 +44,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     catching_up: asyncio.Task[None] | None = None
     # The newest count update that came while catching up: (message, frame).
     deferred: tuple[dict[str, Any], bytes | None] | None = None
+    # Bytes in `held`; whether held messages were dropped (over the bound) to be read from history.
+    held_bytes = 0
+    held_dropped = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable.
@@ -123,17 +126,19 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
     def _release(self, backlog: Backlog) -> bool:
         """Send the reset notice and the backlog, then what was held, and go live, if all of
-        it fits under the slow-consumer bound now; else send the reset only and return False."""
+        it fits in half the slow-consumer bound now; else send the reset only, return False."""
         if backlog.reset:
-            self.link.write(
-                protocol.send_event(protocol.reset_frame(epoch=backlog.epoch, seq=backlog.last)), None
-            )
+            self._write_reset(epoch=backlog.epoch, last=backlog.last)
         self.sent = (backlog.epoch, backlog.after)
-        if backlog.more or _size(backlog.entries) + self.link.unsent() > self.max_unsent:
+        held = self.held or []
+        if backlog.more or self.held_dropped or _size([*backlog.entries, *held]) > self.max_unsent // 2:
             return False
-        self._send_entries([*backlog.entries, *(self.held or [])])
+        self._send_entries([*backlog.entries, *held])
         self._go_live()
         return True
+
+    def _write_reset(self, *, epoch: str | None, last: int) -> None:
+        self.link.write(protocol.send_event(protocol.reset_frame(epoch=epoch, seq=last)), None)
 
     def _go_live(self) -> None:
         """Called when the catch-up is out: from now on frames are written as they come."""
@@ -144,21 +149,37 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
     async def _stream(self, backlog: Backlog) -> None:
         """Send a large catch-up as the client takes it: never more than the slow-consumer
-        bound unsent, the rest read from Redis page by page, then what was held, then live."""
+        bound unsent, the rest read from Redis page by page, then what was held, then live.
+
+        Live messages that arrive meanwhile are held, up to the bound; past it they are
+        dropped and read from history instead (every live message is kept there first).
+        """
         queue, more = list(backlog.entries), backlog.more
         try:
             while True:
-                if not queue and more:
+                if not queue and (more or self.held_dropped):
+                    self.held, self.held_bytes, self.held_dropped = [], 0, False
                     page = await next_page(after=self.sent[1], epoch=self.sent[0])
-                    queue, more = page or [], bool(page)
+                    if page is None:  # numbering restarted: the held live messages say so
+                        queue, more = [], False
+                    else:
+                        if page.reset:
+                            self._write_reset(epoch=page.epoch, last=page.last)
+                        queue, more = list(page.entries), page.more
+                    continue
                 if not queue:
-                    held, self.held = self.held or [], []
+                    held, self.held, self.held_bytes = self.held or [], [], 0
                     if not held:
+                        # Out, and drained below half the bound: live from here.
+                        if not await self._drained():
+                            return
+                        if self.held or self.held_dropped:
+                            continue
                         self._go_live()
                         return
                     queue = held
-                while queue and self.link.unsent() <= self.max_unsent:
-                    chunk, queue = _take(queue, self.max_unsent - self.link.unsent())
+                while queue and self.link.unsent() <= self.max_unsent // 2:
+                    chunk, queue = _take(queue, self.max_unsent // 2 - self.link.unsent())
                     self._send_entries(chunk)
                 if (queue or more) and not await self._drained():
                     return
@@ -194,9 +215,14 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             self.catching_up = None
 
     def _send_entries(self, entries: list[Entry]) -> None:
-        """Send the entries this client has not had yet, batched."""
+        """Send the entries this client has not had yet, batched: one that comes twice (in the
+        backlog and held, say) goes once."""
         epoch, last = self.sent
-        fresh = [e for e in entries if e.epoch != epoch or e.seq > last]
+        fresh = []
+        for e in entries:
+            if e.epoch != epoch or e.seq > last:
+                fresh.append(e)
+                epoch, last = e.epoch, e.seq
         start = 0
         for frame, count in protocol.batch_frames([e.frame for e in fresh]):
             self.link.write(protocol.send_event(frame), text_frame(frame.encode()))
@@ -226,7 +252,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called with each frame the client sends; only `ping` is defined."""
         if protocol.parse_client_frame(text_data) == protocol.FRAME_PING:
-            self.link.write(protocol.send_event(protocol.pong_frame()), None)
+            self.write(protocol.send_event(protocol.pong_frame()), None, [])
             return
         shown = (text_data or repr(bytes_data))[:80]
         logger.warning("Closing receiver %s: unsupported frame %r", self._peer(), shown)
@@ -250,24 +276,39 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         """
         if self.closing:
             return
-        if not entries and self.held is not None:
-            # Catching up: a count update waits (the newest replaces the last) until it is done.
-            self.deferred = (message, frame)
+        if self.held is not None:
+            self._hold(message, frame, entries)
+            return
+        link = self.link
+        if link.unsent() > self.max_unsent:
+            self._slow_consumer()
             return
         if entries:
-            if self.held is not None:
-                self.held.extend(entries)  # catching up: sent after the backlog, in order
-                return
             epoch, last = self.sent
             if entries[0].seq <= last and entries[0].epoch == epoch:
                 self._send_entries(entries)  # some were sent already (from history): not twice
                 return
             self.sent = (entries[-1].epoch, entries[-1].seq)
-        link = self.link
-        if link.unsent() > self.max_unsent:
-            self._slow_consumer()
-            return
         link.write(message, frame)
+
+    def _hold(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:
+        """While catching up: keep live messages for after it (up to the bound; past it, the
+        catch-up reads them from history), the newest count update, and a reset by the hub
+        (messages it could not get are no longer kept) as a reason to read history again."""
+        assert self.held is not None
+        if entries:
+            self.held.extend(entries)
+            self.held_bytes += _size(entries)
+            if self.held_bytes > self.max_unsent:
+                self.held, self.held_bytes, self.held_dropped = [], 0, True
+            return
+        kind = protocol.frame_type(message["text"])
+        if kind == protocol.FRAME_COUNT:
+            self.deferred = (message, frame)
+        elif kind == protocol.FRAME_RESET:
+            self.held, self.held_bytes, self.held_dropped = [], 0, True
+        else:
+            self.link.write(message, frame)  # a pong
 
     def _slow_consumer(self) -> None:
         dropped = get_hub().slow_consumer_dropped()
@@ -295,14 +336,15 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
 
 def _size(entries: list[Entry]) -> int:
-    return sum(len(e.frame) for e in entries)
+    """Bytes of the entries' frames, as they are sent (UTF-8)."""
+    return sum(len(e.frame.encode()) for e in entries)
 
 
 def _take(entries: list[Entry], budget: int) -> tuple[list[Entry], list[Entry]]:
-    """Split off the first entries that fit in `budget` characters (at least one)."""
+    """Split off the first entries that fit in `budget` bytes (at least one)."""
     total = 0
     for i, entry in enumerate(entries):
-        total += len(entry.frame)
+        total += len(entry.frame.encode())
         if i and total > budget:
             return entries[:i], entries[i:]
     return entries, []

@@ -16,6 +16,7 @@ Keys (built only in `_keys`):
     <prefix>:epoch   the current epoch
     <prefix>:log     sorted set: frame -> seq
     <prefix>:times   sorted set: seq -> publish time (Redis clock, ms), for age trimming
+    <prefix>:ids     sorted set: message id -> seq, the newest COUNT (appends are idempotent)
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ local function now_ms(given)
 end
 """
 
-# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[5] ids
 # ARGV[1] the frame, built by protocol.message_frame with seq 0 and epoch "", ARGV[2] max
 # count, ARGV[3] max age ms, ARGV[4] an epoch to use if none is set yet, ARGV[5] the
-# placeholder in ARGV[1] to replace with the real seq and epoch, ARGV[6] now ms or "".
+# placeholder in ARGV[1] to replace with the real seq and epoch, ARGV[6] now ms or "",
+# ARGV[7] the message id.
 # Returns {seq, epoch, frame}.
+# Idempotent by message id: the same message appended again (a client retrying after its
+# connection dropped with the reply in flight) gets its first seq back, not a second one.
 # Trimming removes the same seqs from `log` and `times`, found by seq or by time, never by
 # rank in `times`: entries of one millisecond sort there by member as strings ("10" < "9").
 _APPEND = (
@@ -55,13 +59,22 @@ if not epoch then
   epoch = ARGV[4]
   redis.call('SET', KEYS[2], epoch)
 end
+local i, j = string.find(ARGV[1], ARGV[5], 1, true)
+local function numbered(seq)
+  return string.sub(ARGV[1], 1, i - 1) .. '"seq":' .. seq .. ',"epoch":"' .. epoch .. '"'
+    .. string.sub(ARGV[1], j + 1)
+end
+local known = redis.call('ZSCORE', KEYS[5], ARGV[7])
+if known then
+  return {tonumber(known), epoch, numbered(tonumber(known))}
+end
 local seq = redis.call('INCR', KEYS[1])
 local now = now_ms(ARGV[6])
-local i, j = string.find(ARGV[1], ARGV[5], 1, true)
-local frame = string.sub(ARGV[1], 1, i - 1) .. '"seq":' .. seq .. ',"epoch":"' .. epoch .. '"'
-  .. string.sub(ARGV[1], j + 1)
+local frame = numbered(seq)
 redis.call('ZADD', KEYS[3], seq, frame)
 redis.call('ZADD', KEYS[4], now, seq)
+redis.call('ZADD', KEYS[5], seq, ARGV[7])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(tonumber(ARGV[2]) + 1))
 local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[2])
 if excess > 0 then
   local gone = redis.call('ZRANGE', KEYS[3], 0, excess - 1, 'WITHSCORES')
@@ -139,7 +152,7 @@ return {last, epoch, newest[1], newest[2]}
 
 def _keys(group: str) -> list[str]:
     prefix = f"broadcaster:history:{group}"
-    return [f"{prefix}:seq", f"{prefix}:epoch", f"{prefix}:log", f"{prefix}:times"]
+    return [f"{prefix}:seq", f"{prefix}:epoch", f"{prefix}:log", f"{prefix}:times", f"{prefix}:ids"]
 
 
 @dataclass(frozen=True)
@@ -203,6 +216,7 @@ class History:
             secrets.token_hex(4),
             protocol.SEQ_PLACEHOLDER,
             self._now(),
+            id,
         ]
         seq, epoch, frame = await self._append(keys=self._keys, args=args)
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))

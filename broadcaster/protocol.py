@@ -116,6 +116,12 @@ def count_frame(*, clients: int) -> str:
     return dumps({"type": FRAME_COUNT, "clients": clients})
 
 
+def frame_type(frame: str) -> str:
+    """The type of a server frame built here (they all begin with their type), without decoding it."""
+    start = len('{"type":"')
+    return frame[start : frame.index('"', start)]
+
+
 def pong_frame() -> str:
     """The answer to a client's ping."""
     return dumps({"type": FRAME_PONG})

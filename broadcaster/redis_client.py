@@ -34,8 +34,10 @@ SOCKET_TIMEOUT = 2.0
 POOL_SIZE = 50
 POOL_TIMEOUT = 5.0
 # A dropped connection (a Redis restart closes every pooled one) is retried on a new
-# connection, after 10, 20, 40 ms (with jitter). Only connection errors are retried: a
-# command that timed out may have run, and retrying it could number a broadcast twice.
+# connection, after 10, 20, 40 ms (with jitter). Only connection errors are retried, not
+# timeouts. A connection can drop after Redis ran a command and before the reply, so every
+# write here is safe to run twice: history's append is idempotent by message id, presence
+# reports and withdrawals set values (a rate-limit hit may count one send twice).
 RETRIES = 3
 BACKOFF_BASE = 0.01
 BACKOFF_CAP = 0.5

@@ -96,10 +96,13 @@ def numbering_unknown(point: ResumePoint, *, epoch: str | None) -> bool:
     return point.epoch != epoch
 
 
-async def next_page(*, after: int, epoch: str | None) -> list[Entry] | None:
-    """The next page of a catch-up: kept entries after `after`, in order; [] at the end; None
-    when the numbering changed since the catch-up began (the live path sends the reset)."""
+async def next_page(*, after: int, epoch: str | None) -> Backlog | None:
+    """The next page of a catch-up: kept entries after `after`, in order (none at the end),
+    with `reset` if some after `after` are no longer kept; None when the numbering changed
+    since the catch-up began (the live path sends the reset)."""
     kept = await group_history(redis_client.shared_client()).since(after, max_bytes=PAGE_BYTES)
     if kept.epoch != epoch:
         return None
-    return kept.entries
+    first = kept.entries[0].seq if kept.entries else kept.last + 1
+    return Backlog(entries=kept.entries, epoch=kept.epoch, last=kept.last, after=after,
+                   reset=first > after + 1, more=kept.more)  # fmt: skip

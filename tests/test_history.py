@@ -130,7 +130,7 @@ async def _check_against_model(url: str, start: int, count: int, age: int, ops: 
         for op in ops:
             if op[0] == "append":
                 now[0] += op[1]
-                entry = await history.append(id="i", text=f"m{last + 1}", time="t")
+                entry = await history.append(id=f"i{last + 1}", text=f"m{last + 1}", time="t")
                 last += 1
                 assert entry.seq == last
                 kept.append((entry.seq, now[0], entry.frame))
@@ -157,6 +157,16 @@ async def _check_against_model(url: str, start: int, count: int, age: int, ops: 
                 assert [(e.seq, e.frame) for e in newest.entries] == [(k[0], k[2]) for k in expected_newest]
     finally:
         await client.aclose()
+
+
+async def test_append_is_idempotent_by_message_id(redis):
+    """The same message appended twice (a retry after a dropped reply) keeps its first seq."""
+    history = History(redis, count=10, age=60)
+    first = await history.append(id="same", text="once", time="t")
+    again = await history.append(id="same", text="once", time="t")
+    other = await history.append(id="other", text="twice", time="t")
+    assert (again, other.seq) == (first, 2)
+    assert [e.seq for e in (await history.since(0)).entries] == [1, 2]
 
 
 async def test_same_millisecond_burst_across_ten_keeps_every_timestamp(redis):
