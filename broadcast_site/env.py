@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -100,3 +101,11 @@ def database_from_url(url: str, *, base_dir: str) -> dict[str, object]:
     raise ConfigError(
         f"Config 'DATABASE_URL' has value '{url}'. Use sqlite:///path or postgres://user:pass@host/db."
     )
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` empty and readable by this user only, unless it exists."""
+    if str(path) == ":memory:" or path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))

@@ -17,8 +17,9 @@ from broadcaster.redis_client import layer_hosts
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.get_str("BROADCAST_VAR_DIR", str(BASE_DIR / "var")))
-# Runtime state (SQLite database, embedded Redis socket and log) lives here.
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Runtime state (SQLite database, embedded Redis socket and log) lives here. Created private
+# to the user: the database holds sessions and password hashes.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 DEBUG = env.get_bool("DJANGO_DEBUG", True)
 
@@ -92,6 +93,10 @@ DATABASES = {
         env.get_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), base_dir=str(BASE_DIR)
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite creates its file with the process's umask (usually world-readable) and gives its
+    # journal the same mode: create it private first.
+    env.create_private_file(Path(DATABASES["default"]["NAME"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

@@ -13,7 +13,14 @@ from redis.exceptions import RedisError
 
 from broadcaster import ratelimit, redis_client
 from broadcaster.models import PublishToken, hash_secret
-from broadcaster.publish import BrokerUnavailable, EmptyMessage, MessageTooLong, publish, validate
+from broadcaster.publish import (
+    BrokerUnavailable,
+    EmptyMessage,
+    InvalidText,
+    MessageTooLong,
+    publish,
+    validate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(400, 'Send a JSON object with a string "text".')
     try:
         validate(text)
-    except EmptyMessage as exc:
+    except (EmptyMessage, InvalidText) as exc:
         return error(400, str(exc))
     except MessageTooLong as exc:
         return error(413, str(exc))

@@ -94,14 +94,16 @@ def line_reader(stdin: IO[str], *, interactive: bool) -> Callable[[], Awaitable[
         import readline  # noqa: F401  (enables line editing and history for input())
 
         return lambda: run_as_daemon(input, PROMPT)
-    reader = NonFileStreamReader(stdin)
+    # The bytes, where there are any (a pipe), so lines that are not UTF-8 reach validation.
+    reader = NonFileStreamReader(getattr(stdin, "buffer", stdin))
 
     async def read() -> str:
         # Not aioconsole.ainput: it drops a last line that has no newline.
         data: bytes = await reader.readline()
         if not data:
             raise EOFError
-        return data.decode().rstrip("\r\n")
+        # Bytes that are not UTF-8 stay as surrogates: publish() refuses that line with a message.
+        return data.decode("utf-8", "surrogateescape").rstrip("\r\n")
 
     return read
 
@@ -121,6 +123,11 @@ async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | Non
                 line = await read()
             except EOFError:
                 break
+            except UnicodeDecodeError:
+                # A terminal's input() decodes strictly: the same refusal as for a piped line.
+                screen.error("Not sent: The message is not valid UTF-8 text.")
+                tally.refused.append("")
+                continue
             if not line.strip():
                 continue
             await _send(

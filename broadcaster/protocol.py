@@ -153,7 +153,7 @@ def parse_client_frame(text: str | None) -> str | None:
         return None
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     if isinstance(obj, dict) and obj.get("type") == FRAME_PING:
         return FRAME_PING

@@ -32,6 +32,10 @@ class EmptyMessage(PublishError):
     """The message has no visible text."""
 
 
+class InvalidText(PublishError):
+    """The message is not valid Unicode text (a lone surrogate, or bytes that were not UTF-8)."""
+
+
 class MessageTooLong(PublishError):
     """The message is longer than BROADCAST_MAX_LENGTH."""
 
@@ -56,6 +60,10 @@ def validate(text: str) -> str:
     """Return `text` if any sending path may publish it, else raise a PublishError."""
     if not text.strip():
         raise EmptyMessage("The message is empty.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidText(f"The message is not valid UTF-8 text (at character {exc.start + 1}).") from None
     limit: int = settings.BROADCAST_MAX_LENGTH
     if len(text) > limit:
         raise MessageTooLong(

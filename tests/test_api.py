@@ -54,6 +54,7 @@ async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
         (b'{"text": 5}', 400, 'Send a JSON object with a string "text".'),
         (b'["text"]', 400, 'Send a JSON object with a string "text".'),
         (b'{"text": "   "}', 400, "The message is empty."),
+        (b'{"text": "a\\ud800b"}', 400, "The message is not valid UTF-8 text (at character 2)."),
     ],
 )
 async def test_400_for_malformed_bodies(secret, raw, status, error):

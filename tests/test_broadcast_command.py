@@ -203,3 +203,30 @@ def test_failed_publish_is_recorded_as_failed(redis_url, dead_redis_url):
     record = BroadcastRecord.objects.get()
     assert (record.text, record.status, record.seq) == ("lost?", "failed", None)
     assert record.error.startswith(f"Cannot reach Redis at {dead_redis_url}: ")
+
+
+def test_invalid_utf8_line_refused_others_sent(env_for, redis_url):
+    """A piped line that is not UTF-8 is refused with a message, the others go, exit status 1."""
+    sub = Subscriber(redis_url)
+    done = subprocess.run([sys.executable, "manage.py", "broadcast"], cwd=ROOT, env=env_for(redis_url),
+                          input=b"ok1\n\xffbad\nok2\n", capture_output=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stdout.decode(), done.stderr.decode().splitlines()) == (
+        1,
+        "Sent 2 messages.\n",
+        [
+            "Not sent: The message is not valid UTF-8 text (at character 1).",
+            "CommandError: 1 line(s) were not sent.",
+        ],
+    )
+    assert sub.texts(2) == ["ok1", "ok2"]
+
+
+def test_invalid_utf8_message_option_is_one_clear_error(env_for, redis_url):
+    """-m with bytes that are not UTF-8: a message, exit status 1, no traceback."""
+    done = subprocess.run([sys.executable, "manage.py", "broadcast", "-m", b"x\xffy"], cwd=ROOT,
+                          env=env_for(redis_url), capture_output=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stdout.decode()) == (1, "")
+    assert done.stderr.decode().splitlines() == [
+        "Not sent: The message is not valid UTF-8 text (at character 2).",
+        "CommandError: 1 line(s) were not sent.",
+    ]

@@ -93,3 +93,15 @@ def test_check_deploy_passes_with_the_documented_production_variables(tmp_path):
         REDIS_URL="redis://redis.internal:6379/0",
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, ""), done.stdout + done.stderr
+
+
+def test_var_dir_and_sqlite_database_are_private_to_the_user(tmp_path):
+    """A fresh BROADCAST_VAR_DIR is created 0700 and its SQLite database 0600 (it holds sessions
+    and password hashes)."""
+    var = tmp_path / "fresh" / "var"
+    env = {"PATH": "/usr/bin:/bin", "BROADCAST_VAR_DIR": str(var), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    done = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (var.stat().st_mode & 0o777, (var / "db.sqlite3").stat().st_mode & 0o777) == (0o700, 0o600)
+    assert (var / "db.sqlite3").stat().st_size > 0  # migrated, not just created
