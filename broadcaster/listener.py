@@ -88,10 +88,11 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
     """Receive from `url` forever, reconnecting (and resuming) after every loss; cancel to stop."""
     attempt = 0
     receiver = Receiver()
+    connected_once = False
     while True:
         try:
             async with websockets.connect(receiver.url(url), open_timeout=10) as ws:
-                attempt = 0
+                attempt, connected_once = 0, True
                 status(f"Connected to {url}")
                 async for frame in ws:
                     for line in receiver.render(frame if isinstance(frame, str) else frame.decode()):
@@ -103,5 +104,8 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
             reason = f"{type(exc).__name__}: {exc}"
         delay = backoff_delay(attempt)
         attempt += 1
-        status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
+        if connected_once:
+            status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
+        else:
+            status(f"Cannot connect to {url} ({reason}); retrying in {delay:.1f} s")
         await asyncio.sleep(delay)

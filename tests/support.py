@@ -34,6 +34,13 @@ from broadcaster.protocol import BROADCAST_GROUP
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def default_sigint() -> None:
+    """In a child about to exec: SIGINT back to its default. A suite started in the background
+    (`make test &`) has SIGINT ignored, children inherit that, and Python then leaves it ignored,
+    so a test's Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

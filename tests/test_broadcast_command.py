@@ -18,7 +18,7 @@ from django.test import override_settings
 
 from broadcaster.presence import Presence
 from tests.conftest import point_django_at
-from tests.support import ROOT, Subscriber, manage, wait_until
+from tests.support import ROOT, Subscriber, default_sigint, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,6 +152,7 @@ def test_ctrl_c_on_terminal_is_a_clean_exit(env_for, redis_url):
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(ROOT)
+        default_sigint()  # a suite started in the background hands its children SIGINT ignored
         os.execve(sys.executable, [sys.executable, "manage.py", "broadcast"], env_for(redis_url))
     screen = PtyOutput(fd)
     try:

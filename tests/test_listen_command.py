@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from broadcaster.listener import backoff_delay, render
-from tests.support import ROOT, LineReader, manage
+from tests.support import ROOT, LineReader, default_sigint, free_port, manage
 
 TIMED = re.compile(r"^\[\d\d:\d\d:\d\d\] (.*)$")
 
@@ -18,7 +18,7 @@ def test_prints_broadcasts_and_reconnects_after_restart(daphne, env_for, redis_u
     server = daphne()
     listener = subprocess.Popen(
         [sys.executable, "manage.py", "listen", server.ws], cwd=ROOT, env=env_for(redis_url),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     out, err = LineReader(listener.stdout), LineReader(listener.stderr)
     try:
@@ -63,3 +63,20 @@ def test_render_frames():
         '{"type":"message","id":"b","text":"two","time":"2026-01-01T12:00:01Z"}]}'
     )
     assert [TIMED.match(line).group(1) for line in batch] == ["one", "two"]
+
+
+def test_says_cannot_connect_until_the_first_connection(env_for, redis_url):
+    """With no server at the URL, the listener says it cannot connect (not "lost") and keeps trying."""
+    url = f"ws://127.0.0.1:{free_port()}/ws/broadcast/"
+    listener = subprocess.Popen([sys.executable, "manage.py", "listen", url], cwd=ROOT,
+                                env=env_for(redis_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+    try:
+        err = LineReader(listener.stderr)
+        first = err.wait_for(lambda s: bool(s), timeout=20, what="a status line")
+        assert first.startswith(f"Cannot connect to {url} (") and "; retrying in " in first, first
+        err.wait_for(lambda s: s.startswith(f"Cannot connect to {url} ("), timeout=20, what="a second try")
+        assert not any("Connection lost" in line for line in err.seen)
+    finally:
+        listener.kill()
+        listener.wait(timeout=10)
