@@ -25,7 +25,13 @@ class PublishTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
-        queryset.filter(revoked__isnull=True).update(revoked=timezone.now())
+        names = sorted(queryset.filter(revoked__isnull=True).values_list("name", flat=True))
+        revoked = queryset.filter(revoked__isnull=True).update(revoked=timezone.now())
+        if revoked:
+            messages.success(request, f"Revoked {revoked} token(s): {', '.join(names)}. Their secrets no "
+                             "longer work; a new token may take the same name.")  # fmt: skip
+        else:
+            messages.info(request, "The selected tokens were revoked already; nothing changed.")
 
 
 @admin.register(BroadcastRecord)

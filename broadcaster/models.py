@@ -20,7 +20,7 @@ def hash_secret(secret: str) -> str:
 class PublishToken(models.Model):
     """A bearer token another service uses with POST /api/broadcasts/."""
 
-    name = models.CharField(max_length=100, unique=True, help_text="Recorded as the sender.")
+    name = models.CharField(max_length=100, help_text="Recorded as the sender (one active token per name).")
     secret_hash = models.CharField(max_length=64, unique=True, editable=False)
     created = models.DateTimeField(default=timezone.now, editable=False)
     revoked = models.DateTimeField(null=True, blank=True, help_text="Set to revoke the token.")
@@ -28,6 +28,12 @@ class PublishToken(models.Model):
     class Meta:
         ordering = ["name"]
         permissions = [("send_broadcast", "Can send broadcasts")]
+        # A revoked token's name may be given to a new token (rotation); two active ones may not.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(revoked__isnull=True), name="one_active_token_per_name"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -41,3 +41,18 @@ def test_token_created_in_admin_shows_secret_once_and_stores_hash(admin_client):
     secret = shown.rsplit(": ", 1)[1]
     token = PublishToken.objects.get(name="crm")
     assert secret not in token.secret_hash and len(token.secret_hash) == 64
+
+
+def test_revoke_action_says_what_it_did(admin_client):
+    """The admin's Revoke action names the tokens it revoked, and says so when there were none."""
+    PublishToken.objects.create(name="crm", secret_hash="a" * 64)
+    pk = PublishToken.objects.get(name="crm").pk
+    url = "/admin/broadcaster/publishtoken/"
+    response = admin_client.post(url, {"action": "revoke", "_selected_action": [pk]}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [
+        "Revoked 1 token(s): crm. Their secrets no longer work; a new token may take the same name."
+    ]
+    response = admin_client.post(url, {"action": "revoke", "_selected_action": [pk]}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [
+        "The selected tokens were revoked already; nothing changed."
+    ]

@@ -6,8 +6,10 @@ import io
 import json
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.test import AsyncClient, override_settings
+from django.utils import timezone
 
 from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from tests.conftest import point_django_at
@@ -133,5 +135,16 @@ def test_duplicate_name_is_a_clear_error(secret):
     """Creating a second token with the same name fails with a message."""
     from django.core.management import CommandError
 
-    with pytest.raises(CommandError, match="exists already"):
+    with pytest.raises(CommandError, match="An active token named 'billing' exists already"):
         call_command("create_publish_token", "billing", stdout=io.StringIO())
+
+
+async def test_a_revoked_name_can_be_reused_and_only_the_new_secret_works(secret):
+    """Revoke 'billing', create 'billing' again: the old secret gets 403, the new one 201."""
+    await PublishToken.objects.filter(name="billing").aupdate(revoked=timezone.now())
+    out = io.StringIO()
+    await sync_to_async(call_command)("create_publish_token", "billing", stdout=out)
+    new_secret = out.getvalue().splitlines()[1]
+    assert (await post({"text": "old"}, secret=secret)).status_code == 403
+    assert (await post({"text": "new"}, secret=new_secret)).status_code == 201
+    assert await PublishToken.objects.filter(name="billing").acount() == 2

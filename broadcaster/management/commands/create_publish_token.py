@@ -19,9 +19,10 @@ class Command(BaseCommand):
         name = options["name"].strip()
         if not name:
             raise CommandError("The name is empty.")
-        if PublishToken.objects.filter(name=name).exists():
+        if PublishToken.objects.filter(name=name, revoked__isnull=True).exists():
             raise CommandError(
-                f"A token named {name!r} exists already; revoke it in the admin or pick another name."
+                f"An active token named {name!r} exists already; revoke it in the admin (then a new "
+                "one may take its name) or pick another name."
             )
         token = PublishToken(name=name)
         secret = token.issue_secret()
