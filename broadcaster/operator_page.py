@@ -52,7 +52,8 @@ async def _clients() -> tuple[int | None, str]:
     try:
         return await group_presence(redis_client.shared_client()).total(), "ok"
     except (RedisError, OSError) as exc:
-        return None, f"Redis unreachable at {redis_client.display_url()}: {exc}"
+        logger.debug("Count unavailable: Redis at %s: %s", redis_client.display_url(), exc)
+        return None, "Redis unreachable"
 
 
 def _recent_rows() -> list[dict[str, Any]]:

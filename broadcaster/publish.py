@@ -24,6 +24,10 @@ from broadcaster.presence import group_presence
 logger = logging.getLogger(__name__)
 
 
+# What a sender is told when Redis cannot be reached.
+UNREACHABLE = "Cannot reach Redis: nothing was sent. Try again in a moment."
+
+
 class PublishError(Exception):
     """A message was not published; the text says why, for the sender."""
 
@@ -88,10 +92,12 @@ async def publish(*, text: str, sender: str) -> Published:
         clients = await group_presence(redis).total()
         entry = await group_history(redis).append(id=id, text=text, time=time)
     except (RedisError, OSError) as exc:
-        logger.warning("Broadcast from %s failed: Redis unreachable: %s", sender, exc)
-        failure = f"Cannot reach Redis at {redis_client.display_url()}: {exc}. Nothing was sent."
-        await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=failure)
-        raise BrokerUnavailable(failure) from exc
+        # Where Redis is and what it said go to the server log only; senders (API clients, the
+        # page, the log in the admin) are told what failed and what to do.
+        logger.warning("Broadcast from %s failed: Redis at %s unreachable: %s",
+                       sender, redis_client.display_url(), exc)  # fmt: skip
+        await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=UNREACHABLE)
+        raise BrokerUnavailable(UNREACHABLE) from exc
     try:
         await get_channel_layer().group_send(
             protocol.BROADCAST_GROUP,

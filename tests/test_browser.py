@@ -279,7 +279,9 @@ async def test_send_while_redis_is_down_is_reported_and_logged_as_failed(
         await expect(operator.locator("#redis")).to_contain_text("Redis unreachable", timeout=15_000)
         await operator.fill("#id_text", "during the outage")
         await operator.click("#send")
-        await expect(operator.locator("#error")).to_contain_text("Nothing was sent.")
+        await expect(operator.locator("#error")).to_have_text(
+            "Cannot reach Redis: nothing was sent. Try again in a moment."
+        )
         await expect(operator.locator("#id_text")).to_have_value("during the outage")
         first = operator.locator("#recent tbody tr").first
         await expect(first.locator("td.status")).to_have_text("failed")

@@ -165,15 +165,18 @@ async def test_redis_down_is_reported_recorded_and_keeps_the_text(dead_redis_url
     response = await client.post(PAGE, {"text": "during the outage"})
     body = response.content.decode()
     assert response.status_code == 503
-    assert f"Cannot reach Redis at {dead_redis_url}: " in body and "Nothing was sent." in body
+    assert (
+        "Cannot reach Redis: nothing was sent. Try again in a moment." in body
+        and dead_redis_url.split("//")[1].split("/")[0] not in body
+    )
     assert ">during the outage</textarea>" in body
     record = await BroadcastRecord.objects.aget()
     assert (record.sender, record.status, record.clients, record.seq) == ("ann", "failed", None, None)
-    assert record.error.startswith(f"Cannot reach Redis at {dead_redis_url}: ")
+    assert record.error == "Cannot reach Redis: nothing was sent. Try again in a moment."
     status = await client.get(STATUS)
     assert status.status_code == 200
     assert status.json()["clients"] is None
-    assert status.json()["redis"].startswith(f"Redis unreachable at {dead_redis_url}: ")
+    assert status.json()["redis"] == "Redis unreachable"
 
 
 async def test_post_without_csrf_token_is_refused():
