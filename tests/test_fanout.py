@@ -133,7 +133,9 @@ async def test_client_that_stops_reading_is_dropped_and_others_get_everything(da
 
     text = "x" * 3000
     lines = [f"{i:04d} {text}" for i in range(3000)]  # ~9 MB in all
-    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines))
+    done = await asyncio.to_thread(
+        manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines), timeout=120
+    )  # thousands of messages, on a busy machine
     assert done.returncode == 0, done.stderr
     await healthy.wait_for(lambda c: len(c.messages()) >= 3000, timeout=60, what="all 3000")
     assert healthy.messages() == lines

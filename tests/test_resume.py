@@ -150,7 +150,9 @@ async def test_slow_download_of_a_large_backlog_is_not_a_slow_consumer(daphne, e
     downloads it: it gets the whole backlog, then the live message that came meanwhile."""
     server = daphne(BROADCAST_MAX_UNSENT_BYTES="65536")
     backlog = [f"{i:04d} " + "x" * 4000 for i in range(1000)]  # ~4 MB, more than kernel buffers
-    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(backlog))
+    done = await asyncio.to_thread(
+        manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(backlog), timeout=120
+    )  # thousands of messages, on a busy machine
     assert done.returncode == 0, done.stderr
     epoch = (await aioredis.Redis.from_url(redis_url).get("broadcaster:history:broadcast:epoch")).decode()
 

@@ -59,7 +59,9 @@ async def test_slow_reader_gets_the_4408_close_after_what_was_queued(daphne, env
     healthy = await Client(server.ws).connect(max_size=None)
     await asyncio.to_thread(server.wait_for_clients, 2)
     lines = [f"{i:04d} " + "y" * 3000 for i in range(3000)]  # 9 MB: more than kernel buffers hold
-    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines))
+    done = await asyncio.to_thread(
+        manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines), timeout=120
+    )  # thousands of messages, on a busy machine
     assert done.returncode == 0, done.stderr
     await healthy.wait_for(lambda c: len(c.messages()) == 3000, timeout=60, what="all 3000")
     await asyncio.to_thread(server.wait_for_clients, 1)
@@ -88,7 +90,9 @@ async def test_slow_consumers_behind_tls_are_bounded_and_closed(daphne, env_for,
     stalled = [await asyncio.to_thread(raw_receiver, server.port, tls=True) for _ in range(20)]
     before = await asyncio.to_thread(server.steady_rss)
     lines = [f"{i:04d} " + "z" * 4000 for i in range(1500)]  # 6 MB for each client
-    done = await asyncio.to_thread(manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines))
+    done = await asyncio.to_thread(
+        manage, ["broadcast"], env=env_for(redis_url), stdin="\n".join(lines), timeout=120
+    )  # thousands of messages, on a busy machine
     assert done.returncode == 0, done.stderr
     await healthy.wait_for(lambda c: len(c.messages()) == 1500, timeout=90, what="all 1500")
     assert healthy.messages() == lines
