@@ -337,14 +337,14 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
 
 def _size(entries: list[Entry]) -> int:
     """Bytes of the entries' frames, as they are sent (UTF-8)."""
-    return sum(len(e.frame.encode()) for e in entries)
+    return sum(e.size for e in entries)
 
 
 def _take(entries: list[Entry], budget: int) -> tuple[list[Entry], list[Entry]]:
     """Split off the first entries that fit in `budget` bytes (at least one)."""
     total = 0
     for i, entry in enumerate(entries):
-        total += len(entry.frame.encode())
+        total += entry.size
         if i and total > budget:
             return entries[:i], entries[i:]
     return entries, []

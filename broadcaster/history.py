@@ -21,6 +21,7 @@ Keys (built only in `_keys`):
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,12 +32,16 @@ import redis.asyncio as aioredis
 from broadcaster import protocol
 from broadcaster.protocol import BROADCAST_GROUP
 
-# The time now in ms: ARGV[n] when given (tests drive the clock), else Redis's clock.
+# Shared by the scripts: the time now in ms (ARGV[n] when given: tests drive the clock; else
+# Redis's clock), and the numbering (the last seq given, the epoch or false) from KEYS[1], KEYS[2].
 _NOW = """
 local function now_ms(given)
   if given ~= '' then return tonumber(given) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function numbering()
+  return tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('GET', KEYS[2])
 end
 """
 
@@ -100,8 +105,7 @@ _SINCE = (
     _NOW
     + """
 local now = now_ms(ARGV[4])
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-local epoch = redis.call('GET', KEYS[2])
+local last, epoch = numbering()
 local result = {last, epoch, 0}
 local young = {}
 for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], now - tonumber(ARGV[2]), '+inf')) do
@@ -137,8 +141,7 @@ _NEWEST = (
     _NOW
     + """
 local now = now_ms(ARGV[2])
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-local epoch = redis.call('GET', KEYS[2])
+local last, epoch = numbering()
 local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 if #newest == 0 then return {last, epoch, false, false} end
 local published = redis.call('ZSCORE', KEYS[4], newest[2])
@@ -162,6 +165,11 @@ class Entry:
     seq: int
     epoch: str
     frame: str
+
+    @functools.cached_property
+    def size(self) -> int:
+        """The frame's size in bytes as sent (UTF-8), computed once per entry."""
+        return len(self.frame.encode())
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 from django.conf import settings
 
 from broadcaster import redis_client
-from broadcaster.history import Entry, group_history
+from broadcaster.history import Entry, Since, group_history
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,14 @@ async def catch_up(point: ResumePoint | None) -> Backlog:
         everything = await history.since(0, max_bytes=PAGE_BYTES)
         return Backlog(entries=everything.entries, epoch=everything.epoch, last=everything.last, after=0,
                        reset=point.since > 0 or point.epoch is not None, more=everything.more)  # fmt: skip
+    return _page(kept, after=point.since)
+
+
+def _page(kept: Since, *, after: int) -> Backlog:
+    """A page of kept entries after `after`, with `reset` if some after `after` are gone."""
     first = kept.entries[0].seq if kept.entries else kept.last + 1
-    return Backlog(entries=kept.entries, epoch=kept.epoch, last=kept.last, after=point.since,
-                   reset=first > point.since + 1, more=kept.more)  # fmt: skip
+    return Backlog(entries=kept.entries, epoch=kept.epoch, last=kept.last, after=after,
+                   reset=first > after + 1, more=kept.more)  # fmt: skip
 
 
 def numbering_unknown(point: ResumePoint, *, epoch: str | None) -> bool:
@@ -103,6 +108,4 @@ async def next_page(*, after: int, epoch: str | None) -> Backlog | None:
     kept = await group_history(redis_client.shared_client()).since(after, max_bytes=PAGE_BYTES)
     if kept.epoch != epoch:
         return None
-    first = kept.entries[0].seq if kept.entries else kept.last + 1
-    return Backlog(entries=kept.entries, epoch=kept.epoch, last=kept.last, after=after,
-                   reset=first > after + 1, more=kept.more)  # fmt: skip
+    return _page(kept, after=after)

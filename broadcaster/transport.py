@@ -95,14 +95,21 @@ class Link(Protocol):
         """Whether the connection is closed (nothing written now reaches the client)."""
 
 
+try:
+    from twisted.internet.tcp import Connection as _TcpConnection
+except ImportError:  # not under daphne: only AsgiLink is used
+    _TcpConnection = None
+
+
 def _is_tcp(transport: Any) -> bool:
     """Whether `transport` is Twisted's own TCP connection (not a wrapper such as TLS, whose
     attribute lookups fall through to the TCP transport underneath)."""
-    try:
-        from twisted.internet.tcp import Connection
-    except ImportError:
-        return False
-    return isinstance(transport, Connection)
+    return _TcpConnection is not None and isinstance(transport, _TcpConnection)
+
+
+def _tcp_unsent(transport: Any) -> int:
+    """What Twisted's TCP transport holds that the kernel has not taken (its two buffers)."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 class TwistedLink:
@@ -123,7 +130,7 @@ class TwistedLink:
             total += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
             transport = own.get("transport")
         if transport is not None:
-            total += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            total += _tcp_unsent(transport)
         return total
 
     def write(self, message: dict[str, Any], frame: bytes | None) -> None:
@@ -149,8 +156,7 @@ class DirectLink(TwistedLink):
         self.sock: socket.socket = transport.socket
 
     def unsent(self) -> int:
-        t = self.transport
-        return len(t.dataBuffer) - t.offset + t._tempDataLen
+        return _tcp_unsent(self.transport)
 
     def write(self, message: dict[str, Any], frame: bytes | None) -> None:
         """The prebuilt frame straight to the socket when the connection is open and nothing
@@ -162,6 +168,7 @@ class DirectLink(TwistedLink):
         transport = self.transport
         if transport.disconnecting or transport.disconnected:
             return  # closing: nothing more goes out, as with daphne's own send
+        # _tcp_unsent() inlined: this runs once per client per broadcast.
         if not (len(transport.dataBuffer) - transport.offset + transport._tempDataLen):
             # Nothing queued ahead of it, so the socket may take it at once.
             try:
@@ -246,11 +253,12 @@ def direct_path_problem() -> str | None:
     """
     try:
         from autobahn.websocket.protocol import WebSocketProtocol
-        from twisted.internet.tcp import Connection
     except ImportError as exc:
         return f"cannot import {exc.name}"
+    if _TcpConnection is None:
+        return "cannot import twisted.internet.tcp"
     missing = [f"twisted Connection.{n}" for n in ("dataBuffer", "offset", "setTcpNoDelay", "doWrite")
-               if not hasattr(Connection, n)]  # fmt: skip
+               if not hasattr(_TcpConnection, n)]  # fmt: skip
     missing += [f"autobahn WebSocketProtocol.{n}" for n in ("STATE_OPEN", "sendMessage", "sendClose")
                 if not hasattr(WebSocketProtocol, n)]  # fmt: skip
     return ", ".join(missing) + " missing" if missing else None
