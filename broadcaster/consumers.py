@@ -239,6 +239,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, by either side, for any reason."""
         self._stop_catching_up()
+        failure = self.link.failure()
+        if failure is not None:
+            logger.warning("Closed receiver %s with code %d: %s", self._peer(), *failure)
         if not self.joined:
             return
         self.joined = False

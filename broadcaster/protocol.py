@@ -29,16 +29,22 @@ FRAME_ERROR = "error"
 # Frame types a client may send.
 FRAME_PING = "ping"
 
+# The largest message a client may send, in bytes: the one client frame, a ping, is 15.
+MAX_CLIENT_FRAME = 4096
+
 
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the server sends, by name.
 
-    Daphne (autobahn) may send only 1000 or 3000-4999, so the project's codes are 4xxx,
-    numbered after the HTTP status with the same meaning. Pass `int(code)` to daphne:
-    autobahn rejects anything whose type is not exactly int.
+    An application under daphne (autobahn) may send only 1000 or 3000-4999, so the
+    project's codes are 4xxx, numbered after the HTTP status with the same meaning. Pass
+    `int(code)` to daphne: autobahn rejects anything whose type is not exactly int.
     """
 
     NORMAL = 1000
+    # Sent by daphne (autobahn) itself, for a client frame it cannot take.
+    INVALID_UTF8 = 1007  # A text frame that is not valid UTF-8.
+    MESSAGE_TOO_BIG = 1009  # A client message over MAX_CLIENT_FRAME bytes.
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
     SLOW_CONSUMER = 4408  # The client read too slowly; too much output was queued for it.
     TRY_AGAIN_LATER = 4503  # Redis is unreachable; reconnect with backoff.

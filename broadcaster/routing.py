@@ -48,6 +48,7 @@ class Router:
         if not self.origins.allows(scope):
             return _deny(receive, send)
         link = link_for(send)
+        link.limit_client_frames(protocol.MAX_CLIENT_FRAME)
         if isinstance(link, DirectLink):
             # Twisted leaves Nagle's algorithm on; with delayed ACKs it holds small frames back.
             link.transport.setTcpNoDelay(True)

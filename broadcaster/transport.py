@@ -40,7 +40,15 @@ CLOSE_GRACE = 30.0
 
 # What the direct write path uses of Twisted's TCP transport and of autobahn's protocol.
 _TRANSPORT_NEEDS = ("socket", "dataBuffer", "offset", "_tempDataLen", "setTcpNoDelay")
-_PROTOCOL_NEEDS = ("state", "STATE_OPEN", "send_queue", "closeHandshakeTimeout")
+_PROTOCOL_NEEDS = (
+    "state",
+    "STATE_OPEN",
+    "send_queue",
+    "closeHandshakeTimeout",
+    "failByDrop",
+    "maxMessagePayloadSize",
+    "maxFramePayloadSize",
+)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -94,6 +102,13 @@ class Link(Protocol):
     def gone(self) -> bool:
         """Whether the connection is closed (nothing written now reaches the client)."""
 
+    def limit_client_frames(self, max_bytes: int) -> None:
+        """Refuse client messages over `max_bytes` (close 1009), and close, with a close frame,
+        on invalid UTF-8 (1007), where the server lets the application say so."""
+
+    def failure(self) -> tuple[int, str] | None:
+        """(close code, reason) when the server closed the connection for the client's frame."""
+
 
 try:
     from twisted.internet.tcp import Connection as _TcpConnection
@@ -143,6 +158,21 @@ class TwistedLink:
     def gone(self) -> bool:
         transport = getattr(self.protocol, "transport", None)
         return transport is None or bool(getattr(transport, "disconnected", False))
+
+    def limit_client_frames(self, max_bytes: int) -> None:
+        # autobahn's options, per connection (daphne's are 1 MiB, and dropping the TCP
+        # connection without a close frame: the client cannot tell what it did wrong).
+        protocol = self.protocol
+        protocol.maxMessagePayloadSize = protocol.maxFramePayloadSize = max_bytes
+        protocol.failByDrop = False
+
+    def failure(self) -> tuple[int, str] | None:
+        protocol = self.protocol
+        code = getattr(protocol, "localCloseCode", None)
+        if not getattr(protocol, "failedByMe", False) or code is None:
+            return None
+        reason = getattr(protocol, "localCloseReason", None) or b""
+        return code, reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
 
 
 class DirectLink(TwistedLink):
@@ -213,6 +243,12 @@ class AsgiLink:
 
     def gone(self) -> bool:
         return self.closed
+
+    def limit_client_frames(self, max_bytes: int) -> None:
+        pass  # the server's own limits apply
+
+    def failure(self) -> tuple[int, str] | None:
+        return None
 
 
 def _has(obj: Any, names: tuple[str, ...]) -> bool:

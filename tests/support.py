@@ -382,6 +382,18 @@ def read_frames(sock: socket.socket, *, until: str, timeout: float) -> list[tupl
         data += chunk
 
 
+def client_frame(payload: bytes, *, opcode: int = 1) -> bytes:
+    """One final, masked client frame (RFC 6455 section 5.2), payload bytes as given."""
+    mask, size = os.urandom(4), len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 @dataclass(frozen=True)
 class HttpAnswer:
     status: int
