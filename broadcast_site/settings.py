@@ -149,6 +149,8 @@ BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
 BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)
 BROADCAST_API_RATE_WINDOW = env.get_int("BROADCAST_API_RATE_WINDOW", 60, minimum=1)
+# Failed token checks allowed per client address per window, before 429.
+BROADCAST_API_FAILED_AUTH_LIMIT = env.get_int("BROADCAST_API_FAILED_AUTH_LIMIT", 10, minimum=1)
 
 # The operator page asks "Send to N clients?" before a broadcast that would reach more than this.
 BROADCAST_CONFIRM_ABOVE = env.get_int("BROADCAST_CONFIRM_ABOVE", 100, minimum=0)

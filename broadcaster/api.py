@@ -24,6 +24,9 @@ from broadcaster.publish import (
 
 logger = logging.getLogger(__name__)
 
+ASK_FOR_BEARER = "Send 'Authorization: Bearer <token>'."
+TOO_MANY_FAILURES = "Too many failed token checks from this address; retry later."
+
 
 def error(status: int, message: str, **headers: str) -> JsonResponse:
     response = JsonResponse({"error": message}, status=status)
@@ -33,16 +36,34 @@ def error(status: int, message: str, **headers: str) -> JsonResponse:
 
 
 async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
+    """The request's active token, or the error to answer. Failed checks are counted per
+    client address: past BROADCAST_API_FAILED_AUTH_LIMIT in a window, 429 before any lookup."""
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        return error(401, "Send 'Authorization: Bearer <token>'.", **{"WWW-Authenticate": "Bearer"})
+        return error(401, ASK_FOR_BEARER, **{"WWW-Authenticate": "Bearer"})
+    redis = redis_client.shared_client()
+    failures = ratelimit.failures_key(request.META.get("REMOTE_ADDR") or "unknown")
+    limit, window = settings.BROADCAST_API_FAILED_AUTH_LIMIT, settings.BROADCAST_API_RATE_WINDOW
+    try:
+        verdict = await ratelimit.peek(redis, failures, limit=limit)
+    except (RedisError, OSError):
+        verdict = None  # Redis is down: publish() reports it; tokens are still checked.
+    if verdict is not None and not verdict.allowed:
+        return error(429, TOO_MANY_FAILURES, **{"Retry-After": str(verdict.retry_after)})
     token = await PublishToken.objects.filter(secret_hash=hash_secret(secret.strip())).afirst()
+    if token is not None and token.revoked is None:
+        return token
+    try:
+        verdict = await ratelimit.hit(redis, failures, limit=limit, window=window)
+    except (RedisError, OSError):
+        verdict = None
+    if verdict is not None and verdict.count == limit:  # once per window: later tries stop at peek()
+        logger.warning("Refusing token checks from %s for up to %d s: %d failed",
+                       request.META.get("REMOTE_ADDR"), window, limit)  # fmt: skip
     if token is None:
         return error(401, "Unknown token.", **{"WWW-Authenticate": "Bearer"})
-    if token.revoked is not None:
-        return error(403, "This token was revoked.")
-    return token
+    return error(403, "This token was revoked.")
 
 
 @csrf_exempt  # bearer-token API: no cookies, so no CSRF
@@ -72,7 +93,7 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
     try:
         verdict = await ratelimit.hit(
             redis_client.shared_client(),
-            sender=token.sender,
+            ratelimit.sends_key(token.sender),
             limit=settings.BROADCAST_API_RATE_LIMIT,
             window=settings.BROADCAST_API_RATE_WINDOW,
         )

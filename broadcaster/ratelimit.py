@@ -1,4 +1,5 @@
-"""A fixed-window rate limit per sender, counted in Redis so it holds across processes."""
+"""Fixed-window counters in Redis, so limits hold across processes: sends per API token, and
+failed token checks per client address."""
 
 from __future__ import annotations
 
@@ -13,18 +14,42 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 1000) end
 return {n, redis.call('PTTL', KEYS[1])}
 """
 
+# KEYS[1] the window's counter. Returns {count, ms left in window} without counting.
+_PEEK = """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether one more send is allowed, and if not, how many seconds until it is."""
+    """Whether one more try is allowed, and if not, how many seconds until it is."""
 
     allowed: bool
     retry_after: int
+    # Tries counted in the window so far.
+    count: int = 0
 
 
-async def hit(redis: aioredis.Redis, *, sender: str, limit: int, window: int) -> Verdict:
-    """Count one send by `sender`; refuse past `limit` sends per `window` seconds."""
-    count, ttl_ms = await redis.eval(_HIT, 1, f"broadcaster:ratelimit:{sender}", window)
-    if int(count) <= limit:
-        return Verdict(allowed=True, retry_after=0)
-    return Verdict(allowed=False, retry_after=max(1, -(-int(ttl_ms) // 1000)))
+def sends_key(sender: str) -> str:
+    return f"broadcaster:ratelimit:{sender}"
+
+
+def failures_key(address: str) -> str:
+    return f"broadcaster:authfail:{address}"
+
+
+def _verdict(allowed: bool, count: int, ttl_ms: int) -> Verdict:
+    return Verdict(allowed=allowed, retry_after=0 if allowed else max(1, -(-ttl_ms // 1000)), count=count)
+
+
+async def hit(redis: aioredis.Redis, key: str, *, limit: int, window: int) -> Verdict:
+    """Count one try under `key`; refuse past `limit` tries per `window` seconds."""
+    count, ttl_ms = await redis.eval(_HIT, 1, key, window)
+    return _verdict(int(count) <= limit, int(count), int(ttl_ms))
+
+
+async def peek(redis: aioredis.Redis, key: str, *, limit: int) -> Verdict:
+    """Whether one more try under `key` is allowed (fewer than `limit` counted), without
+    counting it."""
+    count, ttl_ms = await redis.eval(_PEEK, 1, key)
+    return _verdict(int(count) < limit, int(count), int(ttl_ms))

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from broadcaster import gc_policy, redis_client, transport
+from broadcaster import body_limit, gc_policy, redis_client, transport
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,13 @@ def check_write_path() -> None:
                        "bound still holds", problem)  # fmt: skip
 
 
+def limit_request_bodies() -> None:
+    """Refuse oversized request bodies before daphne stores them (broadcaster/body_limit.py)."""
+    problem = body_limit.install()
+    if problem is not None:
+        logger.warning("Request bodies are limited only after daphne has read them: %s", problem)
+
+
 def check_channel_layer() -> None:
     """Check, once at start-up, that broadcasts reach the layer's fast path.
 
@@ -152,4 +159,5 @@ def prepare_server() -> None:
     redis_client.redis_url()
     logger.info("Using Redis at %s", redis_client.display_url())
     check_write_path()
+    limit_request_bodies()
     check_channel_layer()

@@ -114,6 +114,60 @@ async def test_429_with_retry_after_past_the_rate_limit(secret):
     assert 1 <= int(limited["Retry-After"]) <= 60
 
 
+class FromAddress(AsyncClient):
+    """A test client whose requests come from `address` (the ASGI scope's client)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+
+    def _base_scope(self, **request):
+        return {**super()._base_scope(**request), "client": [self.address, 0]}
+
+
+async def test_failed_token_checks_are_limited_per_address(secret, caplog):
+    """Past BROADCAST_API_FAILED_AUTH_LIMIT wrong tokens from one address in a window, that
+    address gets 429 with Retry-After, even with the right token; another address is not
+    affected, and one WARNING says so."""
+    client = FromAddress("203.0.113.7")
+    other = FromAddress("198.51.100.9")
+
+    async def try_token(c: FromAddress, token: str):
+        return await c.post(URL, data=b'{"text": "x"}', content_type="application/json",
+                            headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+    with override_settings(BROADCAST_API_FAILED_AUTH_LIMIT=3, BROADCAST_API_RATE_WINDOW=60):
+        codes = [(await try_token(client, f"guess-{i}")).status_code for i in range(3)]
+        blocked = await try_token(client, secret)
+        elsewhere = await try_token(other, secret)
+    assert codes == [401, 401, 401]
+    assert (blocked.status_code, blocked.json()) == (
+        429, {"error": "Too many failed token checks from this address; retry later."})  # fmt: skip
+    assert 1 <= int(blocked["Retry-After"]) <= 60
+    assert elsewhere.status_code == 201
+    ours = [r.getMessage() for r in caplog.records if r.name == "broadcaster.api"]
+    assert ours == ["Refusing token checks from 203.0.113.7 for up to 60 s: 3 failed"]
+
+
+async def test_failed_token_limit_window_ends(secret, redis_url):
+    """Once the window is over (its Redis key expired), the address may try again."""
+    import redis.asyncio as aioredis
+
+    client = FromAddress("203.0.113.8")
+
+    async def try_token(token: str) -> int:
+        response = await client.post(URL, data=b'{"text": "x"}', content_type="application/json",
+                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        return response.status_code
+
+    with override_settings(BROADCAST_API_FAILED_AUTH_LIMIT=1):
+        assert [await try_token("wrong"), await try_token(secret)] == [401, 429]
+        r = aioredis.Redis.from_url(redis_url)
+        await r.delete("broadcaster:authfail:203.0.113.8")  # what the window's expiry does
+        await r.aclose()
+        assert await try_token(secret) == 201
+
+
 async def test_503_when_redis_is_down(secret, dead_redis_url):
     """With Redis unreachable the API answers 503 without naming where Redis is; the log records it
     as failed."""

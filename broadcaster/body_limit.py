@@ -1,0 +1,202 @@
+"""Request bodies over their limit are refused before daphne stores them.
+
+Daphne (twisted.web) reads a request's whole body, into memory or a temporary file, before
+the ASGI application sees the request: Django's DATA_UPLOAD_MAX_MEMORY_SIZE check came after
+the server had stored it (an unauthenticated 500 MB POST to the API: +460 MB RSS, +500 MB on
+disk, then 401). `install()` makes daphne build its requests from `LimitedRequest`, which
+checks when the headers are in:
+
+- a POST to the publish API without a bearer token: 401 at once;
+- a declared `Content-Length` over the path's limit: 413 at once;
+- a chunked body: counted as it arrives, 413 as soon as it passes the limit.
+
+A refused request gets its JSON answer, and the server then reads and discards what the client
+still sends (a client that sends its whole body before reading would otherwise see a reset
+instead of the answer) for at most LINGER seconds, and closes the connection. The publish
+API's limit is what its longest message can take as JSON (`api_body_limit()`); every other
+path has Django's DATA_UPLOAD_MAX_MEMORY_SIZE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+
+from broadcaster.api import ASK_FOR_BEARER
+
+logger = logging.getLogger(__name__)
+
+API_PATH = b"/api/broadcasts/"
+
+# How long a refused client may go on sending before the connection is dropped.
+LINGER = 10.0
+
+# The most one character of a message takes in a JSON body: a `\ud83d\ude00` escape pair.
+_JSON_BYTES_PER_CHAR = 12
+
+
+def api_body_limit() -> int:
+    """The largest body the publish API accepts: its longest message, every character escaped,
+    plus room for the rest of the object; never above DATA_UPLOAD_MAX_MEMORY_SIZE."""
+    limit = _JSON_BYTES_PER_CHAR * settings.BROADCAST_MAX_LENGTH + 1024
+    upload = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return limit if upload is None else min(limit, upload)
+
+
+def body_limit(route: bytes) -> int | None:
+    """The body limit for a request path (None: no limit)."""
+    if route == API_PATH:
+        return api_body_limit()
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def _answer(status: int, reason: str, message: str, headers: dict[str, str]) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json",
+             f"Content-Length: {len(body)}", "Connection: close"]  # fmt: skip
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _has_bearer_token(request: Any) -> bool:
+    for value in request.requestHeaders.getRawHeaders(b"Authorization") or ():
+        scheme, _, secret = value.partition(b" ")
+        if scheme.lower() == b"bearer" and secret.strip():
+            return True
+    return False
+
+
+def _limited_request_class() -> type | None:
+    """daphne's request class with the checks, or None when the installed daphne or Twisted
+    lacks what they use (then bodies are limited by Django only, after daphne read them)."""
+    try:
+        from daphne import http_protocol
+    except ImportError:
+        return None
+    base = getattr(http_protocol, "WebRequest", None)
+    needs = ("gotLength", "handleContentChunk", "process")
+    if base is None or not all(hasattr(base, n) for n in needs):
+        return None
+
+    class LimitedRequest(base):  # type: ignore[misc, valid-type]
+        """daphne's request, refusing a body over its limit before storing it."""
+
+        refused = False
+        limit: int | None = None
+        received = 0
+
+        def gotLength(self, length: int | None) -> None:
+            route = _route(self)
+            self.limit = body_limit(route)
+            method = getattr(self.channel, "_command", None)
+            if route == API_PATH and method == b"POST" and not _has_bearer_token(self):
+                self._refuse(401, "Unauthorized", ASK_FOR_BEARER, {"WWW-Authenticate": "Bearer"})
+            elif length is not None and self.limit is not None and length > self.limit:
+                self._refuse_size(f"{length:,} bytes")
+            else:
+                super().gotLength(length)
+
+        def handleContentChunk(self, data: bytes) -> None:
+            if self.refused:
+                return  # read and dropped
+            self.received += len(data)
+            if self.limit is not None and self.received > self.limit:
+                self._refuse_size(f"over {self.limit:,} bytes (chunked)")
+            else:
+                super().handleContentChunk(data)
+
+        def process(self) -> Any:
+            if self.refused:
+                return None  # answered already
+            return super().process()
+
+        def _refuse_size(self, size: str) -> None:
+            self._refuse(413, "Content Too Large", f"The body is over {self.limit} bytes.")
+            logger.warning("Refused a request body of %s to %s from %s (limit %s bytes)",
+                           size, _route(self).decode("latin-1"), _peer(self), self.limit)  # fmt: skip
+
+        def _refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
+                    ) -> None:  # fmt: skip
+            """Answer now, then read and drop the rest for up to LINGER seconds."""
+            from twisted.internet import reactor
+
+            self.refused = True
+            self.content = _Discard()
+            # No "100 Continue" after the answer: the client need not send the body.
+            self.requestHeaders.removeHeader(b"Expect")
+            transport = self.channel.transport
+            transport.write(_answer(status, reason, message, headers or {}))
+            half_close = getattr(transport, "loseWriteConnection", None)
+            if half_close is not None:
+                half_close()
+            else:
+                transport.loseConnection()
+            reactor.callLater(LINGER, _abort, transport)
+
+    return LimitedRequest
+
+
+class _Discard:
+    """The refused request's content: writes go nowhere."""
+
+    closed = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _abort(transport: Any) -> None:
+    if not getattr(transport, "disconnected", True):
+        transport.abortConnection()
+
+
+def _route(request: Any) -> bytes:
+    """The request's path without its query string (the request line is in; the body is not).
+
+    Twisted keeps it on the channel until the body is in; if a release stops doing so, every
+    path gets the general limit and the API's token is checked by the view only (said once).
+    """
+    path = getattr(request.channel, "_path", None)
+    if not isinstance(path, bytes):
+        global _said_no_path
+        if not _said_no_path:
+            _said_no_path = True
+            logger.warning(
+                "Twisted no longer keeps the request path before the body: the publish API's "
+                "smaller body limit is off (DATA_UPLOAD_MAX_MEMORY_SIZE applies)"
+            )
+        return b""
+    return path.split(b"?", 1)[0]
+
+
+_said_no_path = False
+
+
+def _peer(request: Any) -> str:
+    peer = request.channel.transport.getPeer()
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
+def install() -> str | None:
+    """Make daphne use LimitedRequest; return why it cannot, or None."""
+    limited = _limited_request_class()
+    if limited is None:
+        return "the installed daphne has no WebRequest with gotLength, handleContentChunk and process"
+    from daphne import http_protocol
+
+    if not getattr(http_protocol.WebRequest, "_broadcaster_limited", False):
+        limited._broadcaster_limited = True
+        http_protocol.WebRequest = limited
+    return None
