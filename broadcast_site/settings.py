@@ -145,6 +145,9 @@ BROADCAST_LATEST_AGE = env.get_float("BROADCAST_LATEST_AGE", 3600.0, minimum=0.0
 # A receiver for which the server holds more unsent output than this (it stopped reading)
 # is closed with SLOW_CONSUMER (4408) instead of growing the server's memory.
 BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576, minimum=1024)
+# Receivers one server process takes; past it new ones are refused with 1013 (try again
+# later). 0: the open-file limit less 128 (broadcaster/admission.py).
+BROADCAST_MAX_CONNECTIONS = env.get_int("BROADCAST_MAX_CONNECTIONS", 0, minimum=0)
 
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
 BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)

@@ -16,6 +16,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import protocol
+from broadcaster.admission import admission
 from broadcaster.history import Entry
 from broadcaster.hub import get_hub
 from broadcaster.protocol import CloseCode
@@ -59,6 +60,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
         self.link = scope.get(SCOPE_LINK_KEY) or AsgiLink(send)
+        if not admission.enter():
+            await self._refuse_over_capacity(receive)
+            return
         new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
         try:
             if new_local_channel is not None:
@@ -87,6 +91,15 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 get_hub().discard(self)
             if new_local_channel is not None and getattr(self, "channel_name", None):
                 self.channel_layer.forget_local_channel(self.channel_name)
+            admission.leave()
+
+    async def _refuse_over_capacity(self, receive: Any) -> None:
+        """Accept and close with 1013 at once; read until the client is gone."""
+        await receive()  # websocket.connect
+        await self.base_send({"type": "websocket.accept"})
+        self.link.refuse(CloseCode.OVER_CAPACITY, "server full; try again later")
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs each handler directly. Channels' dispatch first closes stale database

@@ -13,6 +13,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from broadcaster import body_limit, gc_policy, redis_client, transport
+from broadcaster.admission import admission
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ def prepare_server() -> None:
     gc_policy.configure()
     _lazy_autobahn_debug_text()
     limit = raise_open_file_limit()
-    logger.info("Open-file limit %d: room for about %d connections", limit, max(limit - 64, 0))
+    ceiling = admission.configure(limit)
+    logger.info("Open-file limit %d; at most %d receivers (BROADCAST_MAX_CONNECTIONS)", limit, ceiling)
     # Starts the embedded Redis now when it is the one in use, so a problem shows at start-up.
     redis_client.redis_url()
     logger.info("Using Redis at %s", redis_client.display_url())

@@ -109,6 +109,10 @@ class Link(Protocol):
     def failure(self) -> tuple[int, str] | None:
         """(close code, reason) when the server closed the connection for the client's frame."""
 
+    def refuse(self, code: int, reason: str) -> None:
+        """Close an accepted connection with a code the ASGI close message may not carry under
+        this server (daphne allows only 1000 and 3000-4999), e.g. 1013."""
+
 
 try:
     from twisted.internet.tcp import Connection as _TcpConnection
@@ -173,6 +177,10 @@ class TwistedLink:
             return None
         reason = getattr(protocol, "localCloseReason", None) or b""
         return code, reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+
+    def refuse(self, code: int, reason: str) -> None:
+        # autobahn's own closing handshake, which takes any code (its sendClose checks them).
+        self.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
 
 
 class DirectLink(TwistedLink):
@@ -249,6 +257,9 @@ class AsgiLink:
 
     def failure(self) -> tuple[int, str] | None:
         return None
+
+    def refuse(self, code: int, reason: str) -> None:
+        send_now(self.send, {"type": "websocket.close", "code": code, "reason": reason})
 
 
 def _has(obj: Any, names: tuple[str, ...]) -> bool:

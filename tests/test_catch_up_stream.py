@@ -38,6 +38,15 @@ class RecordingLink:
     def gone(self) -> bool:
         return False
 
+    def limit_client_frames(self, max_bytes: int) -> None:
+        pass
+
+    def failure(self) -> tuple[int, str] | None:
+        return None
+
+    def refuse(self, code: int, reason: str) -> None:
+        self.closed = code
+
     def seqs(self) -> list[int]:
         out: list[int] = []
         for text in self.frames:

@@ -131,4 +131,4 @@ async def test_server_raises_open_file_limit_and_logs_capacity(daphne):
     with open(f"/proc/{server.proc.pid}/limits") as f:
         line = next(row for row in f if row.startswith("Max open files"))
     assert line.split()[3:5] == [str(hard), str(hard)]
-    assert f"Open-file limit {hard}: room for about {hard - 64} connections" in server.log()
+    assert f"Open-file limit {hard}; at most {hard - 128} receivers" in server.log()
