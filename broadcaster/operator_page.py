@@ -13,6 +13,7 @@ receiver WebSocket stays free of auth middleware and of operator data.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import uuid
 from typing import Any
@@ -25,6 +26,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from broadcaster import redis_client
@@ -40,6 +42,10 @@ REFRESH_MS = 2000
 # Each rendering of the form carries a fresh id, claimed in Redis when it is sent, so a double
 # click or a resubmitted page does not broadcast twice. Claims are forgotten after this long.
 SEND_ID_TTL = 3600
+# A send of the text this operator sent in the last REPEAT_WINDOW seconds is asked about first
+# (the browser's Back button brings a sent text back with a fresh form id).
+REPEAT_WINDOW = 600
+OUT_OF_DATE = "This form is out of date: nothing was sent. Check the text and send it again."
 
 
 async def _staff(request: HttpRequest) -> Any | None:
@@ -70,15 +76,38 @@ def _recent_rows() -> list[dict[str, Any]]:
     ]
 
 
+def _send_key(send_id: str) -> str:
+    return f"broadcaster:operator:sent:{send_id}"
+
+
+async def _sent_already(send_id: str) -> bool:
+    """Whether this form was sent already (False with Redis down: publish() reports it)."""
+    try:
+        return bool(await redis_client.shared_client().exists(_send_key(send_id)))
+    except (RedisError, OSError):
+        return False
+
+
+def _told_sent_already(request: HttpRequest) -> HttpResponse:
+    messages.info(request, "That form was sent already; it was not sent again.")
+    return HttpResponseRedirect(reverse("operator"), status=303)
+
+
 async def _first_send(send_id: str) -> bool:
     """Claim a form's id: True the first time, False for a repeat (or with Redis down, True:
     publish() then reports the outage)."""
     try:
-        claimed = await redis_client.shared_client().set(f"broadcaster:operator:sent:{send_id}", 1, nx=True,
-                                                  ex=SEND_ID_TTL)  # fmt: skip
+        claimed = await redis_client.shared_client().set(_send_key(send_id), 1, nx=True, ex=SEND_ID_TTL)
     except (RedisError, OSError):
         return True
     return bool(claimed)
+
+
+async def _same_text_sent_lately(sender: str, text: str) -> BroadcastRecord | None:
+    """The sender's broadcast of this same text in the last REPEAT_WINDOW seconds, if any."""
+    since = timezone.now() - datetime.timedelta(seconds=REPEAT_WINDOW)
+    return await BroadcastRecord.objects.filter(sender=sender, text=text, status=BroadcastRecord.SENT,
+                                                created__gte=since).afirst()  # fmt: skip
 
 
 async def operator_status(request: HttpRequest) -> JsonResponse:
@@ -109,16 +138,25 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         validate(text)
     except PublishError as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=400)
+    send_id = request.POST.get("send_id", "")
+    if not send_id:
+        return await _page(request, can_send=True, text=text, error=OUT_OF_DATE, status=400)
+    if await _sent_already(send_id):
+        return _told_sent_already(request)
+    repeat = request.POST.get("repeat") == "yes"
+    if not repeat:
+        earlier = await _same_text_sent_lately(user.get_username(), text)
+        if earlier is not None:
+            return await _page(request, can_send=True, text=text, repeat_of=earlier, status=409)
     count = await _clients()
     clients = count[0]
     threshold: int = settings.BROADCAST_CONFIRM_ABOVE
     if clients is not None and clients > threshold and request.POST.get("confirmed") != "yes":
         # The JS confirm() used the last polled count; this asks again with the count now.
-        return await _page(request, can_send=True, text=text, confirm=clients, status=409, count=count)
-    send_id = request.POST.get("send_id", "")
-    if send_id and not await _first_send(send_id):
-        messages.info(request, "That form was sent already; it was not sent again.")
-        return HttpResponseRedirect(reverse("operator"), status=303)
+        return await _page(request, can_send=True, text=text, confirm=clients, status=409, count=count,
+                           repeat=repeat)  # fmt: skip
+    if not await _first_send(send_id):
+        return _told_sent_already(request)
     try:
         sent = await publish(text=text, sender=user.get_username())
     except BrokerUnavailable as exc:
@@ -130,7 +168,8 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
 
 async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: str = "",
                 confirm: int | None = None, status: int = 200,
-                count: tuple[int | None, str] | None = None) -> HttpResponse:  # fmt: skip
+                count: tuple[int | None, str] | None = None,
+                repeat_of: BroadcastRecord | None = None, repeat: bool = False) -> HttpResponse:  # fmt: skip
     """Render the page; `count` is _clients()'s answer when the caller has just asked."""
     clients, redis = count or await _clients()
 
@@ -149,11 +188,16 @@ async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: 
             "text": text,
             "error": error,
             "confirm": confirm,
+            "repeat_of": repeat_of,
+            "repeat": repeat,
             "max_length": settings.BROADCAST_MAX_LENGTH,
             "confirm_above": settings.BROADCAST_CONFIRM_ABOVE,
             "refresh_ms": REFRESH_MS,
             "send_id": uuid.uuid4().hex,
         }
-        return render(request, "broadcaster/operator.html", context, status=status)
+        response = render(request, "broadcaster/operator.html", context, status=status)
+        # Not kept for the Back button: a page from history would bring back a sent form.
+        response["Cache-Control"] = "no-store"
+        return response
 
     return await sync_to_async(build)()

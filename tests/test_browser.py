@@ -289,3 +289,27 @@ async def test_send_while_redis_is_down_is_reported_and_logged_as_failed(
     finally:
         await asyncio.to_thread(redis_server.start)
     await expect(operator.locator("#redis")).to_be_hidden(timeout=15_000)
+
+
+async def test_back_button_after_a_send_does_not_send_it_again(browser, daphne, operators):
+    """Send, then the browser's Back button: the form comes back empty (not from the page
+    cache with the sent text); typing the same text again is asked about before it goes."""
+    server = daphne()
+    tab = await open_tab(browser, server.http + "/", [])
+    operator = await (await browser.new_context()).new_page()
+    await log_in(operator, server.http, "ann")
+    await operator.fill("#id_text", "drill at noon")
+    await operator.click("#send")
+    await expect(operator.locator(".messagelist .success")).to_have_text("Sent to 1 client (broadcast #1).")
+    await operator.go_back()
+    await expect(operator.locator(".messagelist")).to_have_count(0)
+    await expect(operator.locator("#id_text")).to_have_value("")
+    await operator.click("#send")  # empty: the browser's own check stops it
+    await operator.fill("#id_text", "drill at noon")
+    await operator.click("#send")
+    await expect(operator.locator("#repeat")).to_contain_text("(broadcast #1).")
+    await expect(operator.locator("#id_text")).to_have_value("drill at noon")
+    await operator.click("#repeat-send")
+    await expect(operator.locator(".messagelist .success")).to_have_text("Sent to 1 client (broadcast #2).")
+    await expect(tab.locator("#messages li .text")).to_have_text(["drill at noon"] * 2, timeout=15_000)
+    assert await tab.locator("#messages li").count() == 2

@@ -42,6 +42,13 @@ async def kept_seqs() -> list[int]:
     return [entry.seq for entry in (await group_history(redis_client.shared_client()).since(0)).entries]
 
 
+async def post_form(client: AsyncClient, fields: dict[str, str], **kwargs):
+    """POST the send form as the page gives it: with the form id of a fresh rendering."""
+    page = (await client.get(PAGE)).content.decode()
+    [send_id] = re.findall(r'name="send_id" value="([0-9a-f]{32})"', page)
+    return await client.post(PAGE, {"send_id": send_id, **fields}, **kwargs)
+
+
 async def test_anonymous_is_sent_to_login_and_gets_no_status():
     """Anonymous: the page redirects to the admin login; the status JSON is 403."""
     client = await client_for(None)
@@ -85,7 +92,7 @@ async def test_permitted_staff_sends_through_the_publish_path(redis_url):
     sub = Subscriber(redis_url)
     await group_presence(redis_client.shared_client()).report(server_id="other-process", count=3)
     client = await client_for("ann", can_send=True)
-    response = await client.post(PAGE, {"text": "line one\r\nline two"})
+    response = await post_form(client, {"text": "line one\r\nline two"})
     assert (response.status_code, response["Location"]) == (303, "/operator/")
     assert sub.texts(1) == ["line one\nline two"]
     record = await BroadcastRecord.objects.aget()
@@ -116,11 +123,43 @@ async def test_the_same_form_sent_twice_broadcasts_once():
     assert len(fresh) == 1 and fresh != [send_id]
 
 
+async def test_a_post_without_the_form_id_sends_nothing():
+    """A POST that did not come from a rendering of the form (no form id) is refused with a
+    message; the text is kept in a fresh form, and nothing is sent or logged."""
+    client = await client_for("ann", can_send=True)
+    response = await client.post(PAGE, {"text": "from nowhere"})
+    body = response.content.decode()
+    assert response.status_code == 400
+    assert "This form is out of date: nothing was sent. Check the text and send it again." in body
+    assert ">from nowhere</textarea>" in body and re.search(r'name="send_id" value="[0-9a-f]{32}"', body)
+    assert await kept_seqs() == []
+    assert await BroadcastRecord.objects.acount() == 0
+
+
+async def test_the_same_text_again_is_asked_about_first():
+    """A new form with the text this operator just sent is held (409) with when and which
+    broadcast it was; "Send it again" sends it; another operator's same text is not held."""
+    client = await client_for("ann", can_send=True)
+    assert (await post_form(client, {"text": "fire drill at 3"})).status_code == 303
+    again = await post_form(client, {"text": "fire drill at 3"})
+    body = again.content.decode()
+    assert again.status_code == 409
+    assert "You sent this same message at" in body and "(broadcast #1)." in body
+    assert ">fire drill at 3</textarea>" in body
+    assert await kept_seqs() == [1]
+    [send_id] = re.findall(r'name="send_id" value="([0-9a-f]{32})"', body)
+    sent = await client.post(PAGE, {"text": "fire drill at 3", "send_id": send_id, "repeat": "yes"})
+    assert sent.status_code == 303
+    other = await client_for("bea", can_send=True)
+    assert (await post_form(other, {"text": "fire drill at 3"})).status_code == 303
+    assert await kept_seqs() == [1, 2, 3]
+
+
 async def test_markup_is_escaped_in_the_page():
     """Message text is never HTML on the operator page."""
     client = await client_for("ann", can_send=True)
     payload = "<img src=x onerror=alert(1)>"
-    assert (await client.post(PAGE, {"text": payload})).status_code == 303
+    assert (await post_form(client, {"text": payload})).status_code == 303
     body = (await client.get(PAGE)).content.decode()
     assert payload not in body
     assert '<td class="text">&lt;img src=x onerror=alert(1)&gt;</td>' in body
@@ -147,13 +186,13 @@ async def test_large_audience_needs_confirmation():
     await group_presence(redis_client.shared_client()).report(server_id="other-process", count=3)
     client = await client_for("ann", can_send=True)
     with override_settings(BROADCAST_CONFIRM_ABOVE=2):
-        held = await client.post(PAGE, {"text": "to everyone", "confirmed": ""})
+        held = await post_form(client, {"text": "to everyone", "confirmed": ""})
         body = held.content.decode()
         assert held.status_code == 409
         assert "This message would reach 3 clients, more than\n      2 (BROADCAST_CONFIRM_ABOVE)." in body
         assert ">to everyone</textarea>" in body
         assert await kept_seqs() == []
-        sent = await client.post(PAGE, {"text": "to everyone", "confirmed": "yes"})
+        sent = await post_form(client, {"text": "to everyone", "confirmed": "yes"})
     assert sent.status_code == 303
     assert await kept_seqs() == [1]
 
@@ -162,7 +201,7 @@ async def test_redis_down_is_reported_recorded_and_keeps_the_text(dead_redis_url
     """With Redis unreachable the page says nothing was sent, keeps the text and logs a failure."""
     client = await client_for("ann", can_send=True)
     point_django_at(dead_redis_url)
-    response = await client.post(PAGE, {"text": "during the outage"})
+    response = await post_form(client, {"text": "during the outage"})
     body = response.content.decode()
     assert response.status_code == 503
     assert (
