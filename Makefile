@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# HOST and PORT: from the command line, else the environment, else .env, else these.
+dotenv = $(shell sed -n 's/^[[:space:]]*\(export[[:space:]]\+\)\?$(1)=["'"'"']\?\([^"'"'"'#[:space:]]*\).*/\2/p' .env 2>/dev/null | tail -n 1)
+HOST ?= $(or $(call dotenv,HOST),127.0.0.1)
+PORT ?= $(or $(call dotenv,PORT),8000)
 
 .PHONY: run serve test lint format bench stop-redis clean
 
@@ -33,7 +35,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	BROADCAST_DOTENV= $(BIN)/pytest
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

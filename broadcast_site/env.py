@@ -79,28 +79,36 @@ def get_list(name: str, default: list[str], *, environ: Mapping[str, str] = os.e
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def database_from_url(url: str, *, base_dir: str) -> dict[str, object]:
-    """Translate DATABASE_URL (sqlite:///path or postgres://user:pass@host:port/name)."""
-    from urllib.parse import unquote, urlparse
+def load_dotenv(path: str) -> Path | None:
+    """Read `KEY=value` lines from the file at `path` (if there is one) into the environment,
+    never over a variable that is set already; return the file read, or None."""
+    import dotenv
 
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        path = unquote(parsed.path)
-        # sqlite:///relative.db -> path "/relative.db"; sqlite:////abs.db -> "//abs.db".
-        name = path[1:] if path.startswith("//") else os.path.join(base_dir, path.lstrip("/"))
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
-    if parsed.scheme in {"postgres", "postgresql"}:
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parsed.path.lstrip("/")),
-            "USER": unquote(parsed.username or ""),
-            "PASSWORD": unquote(parsed.password or ""),
-            "HOST": parsed.hostname or "",
-            "PORT": str(parsed.port or ""),
-        }
-    raise ConfigError(
-        f"Config 'DATABASE_URL' has value '{url}'. Use sqlite:///path or postgres://user:pass@host/db."
-    )
+    if not path or not Path(path).is_file():
+        return None
+    dotenv.load_dotenv(path, override=False)
+    return Path(path)
+
+
+def database_from_url(url: str, *, base_dir: str, conn_max_age: int = 0) -> dict[str, object]:
+    """Translate DATABASE_URL with dj-database-url (query options such as ?sslmode=require go to
+    OPTIONS). A relative SQLite path is relative to `base_dir`. Server databases keep each
+    connection for `conn_max_age` seconds, checked before reuse; SQLite opens one per request."""
+    import dj_database_url
+
+    scheme = url.partition(":")[0]
+    try:
+        config = dict(dj_database_url.parse(url, conn_max_age=conn_max_age,
+                                            conn_health_checks=conn_max_age > 0))  # fmt: skip
+    except ValueError as exc:
+        # Not the URL itself in the message: it may hold a password.
+        raise ConfigError(f"Config 'DATABASE_URL' (scheme '{scheme}') cannot be used: {exc}") from None
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        name = str(config["NAME"])
+        if name != ":memory:" and not os.path.isabs(name):
+            config["NAME"] = os.path.join(base_dir, name)
+        config["CONN_MAX_AGE"], config["CONN_HEALTH_CHECKS"] = 0, False
+    return config
 
 
 def create_private_file(path: Path) -> None:

@@ -7,6 +7,7 @@ The defaults are safe for development on one machine.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -16,6 +17,9 @@ from broadcaster.protocol import MAX_MESSAGE_LENGTH
 from broadcaster.redis_client import layer_hosts
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# `.env` (see `.env.example`) fills in what the environment does not set; BROADCAST_DOTENV
+# names another file, or none when empty.
+DOTENV = env.load_dotenv(os.environ.get("BROADCAST_DOTENV", str(BASE_DIR / ".env")))
 VAR_DIR = Path(env.get_str("BROADCAST_VAR_DIR", str(BASE_DIR / "var")))
 # Runtime state (SQLite database, embedded Redis socket and log) lives here. Created private
 # to the user: the database holds sessions and password hashes.
@@ -49,6 +53,8 @@ if env.get_bool("DJANGO_BEHIND_HTTPS_PROXY", False):
 SECURE_REDIRECT_EXEMPT = [r"^health/$"]
 
 INSTALLED_APPS = [
+    # First: its runserver (daphne's, exiting when it cannot listen) wins over daphne's own.
+    "broadcaster",
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -57,7 +63,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "broadcaster",
 ]
 
 MIDDLEWARE = [
@@ -90,7 +95,10 @@ TEMPLATES = [
 
 DATABASES = {
     "default": env.database_from_url(
-        env.get_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), base_dir=str(BASE_DIR)
+        env.get_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        base_dir=str(BASE_DIR),
+        # Seconds a server database connection is reused (checked first); SQLite: none.
+        conn_max_age=env.get_int("DATABASE_CONN_MAX_AGE", 60),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

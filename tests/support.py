@@ -88,6 +88,7 @@ def base_env(redis_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         REDIS_URL=redis_url,
         BROADCAST_VAR_DIR=str(var_dir),
+        BROADCAST_DOTENV="",  # a developer's .env must not change what the tests run
         DJANGO_SECRET_KEY="test-secret-key-" + "x" * 40,
         PYTHONUNBUFFERED="1",
     )

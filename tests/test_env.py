@@ -45,15 +45,36 @@ def test_list():
 
 
 def test_database_urls():
-    """SQLite relative and absolute paths and PostgreSQL URLs translate to Django settings."""
-    assert env.database_from_url("sqlite:///db.sqlite3", base_dir="/srv") == {
-        "ENGINE": "django.db.backends.sqlite3", "NAME": "/srv/db.sqlite3"}  # fmt: skip
+    """DATABASE_URL through dj-database-url: relative SQLite paths are the project's, query
+    options reach the driver, server connections are reused and checked, and an unusable
+    URL is an error that does not repeat the URL (it may hold a password)."""
+    sqlite = env.database_from_url("sqlite:///db.sqlite3", base_dir="/srv", conn_max_age=60)
+    assert (sqlite["ENGINE"], sqlite["NAME"], sqlite["CONN_MAX_AGE"]) == (
+        "django.db.backends.sqlite3", "/srv/db.sqlite3", 0)  # fmt: skip
     assert env.database_from_url("sqlite:////var/db.sqlite3", base_dir="/srv")["NAME"] == "/var/db.sqlite3"
-    assert env.database_from_url("postgres://u:p%40ss@db:5433/site", base_dir="/srv") == {
-        "ENGINE": "django.db.backends.postgresql", "NAME": "site", "USER": "u",
-        "PASSWORD": "p@ss", "HOST": "db", "PORT": "5433"}  # fmt: skip
-    with pytest.raises(env.ConfigError):
-        env.database_from_url("mysql://x", base_dir="/srv")
+    pg = env.database_from_url("postgres://u:p%40ss@db:5433/site?sslmode=require", base_dir="/srv",
+                               conn_max_age=60)  # fmt: skip
+    assert {k: pg[k] for k in ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS",
+                               "CONN_MAX_AGE", "CONN_HEALTH_CHECKS")} == {
+        "ENGINE": "django.db.backends.postgresql", "NAME": "site", "USER": "u", "PASSWORD": "p@ss",
+        "HOST": "db", "PORT": 5433, "OPTIONS": {"sslmode": "require"}, "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True}  # fmt: skip
+    with pytest.raises(env.ConfigError) as refused:
+        env.database_from_url("nosuchdb://u:hunter2@x/db", base_dir="/srv")
+    assert "nosuchdb" in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_dotenv_fills_in_what_the_environment_does_not_set(tmp_path):
+    """.env values are used, the environment's win over them, and BROADCAST_DOTENV names the file."""
+    dotenv = tmp_path / "site.env"
+    dotenv.write_text("# comment\nBROADCAST_MAX_LENGTH=77\nBROADCAST_HISTORY_COUNT=12\n")
+    code = "from django.conf import settings as s; print(s.BROADCAST_MAX_LENGTH, s.BROADCAST_HISTORY_COUNT)"
+    base = {"PATH": "/usr/bin:/bin", "BROADCAST_VAR_DIR": str(tmp_path), "BROADCAST_DOTENV": str(dotenv)}
+    for extra, expected in [({}, "77 12"), ({"BROADCAST_HISTORY_COUNT": "5"}, "77 5"),
+                            ({"BROADCAST_DOTENV": ""}, "4096 1000")]:  # fmt: skip
+        done = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", code], cwd=ROOT,
+                              text=True, capture_output=True, timeout=60, env={**base, **extra})  # fmt: skip
+        assert (done.returncode, done.stdout.strip()) == (0, expected), done.stderr
 
 
 def manage_check(tmp_path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:

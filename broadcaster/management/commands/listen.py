@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import protocol
 from broadcaster.listener import listen
+
+
+def local_server_url(environ: Mapping[str, str]) -> str:
+    """The receiver URL of the server `make run` starts with the same HOST and PORT."""
+    host = environ.get("HOST", "").strip() or "127.0.0.1"
+    if host in {"0.0.0.0", "::", "[::]"}:  # noqa: S104 - a server on every address: use loopback
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"ws://{host}:{environ.get('PORT', '').strip() or '8000'}{protocol.RECEIVER_PATH}"
 
 
 class Command(BaseCommand):
@@ -20,11 +31,12 @@ class Command(BaseCommand):
             "url",
             nargs="?",
             default=None,
-            help="WebSocket URL (default: ws://127.0.0.1:$PORT/ws/broadcast/, PORT=8000).",
+            help="WebSocket URL (default: the local server's, from HOST and PORT in the environment "
+            "or .env, as `make run` uses them: ws://127.0.0.1:8000/ws/broadcast/ when unset).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        url = options["url"] or f"ws://127.0.0.1:{os.environ.get('PORT', '8000')}{protocol.RECEIVER_PATH}"
+        url = options["url"] or local_server_url(os.environ)
 
         def out(line: str) -> None:
             self.stdout.write(line)
