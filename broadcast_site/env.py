@@ -13,21 +13,28 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
 class ConfigError(ImproperlyConfigured):
     """Raised when an environment variable is set to a value that cannot be used."""
 
 
+def _raw(name: str, environ: Mapping[str, str]) -> str | None:
+    """The variable's value; None when unset or blank (`NAME=` in .env means the default)."""
+    raw = environ.get(name)
+    return None if raw is None or not raw.strip() else raw
+
+
 def get_str(name: str, default: str, *, environ: Mapping[str, str] = os.environ) -> str:
-    """Return the variable's value, or `default` when it is unset."""
-    return environ.get(name, default)
+    """Return the variable's value, or `default` when it is unset or blank."""
+    raw = _raw(name, environ)
+    return default if raw is None else raw
 
 
 def get_bool(name: str, default: bool, *, environ: Mapping[str, str] = os.environ) -> bool:
     """Return the variable as a bool; anything but a known spelling is an error."""
-    raw = environ.get(name)
+    raw = _raw(name, environ)
     if raw is None:
         return default
     value = raw.strip().lower()
@@ -41,8 +48,8 @@ def get_bool(name: str, default: bool, *, environ: Mapping[str, str] = os.enviro
 def get_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None,
             environ: Mapping[str, str] = os.environ) -> int:  # fmt: skip
     """Return the variable as an int no smaller than `minimum` (nor larger than `maximum`)."""
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name, environ)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -59,8 +66,8 @@ def get_float(
     name: str, default: float, *, minimum: float = 0.0, environ: Mapping[str, str] = os.environ
 ) -> float:
     """Return the variable as a float no smaller than `minimum`."""
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name, environ)
+    if raw is None:
         return default
     try:
         value = float(raw)
@@ -73,7 +80,7 @@ def get_float(
 
 def get_list(name: str, default: list[str], *, environ: Mapping[str, str] = os.environ) -> list[str]:
     """Return a comma-separated variable as a list of non-empty, stripped items."""
-    raw = environ.get(name)
+    raw = _raw(name, environ)
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]

@@ -44,7 +44,8 @@ def server_binary() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
 
 
-def _answers(socket_path: Path) -> bool:
+def answers(socket_path: Path) -> bool:
+    """Whether a Redis answers on `socket_path` now."""
     # No retries: "not running yet" must be answered at once, not after backoff.
     client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
     try:
@@ -67,11 +68,11 @@ def ensure_running(var_dir: Path) -> Path:
             f"REDIS_URL is not set and the embedded Redis socket path {socket_path} is longer "
             f"than {_MAX_SOCKET_PATH} bytes: set BROADCAST_VAR_DIR to a shorter folder or set REDIS_URL."
         )
-    if _answers(socket_path):
+    if answers(socket_path):
         return socket_path
     with open(var_dir / "redis.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _answers(socket_path):
+        if answers(socket_path):
             return socket_path
         _start(var_dir, socket_path)
     return socket_path
@@ -101,7 +102,7 @@ def _start(var_dir: Path, socket_path: Path) -> None:
             f"REDIS_URL is not set and the embedded Redis could not start ({binary}): {exc}"
         ) from exc
     deadline = time.monotonic() + _START_TIMEOUT
-    while not _answers(socket_path):
+    while not answers(socket_path):
         if time.monotonic() > deadline:
             raise EmbeddedRedisError(
                 "REDIS_URL is not set and the embedded Redis did not answer within "
@@ -114,7 +115,7 @@ def _start(var_dir: Path, socket_path: Path) -> None:
 def stop(var_dir: Path) -> bool:
     """Shut the embedded Redis down; return whether one was running."""
     socket_path = var_dir / "redis.sock"
-    if not _answers(socket_path):
+    if not answers(socket_path):
         return False
     client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=5.0)
     try:

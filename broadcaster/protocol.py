@@ -29,7 +29,8 @@ FRAME_ERROR = "error"
 # Frame types a client may send.
 FRAME_PING = "ping"
 
-# The largest message a client may send, in bytes: the one client frame, a ping, is 15.
+# The largest frame a client may send, in bytes (the one client message, a ping, is 15); a
+# message in several frames is held to daphne's 1 MiB.
 MAX_CLIENT_FRAME = 4096
 
 
@@ -44,7 +45,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     # Sent by daphne (autobahn) itself, for a client frame it cannot take.
     INVALID_UTF8 = 1007  # A text frame that is not valid UTF-8.
-    MESSAGE_TOO_BIG = 1009  # A client message over MAX_CLIENT_FRAME bytes.
+    MESSAGE_TOO_BIG = 1009  # A client frame over MAX_CLIENT_FRAME bytes (or message over 1 MiB).
     # Sent past the application's back (Link.refuse): the process is at its connection ceiling.
     OVER_CAPACITY = 1013  # RFC 6455's "Try Again Later".
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.

@@ -103,7 +103,7 @@ class Link(Protocol):
         """Whether the connection is closed (nothing written now reaches the client)."""
 
     def limit_client_frames(self, max_bytes: int) -> None:
-        """Refuse client messages over `max_bytes` (close 1009), and close, with a close frame,
+        """Refuse client frames over `max_bytes` (close 1009), and close, with a close frame,
         on invalid UTF-8 (1007), where the server lets the application say so."""
 
     def failure(self) -> tuple[int, str] | None:
@@ -165,9 +165,11 @@ class TwistedLink:
 
     def limit_client_frames(self, max_bytes: int) -> None:
         # autobahn's options, per connection (daphne's are 1 MiB, and dropping the TCP
-        # connection without a close frame: the client cannot tell what it did wrong).
+        # connection without a close frame: the client cannot tell what it did wrong). Only
+        # the frame limit: autobahn applies maxMessagePayloadSize to what it sends as well,
+        # so a message of several frames is still held to daphne's 1 MiB.
         protocol = self.protocol
-        protocol.maxMessagePayloadSize = protocol.maxFramePayloadSize = max_bytes
+        protocol.maxFramePayloadSize = max_bytes
         protocol.failByDrop = False
 
     def failure(self) -> tuple[int, str] | None:

@@ -11,6 +11,7 @@ import redis
 from channels.layers import channel_layers
 from django.conf import settings
 
+from broadcaster import embedded_redis
 from broadcaster.embedded_redis import server_binary
 from broadcaster.redis_client import layer_hosts
 from tests.support import Daphne, RedisServer, base_env, free_port
@@ -30,6 +31,17 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
                    env=env, check=True, timeout=120)  # fmt: skip
     support.SHARED_DATABASE_URL = url
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_redis_left_as_found() -> Iterator[None]:
+    """Tests use their own Redis and var dirs. Should one still start this checkout's embedded
+    Redis (var/redis.sock), it is stopped at the end, so `make test` leaves nothing running."""
+    var_dir = Path(settings.BASE_DIR) / "var"
+    running_before = embedded_redis.answers(var_dir / "redis.sock")
+    yield
+    if not running_before and embedded_redis.stop(var_dir):
+        print("\nStopped the checkout's embedded Redis, which a test started.")
 
 
 @pytest.fixture(scope="session")

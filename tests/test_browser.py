@@ -92,6 +92,47 @@ async def test_tab_reconnects_after_server_restart(browser, daphne, env_for, red
     await expect(tab.locator("#messages li .text")).to_have_text(["after restart"], timeout=15_000)
 
 
+async def test_disconnected_tab_greys_the_count_counts_down_and_retries_on_demand(browser, daphne):
+    """While disconnected: the count is greyed, the wait counts down, and "Retry now" or the
+    tab becoming visible reconnects at once. The page's clock is frozen (Playwright's fake
+    timers), so only those can have reconnected it, not the backoff timer."""
+    server = daphne()
+    tab = await browser.new_page()
+    await tab.clock.install()
+    await tab.goto(server.http + "/")
+    state, count, retry = tab.locator("#state"), tab.locator("#count"), tab.locator("#retry")
+    await expect(state).to_have_attribute("data-state", "open", timeout=15_000)
+    await expect(count).to_have_text("1", timeout=15_000)
+    await expect(retry).to_be_hidden()
+    await tab.clock.pause_at(await tab.evaluate("Date.now()") + 1000)
+
+    await asyncio.to_thread(server.stop)
+    await expect(state).to_have_attribute("data-state", "closed", timeout=15_000)
+    await expect(count).to_have_class("stale")
+    await expect(count).to_have_attribute("title", "as of the last connection")
+    await expect(retry).to_be_visible()
+    # Let the backoff grow (each retry fails: the server is down) until the wait is 2 s or more.
+    while (left := int(re.fullmatch(r"reconnecting in (\d+) s", await state.inner_text())[1])) < 2:
+        attempt = int(await state.get_attribute("data-attempt"))
+        await tab.clock.run_for(left * 1000)
+        await expect(state).to_have_attribute("data-attempt", str(attempt + 1), timeout=15_000)
+    await tab.clock.run_for(1000)
+    await expect(state).to_have_text(f"reconnecting in {left - 1} s")
+
+    await asyncio.to_thread(server.start)
+    await retry.click()
+    await expect(state).to_have_attribute("data-state", "open", timeout=15_000)
+    await expect(count).not_to_have_class("stale")
+    await expect(retry).to_be_hidden()
+
+    await asyncio.to_thread(server.stop)
+    await expect(state).to_have_attribute("data-state", "closed", timeout=15_000)
+    await asyncio.to_thread(server.start)
+    await tab.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # headless: always visible
+    await expect(state).to_have_attribute("data-state", "open", timeout=15_000)
+    await expect(count).to_have_text("1", timeout=15_000)
+
+
 async def test_tab_offline_then_online_shows_every_message_once_in_order(browser, daphne, env_for, redis_url):
     """A tab goes offline, messages are sent, it comes back: each shows once, in order."""
     server = daphne()
@@ -313,3 +354,29 @@ async def test_back_button_after_a_send_does_not_send_it_again(browser, daphne, 
     await expect(operator.locator(".messagelist .success")).to_have_text("Sent to 1 client (broadcast #2).")
     await expect(tab.locator("#messages li .text")).to_have_text(["drill at noon"] * 2, timeout=15_000)
     assert await tab.locator("#messages li").count() == 2
+
+
+async def test_admin_index_links_the_operator_page_and_the_log_is_readable(browser, daphne, operators):
+    """The admin index lists the operator page; the broadcast log shows times to the second and
+    whole messages, wrapped inside a 1280 px window."""
+    server = daphne()
+    long_text = "A long announcement: " + "the east wing is closed until further notice, " * 12
+    for text in ["first of two", "second of two", long_text + "end."]:
+        done = await asyncio.to_thread(manage, ["broadcast", "-m", text], env=server.env)
+        assert done.returncode == 0, done.stderr
+    page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+    await log_in(page, server.http, "ann")
+    await page.goto(server.http + "/admin/")
+    await page.click("#operator-module a")
+    await expect(page).to_have_url(server.http + "/operator/")
+
+    await page.goto(server.http + "/admin/broadcaster/broadcastrecord/")
+    times = await page.locator("#result_list td.field-sent_at").all_inner_texts()
+    assert len(times) == 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in times), times
+    cell = page.locator("#result_list td.field-text", has_text="A long announcement")
+    await expect(cell).to_have_text(long_text + "end.")
+    box = await cell.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1280, box
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
+    end = await page.get_by_text("end.", exact=False).last.bounding_box()
+    assert end is not None and end["x"] + end["width"] <= 1280

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -13,7 +12,7 @@ import yaml
 from tests.support import ROOT
 
 
-def test_compose_runs_redis_and_daphne_on_real_entry_points():
+def test_compose_runs_redis_and_daphne_on_real_entry_points(env_for, redis_url):
     """Redis plus the site under daphne, pointing at the project's real ASGI application."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -33,8 +32,9 @@ def test_compose_runs_redis_and_daphne_on_real_entry_points():
     module, attr = app.split(":")
     # In a child process: importing the ASGI module prepares a server process (GC, limits).
     probe = f"import importlib; assert getattr(importlib.import_module({module!r}), {attr!r})"
+    # The test Redis and a private var dir: not this checkout's embedded Redis (left running).
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "DJANGO_SECRET_KEY": "x" * 50})  # fmt: skip
+                          env=env_for(redis_url))  # fmt: skip
     assert done.returncode == 0, done.stderr
 
 

@@ -17,6 +17,28 @@ def test_bool_spellings(raw, value):
     assert env.get_bool("X", False, environ={"X": f" {raw} "}) is value
 
 
+def test_blank_means_the_default():
+    """`NAME=` (as in .env.example) is the default, for every kind of value."""
+    blank = {"X": " "}
+    assert env.get_bool("X", True, environ=blank) is True
+    assert (env.get_str("X", "d", environ=blank), env.get_int("X", 7, environ=blank)) == ("d", 7)
+    assert (env.get_float("X", 0.5, environ=blank), env.get_list("X", ["a"], environ=blank)) == (0.5, ["a"])
+
+
+def test_the_example_file_as_dotenv_changes_nothing(tmp_path):
+    """Copying .env.example to .env unedited gives the same settings as no .env at all."""
+    code = ("import json; from django.conf import settings as s; print(json.dumps({k: repr(getattr(s, k)) "
+            "for k in dir(s) if k.isupper() and k not in {'DOTENV', 'SETTINGS_MODULE'}}))")  # fmt: skip
+    runs = {}
+    for name, dotenv in [("none", ""), ("example", str(ROOT / ".env.example"))]:
+        variables = {"PATH": "/usr/bin:/bin", "BROADCAST_DOTENV": dotenv, "BROADCAST_VAR_DIR": str(tmp_path)}
+        done = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", code], cwd=ROOT,
+                              text=True, capture_output=True, timeout=60, env=variables)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs[name] = done.stdout
+    assert runs["none"] == runs["example"]
+
+
 def test_bool_rejects_anything_else():
     """A typo is an error that names the variable and the value."""
     with pytest.raises(env.ConfigError) as excinfo:

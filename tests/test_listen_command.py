@@ -80,3 +80,35 @@ def test_says_cannot_connect_until_the_first_connection(env_for, redis_url):
     finally:
         listener.kill()
         listener.wait(timeout=10)
+
+
+def test_finds_the_server_from_port_in_a_dotenv_file(daphne, env_for, redis_url, tmp_path):
+    """With no URL, listen connects where `make run` would listen: PORT (and HOST) from the
+    environment or, as here, from the .env file."""
+    server = daphne()
+    dotenv = tmp_path / "site.env"
+    dotenv.write_text(f"HOST=0.0.0.0\nPORT={server.port}\n")
+    env = {k: v for k, v in env_for(redis_url).items() if k not in {"HOST", "PORT"}}
+    env["BROADCAST_DOTENV"] = str(dotenv)
+    listener = subprocess.Popen([sys.executable, "manage.py", "listen"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)  # fmt: skip
+    out, err = LineReader(listener.stdout), LineReader(listener.stderr)
+    try:
+        err.wait_for(lambda s: s == f"Connected to ws://127.0.0.1:{server.port}/ws/broadcast/", timeout=20,
+                     what="connected")  # fmt: skip
+        out.wait_for(lambda s: s == "Total clients: 1", timeout=20, what="count")
+    finally:
+        listener.send_signal(signal.SIGINT)
+        listener.wait(timeout=20)
+
+
+def test_local_server_url():
+    """HOST/PORT as make run reads them; an every-address HOST is reached over loopback."""
+    from broadcaster.management.commands.listen import local_server_url
+
+    assert local_server_url({}) == "ws://127.0.0.1:8000/ws/broadcast/"
+    assert local_server_url({"PORT": "8765"}) == "ws://127.0.0.1:8765/ws/broadcast/"
+    assert local_server_url({"HOST": "0.0.0.0", "PORT": "9"}) == "ws://127.0.0.1:9/ws/broadcast/"
+    assert local_server_url({"HOST": "::1"}) == "ws://[::1]:8000/ws/broadcast/"
+    assert local_server_url({"HOST": "example.org"}) == "ws://example.org:8000/ws/broadcast/"

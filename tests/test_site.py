@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import redis
 import websockets
 
-from tests.support import Client, manage
+from tests.support import ROOT, Client, manage
 
 
 async def test_200_clients_count_broadcast_once_and_disconnects(daphne, env_for, redis_url):
@@ -132,3 +135,17 @@ async def test_server_raises_open_file_limit_and_logs_capacity(daphne):
         line = next(row for row in f if row.startswith("Max open files"))
     assert line.split()[3:5] == [str(hard), str(hard)]
     assert f"Open-file limit {hard}; at most {hard - 128} receivers" in server.log()
+
+
+def test_runserver_on_a_busy_port_exits_1_saying_why(env_for, redis_url):
+    """`make run`'s runserver, on a port something else holds: status 1 and the reason, instead
+    of a process that serves nothing (the autoreloader kept daphne's alive)."""
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        done = subprocess.run([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=ROOT,
+                              env=env_for(redis_url), capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        holder.close()
+    assert done.returncode == 1, done.stderr
+    assert f"Error: Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use." in done.stderr

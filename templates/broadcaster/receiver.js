@@ -10,6 +10,7 @@
   var count = document.getElementById("count");
   var state = document.getElementById("state");
   var notice = document.getElementById("notice");
+  var retry = document.getElementById("retry");
   var attempt = 0;
   var retryTimer = null;
   // The last message seen, to resume from after a reconnect (docs/PROTOCOL.md, "Resuming").
@@ -60,25 +61,61 @@
     return ceiling / 2 + Math.random() * ceiling / 2;
   }
 
+  // While disconnected: the count is greyed (it is as of the last connection), the wait
+  // counts down, and "Retry now", coming back online or back to the tab retries at once.
+  var retryAt = 0;
+  var ticker = null;
+
+  function showCountdown() {
+    var left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+    setState("closed", "reconnecting in " + left + " s");
+  }
+
+  function scheduleRetry() {
+    var wait = delayMs();
+    attempt += 1;
+    retryAt = Date.now() + wait;
+    state.dataset.attempt = String(attempt);  // failed connections in a row
+    showCountdown();
+    retryTimer = setTimeout(connect, wait);
+    ticker = setInterval(showCountdown, 250);
+    retry.hidden = false;
+  }
+
+  function retryNow() {
+    if (retryTimer === null) return;  // connected, or connecting now
+    clearTimeout(retryTimer);
+    connect();
+  }
+
   function connect() {
     retryTimer = null;
+    clearInterval(ticker);
+    ticker = null;
+    retry.hidden = true;
     setState("connecting", "connecting…");
     var resume = lastSeq === null ? "" :
       "?since=" + lastSeq + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
     var ws = new WebSocket(url + resume);
-    ws.onopen = function () { attempt = 0; setState("open", "connected"); };
+    ws.onopen = function () {
+      attempt = 0;
+      count.classList.remove("stale");
+      count.removeAttribute("title");
+      setState("open", "connected");
+    };
     ws.onmessage = onFrame;
     ws.onclose = function () {
-      var wait = delayMs();
-      attempt += 1;
-      setState("closed", "reconnecting in " + Math.ceil(wait / 1000) + " s");
-      retryTimer = setTimeout(connect, wait);
+      count.classList.add("stale");
+      count.title = "as of the last connection";
+      scheduleRetry();
     };
   }
 
-  // Coming back online should not wait out a long backoff.
-  window.addEventListener("online", function () {
-    if (retryTimer !== null) { clearTimeout(retryTimer); attempt = 0; connect(); }
+  retry.addEventListener("click", retryNow);
+  // Coming back online, or back to the tab, should not wait out a long backoff.
+  window.addEventListener("online", function () { attempt = 0; retryNow(); });
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") retryNow();
   });
   connect();
 })();
