@@ -360,7 +360,13 @@ async def test_admin_index_links_the_operator_page_and_the_log_is_readable(brows
     """The admin index lists the operator page; the broadcast log shows times to the second and
     whole messages, wrapped inside a 1280 px window."""
     server = daphne()
-    long_text = "A long announcement: " + "the east wing is closed until further notice, " * 12
+    long_text = (
+        "A long announcement: "
+        + "the east wing is closed until further notice, " * 12
+        + "details at https://status.example.com/incidents/"
+        + "0123456789abcdef" * 8
+        + " "
+    )
     for text in ["first of two", "second of two", long_text + "end."]:
         done = await asyncio.to_thread(manage, ["broadcast", "-m", text], env=server.env)
         assert done.returncode == 0, done.stderr
@@ -371,12 +377,13 @@ async def test_admin_index_links_the_operator_page_and_the_log_is_readable(brows
     await expect(page).to_have_url(server.http + "/operator/")
 
     await page.goto(server.http + "/admin/broadcaster/broadcastrecord/")
-    times = await page.locator("#result_list td.field-sent_at").all_inner_texts()
-    assert len(times) == 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in times), times
+    times = await page.locator("#result_list .field-sent_at").all_inner_texts()
+    assert len(times) >= 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in times), times
     cell = page.locator("#result_list td.field-text", has_text="A long announcement")
     await expect(cell).to_have_text(long_text + "end.")
     box = await cell.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 1280, box
     assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
-    end = await page.get_by_text("end.", exact=False).last.bounding_box()
-    assert end is not None and end["x"] + end["width"] <= 1280
+    # Nothing of it scrolled out of view inside the admin's table container either.
+    assert await cell.evaluate("c => c.scrollWidth <= c.clientWidth")
+    assert await page.locator("#changelist .results").evaluate("r => r.scrollWidth <= r.clientWidth")
