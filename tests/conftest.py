@@ -36,12 +36,14 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def checkout_redis_left_as_found() -> Iterator[None]:
     """Tests use their own Redis and var dirs. Should one still start this checkout's embedded
-    Redis (var/redis.sock), it is stopped at the end, so `make test` leaves nothing running."""
+    Redis (var/redis.sock), it is stopped at the end, so `make test` leaves nothing running,
+    and the run fails: that test must get a private BROADCAST_VAR_DIR (support.base_env)."""
     var_dir = Path(settings.BASE_DIR) / "var"
     running_before = embedded_redis.answers(var_dir / "redis.sock")
     yield
     if not running_before and embedded_redis.stop(var_dir):
-        print("\nStopped the checkout's embedded Redis, which a test started.")
+        pytest.fail("A test started this checkout's embedded Redis (stopped now): give it a private "
+                    "BROADCAST_VAR_DIR and the test Redis (support.base_env)")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
