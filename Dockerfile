@@ -1,6 +1,7 @@
 # The site under daphne. Used by docker-compose.yml; configured only through environment variables.
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# No .env is read in the image (.dockerignore keeps it out, and BROADCAST_DOTENV is empty).
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 BROADCAST_DOTENV=
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt

@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# HOST and PORT: from the command line, else the environment, else .env, else these.
-dotenv = $(shell sed -n 's/^[[:space:]]*\(export[[:space:]]\+\)\?$(1)=["'"'"']\?\([^"'"'"'#[:space:]]*\).*/\2/p' .env 2>/dev/null | tail -n 1)
+# HOST and PORT: from the command line, else the environment, else the .env file (as the
+# settings read it: BROADCAST_DOTENV names another, or none when empty), else these.
+DOTENV_FILE := $(if $(filter undefined,$(origin BROADCAST_DOTENV)),.env,$(BROADCAST_DOTENV))
+dotenv = $(if $(DOTENV_FILE),$(shell sed -nE 's/^[[:space:]]*(export[[:space:]]+)?$(1)[[:space:]]*=[[:space:]]*["'"'"']?([^"'"'"'\#[:space:]]*).*/\2/p' $(DOTENV_FILE) 2>/dev/null | tail -n 1))
 HOST ?= $(or $(call dotenv,HOST),127.0.0.1)
 PORT ?= $(or $(call dotenv,PORT),8000)
 

@@ -26,6 +26,12 @@ def _raw(name: str, environ: Mapping[str, str]) -> str | None:
     return None if raw is None or not raw.strip() else raw
 
 
+def is_blank(name: str, *, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the variable is set, to nothing but spaces."""
+    raw = environ.get(name)
+    return raw is not None and not raw.strip()
+
+
 def get_str(name: str, default: str, *, environ: Mapping[str, str] = os.environ) -> str:
     """Return the variable's value, or `default` when it is unset or blank."""
     raw = _raw(name, environ)

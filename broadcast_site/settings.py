@@ -25,6 +25,9 @@ VAR_DIR = Path(env.get_str("BROADCAST_VAR_DIR", str(BASE_DIR / "var")))
 # to the user: the database holds sessions and password hashes.
 VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+if env.is_blank("DJANGO_DEBUG"):
+    # Blank means "the default" for every other variable; for this one that would be debug on.
+    raise env.ConfigError("Config 'DJANGO_DEBUG' is blank: set 1 (development) or 0 (production).")
 DEBUG = env.get_bool("DJANGO_DEBUG", True)
 
 SECRET_KEY = env.get_str("DJANGO_SECRET_KEY", "")
@@ -97,8 +100,9 @@ DATABASES = {
     "default": env.database_from_url(
         env.get_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
         base_dir=str(BASE_DIR),
-        # Seconds a server database connection is reused (checked first); SQLite: none.
-        conn_max_age=env.get_int("DATABASE_CONN_MAX_AGE", 60),
+        # Seconds a server database connection is kept for reuse (checked first). 0 by default:
+        # Django advises against persistent connections under ASGI (use a pooler instead).
+        conn_max_age=env.get_int("DATABASE_CONN_MAX_AGE", 0),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

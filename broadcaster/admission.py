@@ -54,6 +54,7 @@ class Admission:
         return True
 
     def leave(self) -> None:
+        """Count a receiver admitted by enter() as gone."""
         self.open -= 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 
@@ -35,6 +36,18 @@ def error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
+def _client_network(address: str) -> str:
+    """What failed token checks are counted under: the client's IPv4 address, or its IPv6 /64
+    (one host usually has a whole /64 to pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address or "unknown"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
     """The request's active token, or the error to answer. Failed checks are counted per
     client address: past BROADCAST_API_FAILED_AUTH_LIMIT in a window, 429 before any lookup."""
@@ -43,7 +56,7 @@ async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
     if scheme.lower() != "bearer" or not secret.strip():
         return error(401, ASK_FOR_BEARER, **{"WWW-Authenticate": "Bearer"})
     redis = redis_client.shared_client()
-    failures = ratelimit.failures_key(request.META.get("REMOTE_ADDR") or "unknown")
+    failures = ratelimit.failures_key(_client_network(request.META.get("REMOTE_ADDR") or ""))
     limit, window = settings.BROADCAST_API_FAILED_AUTH_LIMIT, settings.BROADCAST_API_RATE_WINDOW
     try:
         verdict = await ratelimit.peek(redis, failures, limit=limit)

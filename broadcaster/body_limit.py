@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import urllib.parse
 from typing import Any
 
 from django.conf import settings
@@ -77,7 +79,7 @@ def _limited_request_class() -> type | None:
     except ImportError:
         return None
     base = getattr(http_protocol, "WebRequest", None)
-    needs = ("gotLength", "handleContentChunk", "process")
+    needs = ("gotLength", "handleContentChunk", "requestReceived")
     if base is None or not all(hasattr(base, n) for n in needs):
         return None
 
@@ -108,15 +110,15 @@ def _limited_request_class() -> type | None:
             else:
                 super().handleContentChunk(data)
 
-        def process(self) -> Any:
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
             if self.refused:
-                return None  # answered already
-            return super().process()
+                return None  # answered already; the connection closes
+            return super().requestReceived(command, path, version)
 
         def _refuse_size(self, size: str) -> None:
             self._refuse(413, "Content Too Large", f"The body is over {self.limit} bytes.")
-            logger.warning("Refused a request body of %s to %s from %s (limit %s bytes)",
-                           size, _route(self).decode("latin-1"), _peer(self), self.limit)  # fmt: skip
+            _refusals.note(f"Refused a request body of {size} to {_route(self).decode('latin-1')} "
+                           f"from {_peer(self)} (limit {self.limit} bytes)")  # fmt: skip
 
         def _refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
                     ) -> None:  # fmt: skip
@@ -153,6 +155,9 @@ class _Discard:
     def read(self, *args: Any) -> bytes:
         return b""
 
+    def tell(self) -> int:
+        return 0
+
     def close(self) -> None:
         self.closed = True
 
@@ -162,23 +167,50 @@ def _abort(transport: Any) -> None:
         transport.abortConnection()
 
 
-def _route(request: Any) -> bytes:
-    """The request's path without its query string (the request line is in; the body is not).
+class _Throttled:
+    """A WARNING per refusal, at most one every LOG_EVERY seconds, with how many were not logged."""
 
-    Twisted keeps it on the channel until the body is in; if a release stops doing so, every
-    path gets the general limit and the API's token is checked by the view only (said once).
+    LOG_EVERY = 10.0
+
+    def __init__(self) -> None:
+        self.logged_at = float("-inf")
+        self.unlogged = 0
+
+    def note(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.logged_at < self.LOG_EVERY:
+            self.unlogged += 1
+            return
+        more = f" ({self.unlogged} more since the last such line)" if self.unlogged else ""
+        self.logged_at, self.unlogged = now, 0
+        logger.warning("%s%s", text, more)
+
+
+_refusals = _Throttled()
+
+
+def _route(request: Any) -> bytes:
+    """The request's path, %-decoded as Django routes it, without its query string (the
+    request line is in; the body is not).
+
+    Twisted keeps the request line on the channel until the body is in; if a release stops
+    doing so, every path gets the general limit and the API's token is checked by the view
+    only (said once).
     """
-    path = getattr(request.channel, "_path", None)
-    if not isinstance(path, bytes):
+    path, method = getattr(request.channel, "_path", None), getattr(request.channel, "_command", None)
+    if not isinstance(path, bytes) or not isinstance(method, bytes):
         global _said_no_path
         if not _said_no_path:
             _said_no_path = True
             logger.warning(
-                "Twisted no longer keeps the request path before the body: the publish API's "
-                "smaller body limit is off (DATA_UPLOAD_MAX_MEMORY_SIZE applies)"
+                "Twisted no longer keeps the request line before the body: the publish API's "
+                "early token check and smaller body limit are off (DATA_UPLOAD_MAX_MEMORY_SIZE applies)"
             )
         return b""
-    return path.split(b"?", 1)[0]
+    target = path.split(b"?", 1)[0]
+    if not target.startswith(b"/"):  # absolute form: http://host/path
+        target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
+    return urllib.parse.unquote_to_bytes(target)
 
 
 _said_no_path = False
@@ -193,9 +225,13 @@ def install() -> str | None:
     """Make daphne use LimitedRequest; return why it cannot, or None."""
     limited = _limited_request_class()
     if limited is None:
-        return "the installed daphne has no WebRequest with gotLength, handleContentChunk and process"
+        return "the installed daphne has no WebRequest with gotLength, handleContentChunk and requestReceived"
     from daphne import http_protocol
 
+    factory = getattr(http_protocol, "HTTPFactory", None)
+    build = getattr(getattr(factory, "buildProtocol", None), "__code__", None)
+    if build is None or "WebRequest" not in build.co_names:
+        return "daphne's HTTPFactory no longer builds requests from the module's WebRequest"
     if not getattr(http_protocol.WebRequest, "_broadcaster_limited", False):
         limited._broadcaster_limited = True
         http_protocol.WebRequest = limited

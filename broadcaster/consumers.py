@@ -97,7 +97,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         """Accept and close with 1013 at once; read until the client is gone."""
         await receive()  # websocket.connect
         await self.base_send({"type": "websocket.accept"})
-        self.link.refuse(CloseCode.OVER_CAPACITY, "server full; try again later")
+        self.link.refuse(int(CloseCode.OVER_CAPACITY), "server full; try again later")
         while (await receive())["type"] != "websocket.disconnect":
             pass
 

@@ -92,15 +92,25 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
     while True:
         try:
             async with websockets.connect(receiver.url(url), open_timeout=10) as ws:
-                attempt, connected_once = 0, True
-                status(f"Connected to {url}")
+                taken = False
                 async for frame in ws:
+                    if not taken:
+                        # The server's first frame, not the handshake, says it took the client (a
+                        # full server accepts, then closes with 1013): only now the backoff resets.
+                        taken, connected_once, attempt = True, True, 0
+                        status(f"Connected to {url}")
                     for line in receiver.render(frame if isinstance(frame, str) else frame.decode()):
                         out(line)
                 reason = f"closed by the server (code {ws.close_code})"
         except InvalidURI as exc:
             raise ValueError(f"Not a WebSocket URL: {exc}") from exc
-        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+        except ConnectionClosed as exc:
+            if exc.rcvd is None:
+                reason = "the connection dropped"
+            else:
+                said = f": {exc.rcvd.reason}" if exc.rcvd.reason else ""
+                reason = f"closed by the server (code {exc.rcvd.code}{said})"
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         delay = backoff_delay(attempt)
         attempt += 1

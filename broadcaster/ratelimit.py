@@ -31,10 +31,12 @@ class Verdict:
 
 
 def sends_key(sender: str) -> str:
+    """The counter of one API token's sends."""
     return f"broadcaster:ratelimit:{sender}"
 
 
 def failures_key(address: str) -> str:
+    """The counter of failed token checks from one client address (or IPv6 /64)."""
     return f"broadcaster:authfail:{address}"
 
 

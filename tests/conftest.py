@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Before Django reads its settings: a developer's .env must not change what the tests run
+# (nor reach the processes they start, which inherit this).
+os.environ["BROADCAST_DOTENV"] = ""
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

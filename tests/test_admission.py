@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from broadcaster.protocol import CloseCode
-from tests.support import raw_receiver, read_frames, wait_until
+from tests.support import ROOT, LineReader, default_sigint, raw_receiver, read_frames, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,3 +44,26 @@ def test_receivers_past_the_ceiling_get_1013_and_are_counted(daphne):
     assert b'"clients":3' in read_frames(again, until='"count"', timeout=10)[-1][1]
     for sock in [*kept, again]:
         sock.close()
+
+
+def test_listen_backs_off_from_a_full_server(daphne, env_for, redis_url):
+    """`manage.py listen` refused with 1013 does not take the handshake as success: its waits
+    keep growing (0.25-0.5 s, then up to 1, 2, 4 s), and it never says "Connected"."""
+    server = daphne(BROADCAST_MAX_CONNECTIONS="1")
+    holder = raw_receiver(server.port)
+    read_frames(holder, until='"count"', timeout=10)
+    listener = subprocess.Popen([sys.executable, "manage.py", "listen", server.ws], cwd=ROOT,
+                                env=env_for(redis_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=default_sigint)  # fmt: skip
+    err = LineReader(listener.stderr)
+    try:
+        lines = [err.wait_for(lambda s: "retrying in" in s, timeout=30, what=f"retry {n}") for n in range(4)]
+    finally:
+        listener.send_signal(signal.SIGINT)
+        listener.wait(timeout=20)
+        holder.close()
+    waits = [float(re.search(r"retrying in ([\d.]+) s", line)[1]) for line in lines]
+    said = "(closed by the server (code 1013: server full; try again later))"
+    assert all(said in line for line in lines), lines
+    assert waits[0] <= 0.5 and waits[3] >= 2.0, waits
+    assert not any(line.startswith("Connected") for line in err.seen), err.seen

@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
+from broadcaster import ratelimit
 from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from tests.conftest import point_django_at
 from tests.support import Subscriber
@@ -149,6 +150,22 @@ async def test_failed_token_checks_are_limited_per_address(secret, caplog):
     assert ours == ["Refusing token checks from 203.0.113.7 for up to 60 s: 3 failed"]
 
 
+async def test_ipv6_clients_are_counted_by_their_64(secret):
+    """Two addresses in one IPv6 /64 share one budget (a host can pick from its whole /64);
+    another /64 has its own."""
+
+    async def try_from(address: str, token: str) -> int:
+        client = FromAddress(address)
+        response = await client.post(URL, data=b'{"text": "x"}', content_type="application/json",
+                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        return response.status_code
+
+    with override_settings(BROADCAST_API_FAILED_AUTH_LIMIT=1):
+        codes = [await try_from("2001:db8:1:2::10", "wrong"), await try_from("2001:db8:1:2:ffff::1", secret),
+                 await try_from("2001:db8:1:3::10", secret)]  # fmt: skip
+    assert codes == [401, 429, 201]
+
+
 async def test_failed_token_limit_window_ends(secret, redis_url):
     """Once the window is over (its Redis key expired), the address may try again."""
     import redis.asyncio as aioredis
@@ -163,7 +180,7 @@ async def test_failed_token_limit_window_ends(secret, redis_url):
     with override_settings(BROADCAST_API_FAILED_AUTH_LIMIT=1):
         assert [await try_token("wrong"), await try_token(secret)] == [401, 429]
         r = aioredis.Redis.from_url(redis_url)
-        await r.delete("broadcaster:authfail:203.0.113.8")  # what the window's expiry does
+        await r.delete(ratelimit.failures_key("203.0.113.8"))  # what the window's expiry does
         await r.aclose()
         assert await try_token(secret) == 201
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.support import manage
+from tests.support import manage, raw_receiver
 
 pytestmark = pytest.mark.browser
 
@@ -92,6 +92,20 @@ async def test_tab_reconnects_after_server_restart(browser, daphne, env_for, red
     await expect(tab.locator("#messages li .text")).to_have_text(["after restart"], timeout=15_000)
 
 
+async def next_attempt(tab: Page) -> None:
+    """With the page's clock paused: advance it in 100 ms steps until the next reconnect attempt
+    has failed and been counted. Small steps, because the attempt itself takes real time, and a
+    big step could also fire the wait scheduled after it (the shortest is 250 ms)."""
+    state = tab.locator("#state")
+    attempt = await state.get_attribute("data-attempt")
+    for _ in range(600):  # 60 s of page time: more than the longest wait
+        await tab.clock.run_for(100)
+        if await state.get_attribute("data-attempt") != attempt and await state.get_attribute(
+                "data-state") == "closed":  # fmt: skip
+            return
+    raise AssertionError(f"no reconnect attempt after {attempt}")
+
+
 async def test_disconnected_tab_greys_the_count_counts_down_and_retries_on_demand(browser, daphne):
     """While disconnected: the count is greyed, the wait counts down, and "Retry now" or the
     tab becoming visible reconnects at once. The page's clock is frozen (Playwright's fake
@@ -112,10 +126,9 @@ async def test_disconnected_tab_greys_the_count_counts_down_and_retries_on_deman
     await expect(count).to_have_attribute("title", "as of the last connection")
     await expect(retry).to_be_visible()
     # Let the backoff grow (each retry fails: the server is down) until the wait is 2 s or more.
-    while (left := int(re.fullmatch(r"reconnecting in (\d+) s", await state.inner_text())[1])) < 2:
-        attempt = int(await state.get_attribute("data-attempt"))
-        await tab.clock.run_for(left * 1000)
-        await expect(state).to_have_attribute("data-attempt", str(attempt + 1), timeout=15_000)
+    while int(re.fullmatch(r"reconnecting in (\d+) s", await state.inner_text())[1]) < 2:
+        await next_attempt(tab)
+    left = int(re.fullmatch(r"reconnecting in (\d+) s", await state.inner_text())[1])
     await tab.clock.run_for(1000)
     await expect(state).to_have_text(f"reconnecting in {left - 1} s")
 
@@ -387,3 +400,23 @@ async def test_admin_index_links_the_operator_page_and_the_log_is_readable(brows
     # Nothing of it scrolled out of view inside the admin's table container either.
     assert await cell.evaluate("c => c.scrollWidth <= c.clientWidth")
     assert await page.locator("#changelist .results").evaluate("r => r.scrollWidth <= r.clientWidth")
+
+
+async def test_tab_refused_by_a_full_server_backs_off(browser, daphne):
+    """A full server accepts, then closes with 1013: the tab does not take the handshake as
+    success, so its waits keep growing (fourth wait 2 s or more), instead of retrying every
+    half second forever. Page clock frozen, as above."""
+    server = daphne(BROADCAST_MAX_CONNECTIONS="1")
+    holder = await asyncio.to_thread(raw_receiver, server.port)
+    tab = await browser.new_page()
+    await tab.clock.install()
+    await tab.goto(server.http + "/")
+    state = tab.locator("#state")
+    await expect(state).to_have_attribute("data-attempt", re.compile(r"\d+"), timeout=15_000)
+    await tab.clock.pause_at(await tab.evaluate("Date.now()") + 1000)
+    while int(await state.get_attribute("data-attempt")) < 4:
+        await next_attempt(tab)
+    await expect(state).to_have_text(re.compile(r"reconnecting in \d+ s"), timeout=15_000)
+    assert int(re.fullmatch(r"reconnecting in (\d+) s", await state.inner_text())[1]) >= 2
+    await expect(tab.locator("#count")).to_have_text("\u2013")  # never taken: still the placeholder dash
+    holder.close()

@@ -1,12 +1,15 @@
-"""docker-compose.yml and .env.example. No Docker engine runs here, so the structure is checked."""
+"""docker-compose.yml, .env.example and the Makefile. No Docker engine runs here, so the compose
+file's structure is checked."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.support import ROOT
@@ -47,3 +50,23 @@ def test_compose_and_env_example_name_only_real_settings():
     sources += "".join(p.read_text() for p in (ROOT / "broadcaster").rglob("*.py"))
     unread = {name for name in documented if name not in sources}
     assert unread == set()
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "environment", "expected"),
+    [("", {}, "127.0.0.1:8000"),
+     ("PORT=8765\n", {}, "127.0.0.1:8765"),
+     ("PORT=8765\n", {"PORT": "9000"}, "127.0.0.1:9000"),
+     ("export HOST='0.0.0.0'  # everywhere\nPORT = 5\n", {}, "0.0.0.0:5"),
+     ("PORT=8765\n", {"BROADCAST_DOTENV": ""}, "127.0.0.1:8000")],
+)  # fmt: skip
+def test_make_run_takes_host_and_port_as_the_settings_do(tmp_path, dotenv, environment, expected):
+    """`make run` listens where .env says, unless the environment says otherwise."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "requirements.txt").touch()
+    (tmp_path / ".env").write_text(dotenv)
+    env = {"PATH": "/usr/bin:/bin", **environment}
+    done = subprocess.run(["make", "-n", "run"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].endswith(f"manage.py runserver {expected}")

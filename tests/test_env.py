@@ -27,8 +27,10 @@ def test_blank_means_the_default():
 
 def test_the_example_file_as_dotenv_changes_nothing(tmp_path):
     """Copying .env.example to .env unedited gives the same settings as no .env at all."""
+    # Every setting whose text is stable between two processes (no object addresses).
     code = ("import json; from django.conf import settings as s; print(json.dumps({k: repr(getattr(s, k)) "
-            "for k in dir(s) if k.isupper() and k not in {'DOTENV', 'SETTINGS_MODULE'}}))")  # fmt: skip
+            "for k in dir(s) if k.isupper() and k not in {'DOTENV', 'SETTINGS_MODULE'} "
+            "and ' at 0x' not in repr(getattr(s, k))}))")  # fmt: skip
     runs = {}
     for name, dotenv in [("none", ""), ("example", str(ROOT / ".env.example"))]:
         variables = {"PATH": "/usr/bin:/bin", "BROADCAST_DOTENV": dotenv, "BROADCAST_VAR_DIR": str(tmp_path)}
@@ -104,6 +106,13 @@ def manage_check(tmp_path, *args: str, **variables: str) -> subprocess.Completed
     env = {"PATH": "/usr/bin:/bin", "BROADCAST_VAR_DIR": str(tmp_path), **variables}
     return subprocess.run([sys.executable, "manage.py", "check", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env=env)  # fmt: skip
+
+
+def test_blank_debug_is_an_error(tmp_path):
+    """DJANGO_DEBUG= (blank) would otherwise mean the default, debug on: it is refused."""
+    done = manage_check(tmp_path, DJANGO_DEBUG=" ")
+    assert done.returncode == 1
+    assert "Config 'DJANGO_DEBUG' is blank: set 1 (development) or 0 (production)." in done.stderr
 
 
 def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):

@@ -97,13 +97,19 @@
     var resume = lastSeq === null ? "" :
       "?since=" + lastSeq + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
     var ws = new WebSocket(url + resume);
-    ws.onopen = function () {
-      attempt = 0;
-      count.classList.remove("stale");
-      count.removeAttribute("title");
-      setState("open", "connected");
+    var taken = false;
+    ws.onmessage = function (event) {
+      if (!taken) {
+        // The server's first frame, not the handshake, says it took this tab (a full server
+        // accepts, then closes with 1013): only now does the backoff start over.
+        taken = true;
+        attempt = 0;
+        count.classList.remove("stale");
+        count.removeAttribute("title");
+        setState("open", "connected");
+      }
+      onFrame(event);
     };
-    ws.onmessage = onFrame;
     ws.onclose = function () {
       count.classList.add("stale");
       count.title = "as of the last connection";
