@@ -8,6 +8,10 @@ DOTENV_FILE := $(if $(filter undefined,$(origin BROADCAST_DOTENV)),.env,$(BROADC
 dotenv = $(if $(DOTENV_FILE),$(shell sed -nE 's/^[[:space:]]*(export[[:space:]]+)?$(1)[[:space:]]*=[[:space:]]*["'"'"']?([^"'"'"'\#[:space:]]*).*/\2/p' $(DOTENV_FILE) 2>/dev/null | tail -n 1))
 HOST ?= $(or $(call dotenv,HOST),127.0.0.1)
 PORT ?= $(or $(call dotenv,PORT),8000)
+# Worker processes for `make serve` (one per core is a good start).
+WORKERS ?= $(or $(call dotenv,WORKERS),1)
+# Where `make serve` keeps supervisord's pid file and control socket.
+RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 
 .PHONY: run serve test lint format bench stop-redis clean
 
@@ -28,10 +32,14 @@ run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-## serve: the production way, daphne with a large listen backlog
+## serve: production: WORKERS daphne processes on one port under supervisord (deploy/supervisord.conf)
 serve: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 broadcast_site.asgi:application
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	# exec: make's SIGTERM goes straight to supervisord, which drains and stops every worker.
+	exec env WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT) BIN=$(abspath $(BIN)) RUN_DIR=$(abspath $(RUN_DIR)) \
+	  STOP_WAIT=$$($(BIN)/python -c "import os; print(int(float(os.environ.get('BROADCAST_DRAIN_SECONDS') or 10)) + 15)") \
+	  $(BIN)/supervisord -c deploy/supervisord.conf
 
 ## test: lint, format check and the whole test suite
 test: $(VENV)/.installed-dev

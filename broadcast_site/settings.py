@@ -160,6 +160,9 @@ BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576
 # Receivers one server process takes; past it new ones are refused with 1013 (try again
 # later). 0: the open-file limit less 128 (broadcaster/admission.py).
 BROADCAST_MAX_CONNECTIONS = env.get_int("BROADCAST_MAX_CONNECTIONS", 0, minimum=0)
+# On SIGTERM a server process closes its receivers (1012) spread over this many seconds, then
+# exits (broadcaster/drain.py).
+BROADCAST_DRAIN_SECONDS = env.get_float("BROADCAST_DRAIN_SECONDS", 10.0, minimum=0.0)
 
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
 BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)

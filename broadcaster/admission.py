@@ -9,6 +9,7 @@ balancer or firewall in front (README, "Production").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -32,6 +33,9 @@ class Admission:
         self.refused = 0
         self.ceiling: int | None = None
         self._logged_at = float("-inf")
+        # Set while no receiver is open (a drain waits on it).
+        self.none_open = asyncio.Event()
+        self.none_open.set()
 
     def configure(self, open_file_limit: int) -> int:
         """Set the ceiling from settings, or from the open-file limit; return it."""
@@ -51,11 +55,14 @@ class Admission:
                                "%d refused by this process so far", ceiling, self.refused)  # fmt: skip
             return False
         self.open += 1
+        self.none_open.clear()
         return True
 
     def leave(self) -> None:
         """Count a receiver admitted by enter() as gone."""
         self.open -= 1
+        if not self.open:
+            self.none_open.set()
 
 
 admission = Admission()

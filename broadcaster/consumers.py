@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import protocol
 from broadcaster.admission import admission
+from broadcaster.drain import drain
 from broadcaster.history import Entry
 from broadcaster.hub import get_hub
 from broadcaster.protocol import CloseCode
@@ -24,6 +25,8 @@ from broadcaster.resume import Backlog, catch_up, next_page, resume_point
 from broadcaster.transport import SCOPE_LINK_KEY, AsgiLink, Link, text_frame
 
 logger = logging.getLogger(__name__)
+
+RESTARTING = "server restarting; reconnect now"
 
 # A client that takes nothing of its catch-up for this long is a slow consumer.
 CATCH_UP_STALL = 30.0
@@ -60,8 +63,11 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
         self.link = scope.get(SCOPE_LINK_KEY) or AsgiLink(send)
+        if drain.draining:
+            await self._refuse(receive, CloseCode.SERVICE_RESTART, RESTARTING)
+            return
         if not admission.enter():
-            await self._refuse_over_capacity(receive)
+            await self._refuse(receive, CloseCode.OVER_CAPACITY, "server full; try again later")
             return
         new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
         try:
@@ -93,13 +99,23 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 self.channel_layer.forget_local_channel(self.channel_name)
             admission.leave()
 
-    async def _refuse_over_capacity(self, receive: Any) -> None:
-        """Accept and close with 1013 at once; read until the client is gone."""
+    async def _refuse(self, receive: Any, code: CloseCode, reason: str) -> None:
+        """Accept and close with `code` at once (1012, 1013); read until the client is gone."""
         await receive()  # websocket.connect
         await self.base_send({"type": "websocket.accept"})
-        self.link.refuse(int(CloseCode.OVER_CAPACITY), "server full; try again later")
+        self.link.refuse(int(code), reason)
         while (await receive())["type"] != "websocket.disconnect":
             pass
+
+    def close_for_restart(self) -> None:
+        """Drain (broadcaster/drain.py): close with 1012 after what is queued; the client
+        reconnects to another worker and resumes from the last message it got."""
+        if self.closing:
+            return
+        self.closing = True
+        self._stop_catching_up()
+        get_hub().discard(self)
+        self.link.refuse(int(CloseCode.SERVICE_RESTART), RESTARTING)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Runs each handler directly. Channels' dispatch first closes stale database

@@ -79,6 +79,8 @@ class Hub:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reported_to: str | None = None
+        # Draining (broadcaster/drain.py): receivers still get broadcasts, but count as 0 here.
+        self.drained = False
 
     def add(self, receiver: Receiver) -> None:
         """Called when a receiver has joined the broadcast group."""
@@ -96,6 +98,16 @@ class Hub:
         self.receivers.discard(receiver)
         self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
+        self._changed()
+
+    async def withdraw_for_drain(self) -> None:
+        """Count this process's receivers as 0, at once and from now on: they are moving to
+        other workers, which will count them."""
+        self.drained = True
+        try:
+            await group_presence(redis_client.shared_client()).withdraw(server_id=self.server_id)
+        except RedisError as exc:
+            logger.warning("Could not withdraw from the count for the drain: %s", exc)
         self._changed()
 
     def _claim_fast_path(self) -> None:
@@ -270,7 +282,8 @@ class Hub:
                 try:
                     if self._dirty.is_set() or loop.time() - last_report >= ttl / 3:
                         self._dirty.clear()
-                        total = await presence.report(server_id=self.server_id, count=len(self.receivers))
+                        count = 0 if self.drained else len(self.receivers)
+                        total = await presence.report(server_id=self.server_id, count=count)
                         last_report = loop.time()
                     else:
                         total = await presence.total()

@@ -21,6 +21,9 @@ from broadcaster import protocol
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+# After a 1012 (the server is draining): reconnect within this many seconds, at random.
+RESTART_JITTER = 1.0
+SERVICE_RESTART = int(protocol.CloseCode.SERVICE_RESTART)
 
 
 def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
@@ -110,6 +113,14 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
             else:
                 said = f": {exc.rcvd.reason}" if exc.rcvd.reason else ""
                 reason = f"closed by the server (code {exc.rcvd.code}{said})"
+                if exc.rcvd.code == SERVICE_RESTART:
+                    # The server is draining: another one takes this client at once. The
+                    # server spreads these closes out; the jitter spreads them a little more.
+                    attempt = 0
+                    delay = random.uniform(0, RESTART_JITTER)
+                    status(f"Server restarting ({reason}); reconnecting in {delay:.1f} s")
+                    await asyncio.sleep(delay)
+                    continue
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         delay = backoff_delay(attempt)

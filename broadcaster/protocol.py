@@ -46,8 +46,9 @@ class CloseCode(enum.IntEnum):
     # Sent by daphne (autobahn) itself, for a client frame it cannot take.
     INVALID_UTF8 = 1007  # A text frame that is not valid UTF-8.
     MESSAGE_TOO_BIG = 1009  # A client frame over MAX_CLIENT_FRAME bytes (or message over 1 MiB).
-    # Sent past the application's back (Link.refuse): the process is at its connection ceiling.
-    OVER_CAPACITY = 1013  # RFC 6455's "Try Again Later".
+    # Sent past the application's back (Link.refuse), as daphne's close message cannot carry them.
+    SERVICE_RESTART = 1012  # The process is draining (SIGTERM): reconnect now, with jitter.
+    OVER_CAPACITY = 1013  # RFC 6455's "Try Again Later": the process is at its connection ceiling.
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
     SLOW_CONSUMER = 4408  # The client read too slowly; too much output was queued for it.
     TRY_AGAIN_LATER = 4503  # Redis is unreachable; reconnect with backoff.

@@ -29,12 +29,17 @@ class Router:
     # asgiref takes a plain (not async) __call__ for the old double-callable style.
     _asgi_single_callable = True
 
-    def __init__(self, *, http: ASGIApp, origins: OriginCheck) -> None:
+    def __init__(self, *, http: ASGIApp, origins: OriginCheck, static: tuple[str, ASGIApp] | None = None
+                 ) -> None:  # fmt: skip
         self.http = http
         self.origins = origins
+        # (URL prefix, app): static files (the admin's CSS and JS), whatever DJANGO_DEBUG says.
+        self.static = static
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         if scope["type"] == "http":
+            if self.static is not None and scope["path"].startswith(self.static[0]):
+                return self.static[1](scope, receive, send)
             return self.http(scope, receive, send)
         if scope["type"] == "websocket":
             return self.websocket(scope, receive, send)

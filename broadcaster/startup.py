@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from broadcaster import body_limit, gc_policy, redis_client, transport
+from broadcaster import body_limit, drain, gc_policy, redis_client, transport
 from broadcaster.admission import admission
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 
@@ -162,4 +162,5 @@ def prepare_server() -> None:
     logger.info("Using Redis at %s", redis_client.display_url())
     check_write_path()
     limit_request_bodies()
+    drain.install_when_running()
     check_channel_layer()

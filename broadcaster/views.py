@@ -1,4 +1,4 @@
-"""HTTP views: the receiver page and the health check."""
+"""HTTP views: the receiver page, the health check and the readiness check."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from django.shortcuts import render
 from redis.exceptions import RedisError
 
 from broadcaster import redis_client
+from broadcaster.drain import drain
 from broadcaster.presence import group_presence
 
 
@@ -26,3 +27,15 @@ async def health(request: HttpRequest) -> JsonResponse:
             {"status": "unavailable", "redis": f"unreachable: {exc}", "clients": None}, status=503
         )
     return JsonResponse({"status": "ok", "redis": "ok", "clients": clients})
+
+
+async def ready(request: HttpRequest) -> JsonResponse:
+    """For load balancers: 200 while this process takes new clients; 503 once it is draining
+    (SIGTERM) or cannot reach Redis."""
+    if drain.draining:
+        return JsonResponse({"status": "draining"}, status=503)
+    try:
+        await redis_client.shared_client().ping()
+    except (RedisError, OSError):
+        return JsonResponse({"status": "unavailable", "redis": "unreachable"}, status=503)
+    return JsonResponse({"status": "ready"})

@@ -4,6 +4,8 @@
   "use strict";
   var BACKOFF_FIRST_MS = 500;
   var BACKOFF_MAX_MS = 30000;
+  var RESTART = 1012;
+  var RESTART_JITTER_MS = 1000;
   var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/broadcast/";
   var list = document.getElementById("messages");
   var empty = document.getElementById("empty");
@@ -71,9 +73,11 @@
     setState("closed", "reconnecting in " + left + " s");
   }
 
-  function scheduleRetry() {
-    var wait = delayMs();
-    attempt += 1;
+  function scheduleRetry(code) {
+    // 1012: the server is restarting (draining); another one takes the tab at once. The
+    // server spreads these closes out; the jitter spreads them a little more.
+    var wait = code === RESTART ? Math.random() * RESTART_JITTER_MS : delayMs();
+    attempt = code === RESTART ? 0 : attempt + 1;
     retryAt = Date.now() + wait;
     state.dataset.attempt = String(attempt);  // failed connections in a row
     showCountdown();
@@ -110,10 +114,10 @@
       }
       onFrame(event);
     };
-    ws.onclose = function () {
+    ws.onclose = function (event) {
       count.classList.add("stale");
       count.title = "as of the last connection";
-      scheduleRetry();
+      scheduleRetry(event.code);
     };
   }
 

@@ -1,0 +1,129 @@
+"""Graceful drain: what a server process does on SIGTERM (a deploy, a scale-down, a worker
+restart by the process manager), instead of dropping every connection at once.
+
+1. Readiness (`GET /health/ready/`) answers 503 at once and new WebSocket handshakes are
+   refused with 1012; READY_GRACE later the process stops listening, so a load balancer (which
+   has seen the 503 by then), or the other workers sharing the port, take the new clients.
+2. Its receivers are withdrawn from the global count at once (they are about to be counted
+   by the workers they move to).
+3. Its receivers are closed with 1012 (service restart) spread evenly over
+   BROADCAST_DRAIN_SECONDS, a small batch every DRAIN_STEP, so the others see a trickle of
+   reconnects, not a stampede. Each gets what was already queued for it first; clients
+   reconnect at once (with jitter) and resume with `since`, so none misses or repeats a message.
+4. It exits once they are gone, or CLOSE_WAIT seconds after the last batch.
+
+A second SIGTERM (or SIGINT) stops at once. Runs under daphne (and runserver) only: it hooks
+Twisted's reactor, which other ASGI servers do not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# How long a draining process still listens, answering its readiness check with 503 (so a load
+# balancer's health checks see it) and refusing new receivers with 1012, before it closes its
+# listening socket (then workers sharing the port take every new connection).
+READY_GRACE = 2.0
+# How often a batch of receivers is closed during a drain.
+DRAIN_STEP = 0.1
+# How long closed receivers get to finish their closing handshake before the process exits.
+CLOSE_WAIT = 5.0
+
+
+class Drain:
+    """This process's drain state; `start()` runs once per process."""
+
+    def __init__(self) -> None:
+        self.started_at: float | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.started_at is not None
+
+    def install(self) -> bool:
+        """Take over SIGTERM from Twisted (call in the reactor's thread once it runs); False
+        when there is no running Twisted reactor (another ASGI server)."""
+        reactor = _reactor()
+        if reactor is None or not reactor.running:
+            return False
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(self.start))
+        return True
+
+    def start(self) -> None:
+        """Begin the drain (in the event loop's thread)."""
+        reactor = _reactor()
+        if self.draining:
+            logger.warning("Second SIGTERM while draining: stopping now")
+            if reactor is not None:
+                reactor.stop()
+            return
+        self.started_at = time.monotonic()
+        logger.warning("Draining: not ready (503), new receivers refused with 1012; closing receivers "
+                       "with 1012 over %s s", settings.BROADCAST_DRAIN_SECONDS)  # fmt: skip
+        if reactor is not None:
+            reactor.callLater(READY_GRACE, _stop_listening, reactor)
+        asyncio.get_running_loop().create_task(self._close_receivers(reactor))
+
+    async def _close_receivers(self, reactor: Any) -> None:
+        from broadcaster.admission import admission
+        from broadcaster.hub import get_hub
+
+        hub = get_hub()
+        await hub.withdraw_for_drain()
+        receivers = list(hub.receivers)
+        steps = max(1, math.ceil(settings.BROADCAST_DRAIN_SECONDS / DRAIN_STEP))
+        closed = 0
+        for step in range(1, steps + 1):
+            # Evenly: by the end of step k, k/steps of them are closed.
+            until = len(receivers) * step // steps
+            for receiver in receivers[closed:until]:
+                receiver.close_for_restart()
+            closed = until
+            if step < steps:
+                await asyncio.sleep(DRAIN_STEP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(admission.none_open.wait(), CLOSE_WAIT)
+        logger.warning("Drained %d receiver(s) in %.1f s (%d still open); stopping", len(receivers),
+                       time.monotonic() - (self.started_at or 0), admission.open)  # fmt: skip
+        if reactor is not None:
+            reactor.stop()
+
+
+def _reactor() -> Any:
+    """Twisted's reactor when it is the one in use (daphne installs it); never installs one."""
+    if "twisted.internet.reactor" not in sys.modules:
+        return None
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _stop_listening(reactor: Any) -> None:
+    """Stop accepting connections on every listening socket of this process."""
+    from twisted.internet.tcp import Port as TcpPort
+
+    ports = [r for r in reactor.getReaders() if isinstance(r, TcpPort)]
+    for port in ports:
+        port.stopListening()
+    logger.info("Draining: stopped listening on %d socket(s)", len(ports))
+
+
+drain = Drain()
+
+
+def install_when_running() -> None:
+    """Arrange for `drain.install()` once the reactor runs (after Twisted's own handlers)."""
+    reactor = _reactor()
+    if reactor is not None:
+        reactor.callWhenRunning(lambda: reactor.callLater(0, drain.install))
