@@ -85,8 +85,8 @@ class Drain:
         steps = max(1, math.ceil(settings.BROADCAST_DRAIN_SECONDS / DRAIN_STEP))
         closed = 0
         for step in range(1, steps + 1):
-            # Evenly: by the end of step k, k/steps of them are closed.
-            until = len(receivers) * step // steps
+            # Evenly: by step k, k/steps of them are closed (rounded up: a few go at once).
+            until = math.ceil(len(receivers) * step / steps)
             for receiver in receivers[closed:until]:
                 receiver.close_for_restart()
             closed = until

@@ -89,6 +89,8 @@ def base_env(redis_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         BROADCAST_VAR_DIR=str(var_dir),
         BROADCAST_DOTENV="",  # a developer's .env must not change what the tests run
+        # Servers the tests stop with SIGTERM drain for this long (tests of the drain set it).
+        BROADCAST_DRAIN_SECONDS="2",
         DJANGO_SECRET_KEY="test-secret-key-" + "x" * 40,
         PYTHONUNBUFFERED="1",
     )

@@ -29,7 +29,9 @@ def test_prints_broadcasts_and_reconnects_after_restart(daphne, env_for, redis_u
         assert TIMED.match(line).group(1) == "first <b>one</b>"
 
         server.stop()
-        err.wait_for(lambda s: s.startswith("Connection lost"), timeout=20, what="loss noticed")
+        err.wait_for(
+            lambda s: s.startswith(("Connection lost", "Server restarting")), timeout=20, what="loss noticed"
+        )
         server.start()
         err.wait_for(lambda s: s == f"Connected to {server.ws}", timeout=60, what="reconnected")
         out.wait_for(lambda s: s == "Total clients: 1", timeout=20, what="count after restart")
