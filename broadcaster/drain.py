@@ -90,8 +90,9 @@ class Drain:
             for receiver in receivers[closed:until]:
                 receiver.close_for_restart()
             closed = until
-            if step < steps:
-                await asyncio.sleep(DRAIN_STEP)
+            if closed >= len(receivers):
+                break  # all closed: no need to wait out the rest of the drain time
+            await asyncio.sleep(DRAIN_STEP)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(admission.none_open.wait(), CLOSE_WAIT)
         logger.warning("Drained %d receiver(s) in %.1f s (%d still open); stopping", len(receivers),

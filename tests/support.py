@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import struct
@@ -309,6 +310,50 @@ class Client:
         if self.ws is not None:
             await self.ws.close()
         if self.task is not None:
+            await self.task
+
+
+class ResumingClient:
+    """A receiver that reconnects by itself (at once, with jitter, after 1012) and resumes with
+    `since`: every message it gets, and when each connection closed and with what code."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seqs: list[int] = []
+        self.epoch: str | None = None
+        self.closes: list[tuple[float, int | None]] = []
+        self.connects: list[float] = []
+        self.ports: list[int] = []
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            query = f"?since={self.seqs[-1]}&epoch={self.epoch}" if self.seqs else ""
+            code: int | None = None
+            try:
+                async with websockets.connect(self.url + query, open_timeout=30) as ws:
+                    self.ports.append(ws.transport.get_extra_info("sockname")[1])
+                    self.connects.append(time.monotonic())
+                    async for raw in ws:
+                        self._take(json.loads(raw))
+            except websockets.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+            except (OSError, websockets.InvalidHandshake):
+                # Refused, or reset while waiting in the accept queue of a worker that then
+                # stopped listening (SO_REUSEPORT): a browser or `listen` retries too.
+                pass
+            self.closes.append((time.monotonic(), code))
+            await asyncio.sleep(random.uniform(0, 1.0) if code == 1012 else 0.5)
+
+    def _take(self, frame: dict[str, Any]) -> None:
+        for message in frame["messages"] if frame["type"] == "batch" else [frame]:
+            if message["type"] == "message":
+                self.seqs.append(message["seq"])
+                self.epoch = message["epoch"]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
             await self.task
 
 

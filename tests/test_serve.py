@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import math
-import random
 import signal
 import subprocess
 import time
@@ -20,10 +18,9 @@ from typing import Any
 
 import psutil
 import pytest
-import websockets
 
 from broadcaster.publish import publish
-from tests.support import ROOT, base_env, free_port, wait_until
+from tests.support import ROOT, ResumingClient, base_env, free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -77,48 +74,6 @@ def serve(tmp_path, redis_url):
         for p in alive:
             p.kill()
         assert not alive, f"left running after SIGTERM to make serve: {alive}\n{server.log()[-3000:]}"
-
-
-class ResumingClient:
-    """A receiver that reconnects by itself (at once, with jitter, after 1012) and resumes with
-    `since`: every message it gets, and when each connection closed and with what code."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seqs: list[int] = []
-        self.epoch: str | None = None
-        self.closes: list[tuple[float, int | None]] = []
-        self.connects: list[float] = []
-        self.ports: list[int] = []
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            query = f"?since={self.seqs[-1]}&epoch={self.epoch}" if self.seqs else ""
-            code: int | None = None
-            try:
-                async with websockets.connect(self.url + query, open_timeout=30) as ws:
-                    self.ports.append(ws.transport.get_extra_info("sockname")[1])
-                    self.connects.append(time.monotonic())
-                    async for raw in ws:
-                        self._take(json.loads(raw))
-            except websockets.ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else None
-            except OSError:
-                pass
-            self.closes.append((time.monotonic(), code))
-            await asyncio.sleep(random.uniform(0, 1.0) if code == 1012 else 0.5)
-
-    def _take(self, frame: dict[str, Any]) -> None:
-        for message in frame["messages"] if frame["type"] == "batch" else [frame]:
-            if message["type"] == "message":
-                self.seqs.append(message["seq"])
-                self.epoch = message["epoch"]
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
 
 
 def established(worker: psutil.Process, port: int) -> int:
