@@ -12,8 +12,9 @@ restart by the process manager), instead of dropping every connection at once.
    reconnect at once (with jitter) and resume with `since`, so none misses or repeats a message.
 4. It exits once they are gone, or CLOSE_WAIT seconds after the last batch.
 
-A second SIGTERM (or SIGINT) stops at once. Runs under daphne (and runserver) only: it hooks
-Twisted's reactor, which other ASGI servers do not have.
+A second SIGTERM stops at once. Runs under daphne (`make serve`) and `runserver --noreload`: it
+hooks Twisted's reactor, which other ASGI servers do not have, and needs the main thread, which
+runserver's autoreloader keeps for itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -56,6 +58,10 @@ class Drain:
         when there is no running Twisted reactor (another ASGI server)."""
         reactor = _reactor()
         if reactor is None or not reactor.running:
+            return False
+        if threading.current_thread() is not threading.main_thread():
+            # runserver's autoreloader runs the server in a thread; signals reach the main one.
+            logger.info("No drain on SIGTERM under the autoreloader (runserver --noreload has it)")
             return False
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(self.start))
         return True
