@@ -48,6 +48,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.started_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def draining(self) -> bool:
@@ -79,7 +80,8 @@ class Drain:
                        "with 1012 over %s s", settings.BROADCAST_DRAIN_SECONDS)  # fmt: skip
         if reactor is not None:
             reactor.callLater(READY_GRACE, _stop_listening, reactor)
-        asyncio.get_running_loop().create_task(self._close_receivers(reactor))
+        # Kept: the event loop holds only a weak reference to a task.
+        self._task = asyncio.get_running_loop().create_task(self._close_receivers(reactor))
 
     async def _close_receivers(self, reactor: Any) -> None:
         from broadcaster.admission import admission
