@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from django.conf import settings
+
+from broadcaster.log_throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
 # File descriptors kept for everything but receivers: the listening socket, Redis connections
 # (up to 50 per event loop, plus the channel layer's), the database, logs, files.
 RESERVED_FILES = 128
-
-# A refusal is logged at most this often (a full process may be asked thousands of times).
-_LOG_EVERY = 10.0
 
 
 class Admission:
@@ -32,7 +30,8 @@ class Admission:
         self.open = 0
         self.refused = 0
         self.ceiling: int | None = None
-        self._logged_at = float("-inf")
+        # A refusal is logged at most every 10 s (a full process may be asked thousands of times).
+        self._log = Throttle()
         # Set while no receiver is open (a drain waits on it).
         self.none_open = asyncio.Event()
         self.none_open.set()
@@ -48,9 +47,7 @@ class Admission:
         ceiling = self.ceiling if self.ceiling is not None else settings.BROADCAST_MAX_CONNECTIONS
         if ceiling and self.open >= ceiling:
             self.refused += 1
-            now = time.monotonic()
-            if now - self._logged_at >= _LOG_EVERY:
-                self._logged_at = now
+            if self._log.due():
                 logger.warning("Refusing receivers with 1013: at BROADCAST_MAX_CONNECTIONS (%d open); "
                                "%d refused by this process so far", ceiling, self.refused)  # fmt: skip
             return False

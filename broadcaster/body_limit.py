@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.parse
 from typing import Any
 
 from django.conf import settings
 
 from broadcaster.api import ASK_FOR_BEARER
+from broadcaster.log_throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,11 @@ def _limited_request_class() -> type | None:
 
         def _refuse_size(self, size: str) -> None:
             self._refuse(413, "Content Too Large", f"The body is over {self.limit} bytes.")
-            _refusals.note(f"Refused a request body of {size} to {_route(self).decode('latin-1')} "
-                           f"from {_peer(self)} (limit {self.limit} bytes)")  # fmt: skip
+            if _refusals.due():
+                skipped = _refusals.take_skipped()
+                more = f" ({skipped} more since the last such line)" if skipped else ""
+                logger.warning("Refused a request body of %s to %s from %s (limit %s bytes)%s", size,
+                               _route(self).decode("latin-1"), _peer(self), self.limit, more)  # fmt: skip
 
         def _refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
                     ) -> None:  # fmt: skip
@@ -167,26 +170,7 @@ def _abort(transport: Any) -> None:
         transport.abortConnection()
 
 
-class _Throttled:
-    """A WARNING per refusal, at most one every LOG_EVERY seconds, with how many were not logged."""
-
-    LOG_EVERY = 10.0
-
-    def __init__(self) -> None:
-        self.logged_at = float("-inf")
-        self.unlogged = 0
-
-    def note(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self.logged_at < self.LOG_EVERY:
-            self.unlogged += 1
-            return
-        more = f" ({self.unlogged} more since the last such line)" if self.unlogged else ""
-        self.logged_at, self.unlogged = now, 0
-        logger.warning("%s%s", text, more)
-
-
-_refusals = _Throttled()
+_refusals = Throttle()
 
 
 def _route(request: Any) -> bytes:
