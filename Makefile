@@ -10,8 +10,12 @@ HOST ?= $(or $(call dotenv,HOST),127.0.0.1)
 PORT ?= $(or $(call dotenv,PORT),8000)
 # Worker processes for `make serve` (one per core is a good start).
 WORKERS ?= $(or $(call dotenv,WORKERS),1)
-# Where `make serve` keeps supervisord's pid file and control socket.
+# Where `make serve` keeps supervisord's pid file and control socket, and the workers' metrics.
 RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
+# PROXY_HEADERS=1 behind a proxy that sets X-Forwarded-For (deploy/haproxy.cfg does): client
+# addresses (logs, the failed-token limit) come from it. Never without such a proxy: a client
+# could then name any address it likes.
+PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
 .PHONY: run serve test lint format bench stop-redis clean
 
@@ -37,9 +41,8 @@ serve: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	# exec: make's SIGTERM goes straight to supervisord, which drains and stops every worker.
-	exec env WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT) BIN=$(abspath $(BIN)) RUN_DIR=$(abspath $(RUN_DIR)) \
-	  STOP_WAIT=$$($(BIN)/python -c "import os; print(int(float(os.environ.get('BROADCAST_DRAIN_SECONDS') or 10)) + 15)") \
-	  $(BIN)/supervisord -c deploy/supervisord.conf
+	exec env WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT) PROXY_HEADERS=$(PROXY_HEADERS) \
+	  BIN=$(abspath $(BIN)) RUN_DIR=$(abspath $(RUN_DIR)) deploy/serve.sh
 
 ## test: lint, format check and the whole test suite
 test: $(VENV)/.installed-dev

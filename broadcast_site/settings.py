@@ -163,6 +163,9 @@ BROADCAST_MAX_CONNECTIONS = env.get_int("BROADCAST_MAX_CONNECTIONS", 0, minimum=
 # On SIGTERM a server process closes its receivers (1012) spread over this many seconds, then
 # exits (broadcaster/drain.py).
 BROADCAST_DRAIN_SECONDS = env.get_float("BROADCAST_DRAIN_SECONDS", 10.0, minimum=0.0)
+# GET /metrics: open to loopback and private addresses that no proxy forwarded; from anywhere
+# else only with "Authorization: Bearer <this>" (empty: no token is accepted).
+BROADCAST_METRICS_TOKEN = env.get_str("BROADCAST_METRICS_TOKEN", "")
 
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
 BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)

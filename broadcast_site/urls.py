@@ -11,6 +11,7 @@ urlpatterns = [
     path("", views.receiver_page, name="receiver"),
     path("health/", views.health, name="health"),
     path("health/ready/", views.ready, name="ready"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("api/broadcasts/", api.broadcasts, name="api-broadcasts"),
     path("operator/", operator_page.operator_page, name="operator"),
     path("operator/status/", operator_page.operator_status, name="operator-status"),

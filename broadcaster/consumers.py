@@ -15,7 +15,7 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from broadcaster import protocol
+from broadcaster import metrics, protocol
 from broadcaster.admission import admission
 from broadcaster.drain import drain
 from broadcaster.history import Entry
@@ -129,6 +129,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
+        metrics.ACCEPTED.inc()
         self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
@@ -147,6 +148,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             get_hub().discard(self)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
             return
+        if resume is not None:
+            metrics.RESUMES.labels(result="reset" if backlog.reset else "replayed").inc()
         if not self._release(backlog):
             # Too much to send at once: the rest goes as the client reads (its socket is
             # still read meanwhile, so pings and a disconnect are handled).
@@ -255,6 +258,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         start = 0
         for frame, count in protocol.batch_frames([e.frame for e in fresh]):
             self.link.write(protocol.send_event(frame), text_frame(frame.encode()))
+            metrics.tally.deliveries += count
             start += count
             self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
 
@@ -321,6 +325,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 self._send_entries(entries)  # some were sent already (from history): not twice
                 return
             self.sent = (entries[-1].epoch, entries[-1].seq)
+            metrics.tally.deliveries += len(entries)
         link.write(message, frame)
 
     def _hold(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:

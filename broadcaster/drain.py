@@ -2,8 +2,11 @@
 restart by the process manager), instead of dropping every connection at once.
 
 1. Readiness (`GET /health/ready/`) answers 503 at once and new WebSocket handshakes are
-   refused with 1012; READY_GRACE later the process stops listening, so a load balancer (which
-   has seen the 503 by then), or the other workers sharing the port, take the new clients.
+   refused with 1012. A worker that shares its port with others (`make serve` with
+   WORKERS > 1) stops listening at once: the kernel hands every new connection, and every
+   readiness check, to the others, so no moved client lands on it again. A process alone on
+   its port listens READY_GRACE longer, so a load balancer sees the 503 before connections
+   are refused.
 2. Its receivers are withdrawn from the global count at once (they are about to be counted
    by the workers they move to).
 3. Its receivers are closed with 1012 (service restart) spread evenly over
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -37,6 +41,8 @@ logger = logging.getLogger(__name__)
 # balancer's health checks see it) and refusing new receivers with 1012, before it closes its
 # listening socket (then workers sharing the port take every new connection).
 READY_GRACE = 2.0
+# Set by broadcaster/reuseport.py in the workers it starts (their port is bound with SO_REUSEPORT).
+SHARED_PORT_ENV = "BROADCAST_REUSEPORT"
 # How often a batch of receivers is closed during a drain.
 DRAIN_STEP = 0.1
 # How long closed receivers get to finish their closing handshake before the process exits.
@@ -79,7 +85,7 @@ class Drain:
         logger.warning("Draining: not ready (503), new receivers refused with 1012; closing receivers "
                        "with 1012 over %s s", settings.BROADCAST_DRAIN_SECONDS)  # fmt: skip
         if reactor is not None:
-            reactor.callLater(READY_GRACE, _stop_listening, reactor)
+            reactor.callLater(0 if _port_is_shared() else READY_GRACE, _stop_listening, reactor)
         # Kept: the event loop holds only a weak reference to a task.
         self._task = asyncio.get_running_loop().create_task(self._close_receivers(reactor))
 
@@ -116,6 +122,14 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+def _port_is_shared() -> bool:
+    """Whether other workers listen on this process's port (broadcaster/reuseport.py says so)."""
+    try:
+        return os.environ.get(SHARED_PORT_ENV) == "1" and int(os.environ.get("WORKERS") or 1) > 1
+    except ValueError:
+        return False
 
 
 def _stop_listening(reactor: Any) -> None:

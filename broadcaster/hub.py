@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 import weakref
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from broadcaster import gc_policy, protocol, redis_client
+from broadcaster import gc_policy, metrics, protocol, redis_client
 from broadcaster.history import Entry, group_history
 from broadcaster.presence import group_presence, withdraw_now
 from broadcaster.recent import RecentBroadcasts
@@ -64,6 +65,8 @@ class Hub:
         self.slow_disconnects = 0
         self._fresh: set[Receiver] = set()
         self._pending: list[Entry] = []
+        # When each pending entry was taken for fan-out (perf_counter), for the fan-out time.
+        self._pending_at: list[float] = []
         # The numbering this process has delivered up to: (epoch, seq).
         self.epoch: str | None = None
         self.last_seq = 0
@@ -89,6 +92,7 @@ class Hub:
         self.receivers.add(receiver)
         self.channels.add(receiver.channel_name)
         self._fresh.add(receiver)
+        metrics.set_connections(len(self.receivers))
         self._changed()
 
     def discard(self, receiver: Receiver) -> None:
@@ -98,6 +102,7 @@ class Hub:
         self.receivers.discard(receiver)
         self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
+        metrics.set_connections(len(self.receivers))
         self._changed()
 
     async def withdraw_for_drain(self) -> None:
@@ -127,6 +132,9 @@ class Hub:
         between history and the live send, or a lost Redis subscription) is filled from
         history before anything newer goes out.
         """
+        published = event.get("published")
+        if published is not None:
+            metrics.PUBLISH_LAG.observe(max(time.time() - published, 0.0))
         self._accept(Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"]))
 
     def _accept(self, entry: Entry) -> None:
@@ -163,9 +171,11 @@ class Hub:
     def _emit(self, entry: Entry) -> None:
         self.last_seq = entry.seq
         self.recent.remember(entry)
+        metrics.BROADCASTS.inc()
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append(entry)
+        self._pending_at.append(time.perf_counter())
 
     def _repair(self, entry: Entry | None, *, epoch: str, after: int) -> None:
         if entry is not None:
@@ -223,11 +233,16 @@ class Hub:
 
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
+        taken_at, self._pending_at = self._pending_at, []
         receivers = list(self.receivers)
         start = 0
         for frame, count in protocol.batch_frames([e.frame for e in entries]):
             self.write_all(frame, receivers, entries[start : start + count])
             start += count
+        done = time.perf_counter()
+        for at in taken_at:
+            metrics.FANOUT.observe(done - at)
+        metrics.flush()
 
     def write_all(self, frame: str, receivers: list[Receiver], entries: list[Entry] | None = None) -> None:
         """Write one text frame to each receiver, encoded and framed once for all of them;
@@ -243,6 +258,7 @@ class Hub:
 
     def slow_consumer_dropped(self) -> int:
         """Called when a receiver is closed for reading too slowly; returns how many so far."""
+        metrics.SLOW_CONSUMERS.inc()
         self.slow_disconnects += 1
         return self.slow_disconnects
 
@@ -279,6 +295,7 @@ class Hub:
         failing = False
         try:
             while True:
+                metrics.flush()  # deliveries of catch-ups, which no fan-out flushes
                 try:
                     if self._dirty.is_set() or loop.time() - last_report >= ttl / 3:
                         self._dirty.clear()

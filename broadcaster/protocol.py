@@ -62,6 +62,7 @@ class BroadcastEvent(TypedDict):
     frame: str
     seq: int
     epoch: str
+    published: float
 
 
 def dumps(obj: dict[str, Any]) -> str:
@@ -152,9 +153,10 @@ def close_event(code: CloseCode) -> dict[str, Any]:
     return {"type": "websocket.close", "code": int(code)}
 
 
-def broadcast_event(*, frame: str, seq: int, epoch: str) -> BroadcastEvent:
-    """The channel-layer event that carries an already-encoded message frame."""
-    return {"type": BROADCAST_EVENT, "frame": frame, "seq": seq, "epoch": epoch}
+def broadcast_event(*, frame: str, seq: int, epoch: str, published: float) -> BroadcastEvent:
+    """The channel-layer event that carries an already-encoded message frame; `published`
+    is the UNIX time it was published at (for the publish lag metric)."""
+    return {"type": BROADCAST_EVENT, "frame": frame, "seq": seq, "epoch": epoch, "published": published}
 
 
 def parse_client_frame(text: str | None) -> str | None:

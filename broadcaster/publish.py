@@ -6,6 +6,7 @@ This is the only module that calls `group_send`.
 from __future__ import annotations
 
 import logging
+import time as clock
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,7 +102,9 @@ async def publish(*, text: str, sender: str) -> Published:
     try:
         await get_channel_layer().group_send(
             protocol.BROADCAST_GROUP,
-            protocol.broadcast_event(frame=entry.frame, seq=entry.seq, epoch=entry.epoch),
+            protocol.broadcast_event(
+                frame=entry.frame, seq=entry.seq, epoch=entry.epoch, published=clock.time()
+            ),
         )
     except (RedisError, OSError) as exc:
         # It is kept: server processes compare with history every second and send it then.

@@ -23,9 +23,10 @@ from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
-from broadcaster import embedded_redis
+from broadcaster import embedded_redis, metrics
 
 # Seconds to wait for a connection to Redis, and for an answer, before calling it unreachable.
 CONNECT_TIMEOUT = 2.0
@@ -68,13 +69,42 @@ def display_url() -> str:
     return url
 
 
+class _CountingRetry(AsyncRetry):
+    """The asyncio retry policy, counting each operation that fails after its retries
+    (`broadcaster_redis_errors_total`): every command of every client built here runs
+    through it, the channel layer's included. A script not yet cached (NOSCRIPT, which
+    redis-py answers by sending the script) is not a failure."""
+
+    async def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().call_with_retry(*args, **kwargs)
+        except NoScriptError:
+            raise  # routine: redis-py then sends the script itself
+        except (RedisError, OSError):
+            metrics.REDIS_ERRORS.inc()
+            raise
+
+
+class _CountingSyncRetry(Retry):
+    """The same, for synchronous clients."""
+
+    def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().call_with_retry(*args, **kwargs)
+        except NoScriptError:
+            raise
+        except (RedisError, OSError):
+            metrics.REDIS_ERRORS.inc()
+            raise
+
+
 def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(base=BACKOFF_BASE, cap=BACKOFF_CAP)
 
 
 def connection_kwargs(*, asyncio_client: bool = True) -> dict[str, Any]:
     """Keyword arguments for a redis-py connection (or pool) of this project."""
-    retry_class = AsyncRetry if asyncio_client else Retry
+    retry_class = _CountingRetry if asyncio_client else _CountingSyncRetry
     return {
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": SOCKET_TIMEOUT,

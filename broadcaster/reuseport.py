@@ -36,6 +36,8 @@ def main(argv: list[str]) -> None:
         sock = bind(host, port)
     except OSError as exc:
         sys.exit(f"Error: cannot listen on {host}:{port}: {exc}")
+    # Tells the drain (broadcaster/drain.py) that other workers may share this port.
+    os.environ["BROADCAST_REUSEPORT"] = "1"
     # The daphne command comes from supervisord.conf, not from untrusted input.
     os.execv(command[0], [*command[:1], "--fd", str(sock.fileno()), *command[1:]])  # noqa: S606
 

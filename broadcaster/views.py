@@ -1,12 +1,18 @@
-"""HTTP views: the receiver page, the health check and the readiness check."""
+"""HTTP views: the receiver page, the health and readiness checks, and the metrics."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from broadcaster import redis_client
+from broadcaster import metrics, redis_client
 from broadcaster.drain import drain
 from broadcaster.presence import group_presence
 
@@ -39,3 +45,35 @@ async def ready(request: HttpRequest) -> JsonResponse:
     except (RedisError, OSError):
         return JsonResponse({"status": "unavailable", "redis": "unreachable"}, status=503)
     return JsonResponse({"status": "ready"})
+
+
+# Set by a proxy in front (HAProxy's config sets X-Forwarded-For): the request came from
+# somewhere else, whatever address it arrives from.
+FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+METRICS_REFUSED = ("/metrics is served to loopback and private addresses that are not behind a proxy, "
+                   "or with 'Authorization: Bearer <BROADCAST_METRICS_TOKEN>'.\n")  # fmt: skip
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text: this host's totals (all workers), for a scraper inside the network or
+    one holding BROADCAST_METRICS_TOKEN; 403 for anyone else."""
+    if not _may_scrape(request):
+        return HttpResponse(METRICS_REFUSED, status=403, content_type="text/plain; charset=utf-8")
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _may_scrape(request: HttpRequest) -> bool:
+    token: str = settings.BROADCAST_METRICS_TOKEN
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer":
+        return hmac.compare_digest(secret.strip().encode(), token.encode())
+    if any(name in request.headers for name in FORWARDED_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_private

@@ -83,7 +83,11 @@ SHARED_DATABASE_URL = ""
 
 
 def base_env(redis_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_", "DATABASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "BROADCAST_", "DATABASE_URL", "PROMETHEUS_"))
+    }
     if SHARED_DATABASE_URL:
         env["DATABASE_URL"] = SHARED_DATABASE_URL
     env.update(
@@ -504,3 +508,22 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))  # fmt: skip
     return cert_path, key_path
+
+
+def scrape(base_url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, float], str]:
+    """GET /metrics: (status, {'name{label="v",...}': value}, body). Samples are keyed the way
+    the text format writes them, labels sorted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(base_url + "/metrics", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            status, body = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}, exc.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return status, samples, body

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from broadcaster.publish import publish
-from tests.support import ROOT, ResumingClient, free_port, wait_until
+from tests.support import ROOT, ResumingClient, free_port, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,6 +75,10 @@ async def test_two_hosts_behind_haproxy_drain_and_handover(haproxy_binary, daphn
         print(f"connections per host: {spread}")
         assert all(70 <= n <= 130 for n in spread), spread
         sent = [await publish(text="first", sender="test")]
+        # /metrics through the proxy (it sets X-Forwarded-For): refused; straight to a host
+        # on loopback: served.
+        assert scrape(f"http://127.0.0.1:{lb_port}")[0] == 403
+        assert scrape(one.http)[0] == 200
 
         # Drained through the runtime API: open connections stay, new ones go to host2.
         admin(admin_path, "set server broadcast/host1 state drain")

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from broadcaster.publish import publish
-from tests.support import ROOT, ResumingClient, base_env, free_port, wait_until
+from tests.support import ROOT, ResumingClient, base_env, free_port, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,8 +99,23 @@ async def test_two_workers_share_the_load_and_one_drains_without_loss(serve):
         held = [established(w, serve.port) for w in workers]
         print(f"connections per worker: {held}")
         assert sum(held) == n and all(0.35 * n <= h <= 0.65 * n for h in held), held
+        # /metrics, whichever worker answers: host totals and one series per worker.
+        for _ in range(4):
+            _, samples, _ = scrape(f"http://127.0.0.1:{serve.port}")
+            assert samples["broadcaster_connections"] == n
+            assert {k: v for k, v in samples.items() if k.startswith("broadcaster_worker_connections")} == {
+                f'broadcaster_worker_connections{{pid="{w.pid}"}}': h
+                for w, h in zip(workers, held, strict=True)
+            }
 
         sent = [await publish(text="before 0", sender="test")]
+        for client in clients:
+            deadline = time.monotonic() + 30
+            while client.seqs[-1:] != [sent[0].seq] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        samples = scrape(f"http://127.0.0.1:{serve.port}")[1]
+        assert samples["broadcaster_deliveries_total"] == n
+        assert samples["broadcaster_broadcasts_total"] == 2  # once per worker
         draining, other = workers
         drained_ports = {c.raddr.port for c in draining.net_connections(kind="tcp")
                          if c.laddr.port == serve.port and c.status == "ESTABLISHED"}  # fmt: skip
@@ -144,6 +159,54 @@ async def test_two_workers_share_the_load_and_one_drains_without_loss(serve):
         assert span >= 0.8 * DRAIN_SECONDS and max(buckets.values()) <= 3 * math.ceil(fair), (span, buckets)
         assert other.is_running()
         assert "Drained" in serve.log()
+        # The drained worker's connections left the gauges with it; every delivery counted.
+        samples = scrape(f"http://127.0.0.1:{serve.port}")[1]
+        assert samples["broadcaster_connections"] == n
+        assert {k for k in samples if k.startswith("broadcaster_worker_connections")} == {
+            f'broadcaster_worker_connections{{pid="{w.pid}"}}' for w in serve.workers()
+        }
+        # (More only if a write reached a closing socket and was sent again after the resume.)
+        await asyncio.to_thread(
+            wait_until, lambda: scrape(f"http://127.0.0.1:{serve.port}")[1]["broadcaster_deliveries_total"]
+            >= n * len(expected), timeout=10, what="every delivery counted")  # fmt: skip
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_metrics_after_a_worker_is_killed(serve):
+    """SIGKILL runs no exit hook: the next scrape drops the dead worker's connections, its
+    counters stay (host totals never go backwards), and the clients it held are counted again
+    where they reconnected."""
+    n = 100
+    base = f"http://127.0.0.1:{serve.port}"
+    clients = [ResumingClient(f"ws://127.0.0.1:{serve.port}/ws/broadcast/") for _ in range(n)]
+    try:
+        await asyncio.to_thread(wait_until, lambda: scrape(base)[1].get("broadcaster_connections") == n,
+                                timeout=60, what=f"{n} connections in /metrics")  # fmt: skip
+        sent = await publish(text="before", sender="test")
+        for client in clients:
+            deadline = time.monotonic() + 30
+            while client.seqs[-1:] != [sent.seq] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_until, lambda: scrape(base)[1]["broadcaster_deliveries_total"] == n,
+                                timeout=10, what="deliveries counted")  # fmt: skip
+        workers = serve.workers()
+        victim = next(w for w in workers if established(w, serve.port) > 0)
+        victim.kill()
+        victim.wait(timeout=10)
+
+        def recovered() -> dict[str, float]:
+            samples = scrape(base)[1]
+            pids = {k for k in samples if k.startswith("broadcaster_worker_connections")}
+            dead = f'broadcaster_worker_connections{{pid="{victim.pid}"}}'
+            return samples if samples["broadcaster_connections"] == n and dead not in pids else {}
+
+        samples = await asyncio.to_thread(wait_until, recovered, timeout=60, what="the host total healed")
+        assert samples["broadcaster_deliveries_total"] >= n
+        assert samples["broadcaster_connections_accepted_total"] >= n + sum(
+            1 for c in clients if len(c.connects) > 1
+        )
     finally:
         for client in clients:
             await client.stop()

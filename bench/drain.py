@@ -1,0 +1,290 @@
+"""Drain against kill -9: how hard a restart of one worker hits the rest.
+
+`WORKERS=2` (deploy/serve.sh, as `make serve` runs it) with N receivers (default 5,000), then:
+
+1. SIGTERM to one worker: it closes its receivers with 1012 spread over
+   BROADCAST_DRAIN_SECONDS (10 s), and they reconnect within 1 s at random (as the page and
+   `listen` do);
+2. once every receiver is back, SIGKILL to one worker: its receivers see the connection drop
+   (1006) and reconnect after the first backoff step, 0.25-0.5 s (as the page and `listen` do).
+
+For each it prints the reconnects per 100 ms (peak and a histogram), failed attempts, and the
+time until every receiver is connected again. Receivers are raw asyncio protocols in this
+process (they answer pings, read close codes, and do nothing else), so the load generator is
+cheap, but it shares the two cores with the workers.
+
+    .venv/bin/python -m bench.drain [--n 5000] [--drain-seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import json
+import math
+import os
+import random
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.run import free_port, start_redis, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESTART = 1012
+RESTART_JITTER = 1.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+
+
+@dataclass
+class Record:
+    """What every receiver saw: successful (re)connects and failed attempts, in loop time."""
+
+    connects: list[float] = field(default_factory=list)
+    failures: list[float] = field(default_factory=list)
+    closes: collections.Counter[int | None] = field(default_factory=collections.Counter)
+
+
+class Receiver(asyncio.Protocol):
+    """One WebSocket receiver on a raw socket: handshake, pongs, the close code; no more."""
+
+    def __init__(
+        self, done: asyncio.Future[int | None], opened: asyncio.Future[bool], request: bytes
+    ) -> None:
+        self.done, self.opened, self.request = done, opened, request
+        self.buffer = b""
+        self.upgraded = False
+        self.code: int | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.buffer.startswith(b"HTTP/1.1 101"):
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded = True
+            self.buffer = self.buffer[end + 4 :]
+            if not self.opened.done():
+                self.opened.set_result(True)
+        self._frames()
+
+    def _frames(self) -> None:
+        while len(self.buffer) >= 2:
+            opcode, size = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+            start = 2
+            if size == 126:
+                if len(self.buffer) < 4:
+                    return
+                size, start = struct.unpack("!H", self.buffer[2:4])[0], 4
+            elif size == 127:
+                if len(self.buffer) < 10:
+                    return
+                size, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
+            if len(self.buffer) < start + size:
+                return
+            payload, self.buffer = self.buffer[start : start + size], self.buffer[start + size :]
+            if opcode == 0x9:  # ping: pong with the same payload (masked, as a client must)
+                self._send(0xA, payload)
+            elif opcode == 0x8:
+                self.code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                self._send(0x8, payload[:2])
+                assert self.transport is not None
+                self.transport.close()
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_result(False)
+        if not self.done.done():
+            self.done.set_result(self.code)
+
+
+def request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (f"GET /ws/broadcast/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    return head.encode()
+
+
+def backoff(attempt: int) -> float:
+    ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt)
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+async def receiver(port: int, record: Record) -> None:
+    """Connect, stay until closed, reconnect as the page does: 1012 within 1 s at random,
+    anything else after the backoff (which starts over once a connection opens)."""
+    loop = asyncio.get_running_loop()
+    attempt = 0
+    while True:
+        done: asyncio.Future[int | None] = loop.create_future()
+        opened: asyncio.Future[bool] = loop.create_future()
+        try:
+            protocol = Receiver(done, opened, request(port))
+            await loop.create_connection(lambda: protocol, "127.0.0.1", port)  # noqa: B023 - awaited here
+            ok = await opened
+        except OSError:
+            ok = False
+        if ok:
+            record.connects.append(loop.time())
+            attempt = 0
+            code = await done
+            record.closes[code] += 1
+            delay = random.uniform(0, RESTART_JITTER) if code == RESTART else backoff(attempt)
+        else:
+            record.failures.append(loop.time())
+            delay = backoff(attempt)
+        if not (ok and code == RESTART):
+            attempt += 1
+        await asyncio.sleep(delay)
+
+
+def scrape(port: int) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        body = resp.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            key = sample.name + (f":{sample.labels['pid']}" if "pid" in sample.labels else "")
+            samples[key] = sample.value
+    return samples
+
+
+async def until(predicate, *, timeout: float, what: str, poll: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await asyncio.to_thread(predicate):
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(poll)
+    raise SystemExit(f"timed out after {timeout} s waiting for {what}")
+
+
+def per_worker(port: int) -> dict[int, int]:
+    return {int(k.split(":")[1]): int(v) for k, v in scrape(port).items()
+            if k.startswith("broadcaster_worker_connections:")}  # fmt: skip
+
+
+async def scenario(name: str, sig: signal.Signals, *, port: int, n: int, record: Record) -> dict[str, float]:
+    workers = per_worker(port)
+    victim, held = max(workers.items(), key=lambda item: item[1])
+    loop = asyncio.get_running_loop()
+    record.connects.clear()
+    record.failures.clear()
+    record.closes.clear()
+    started = loop.time()
+    os.kill(victim, sig)
+    await until(lambda: victim not in per_worker(port) and scrape(port)["broadcaster_connections"] == n,
+                timeout=120, what=f"all {n} receivers back after {name}")  # fmt: skip
+    back = (record.connects[-1] if record.connects else loop.time()) - started
+    buckets = collections.Counter(math.floor((t - started) * 10) for t in record.connects)
+    peak = max(buckets.values()) if buckets else 0
+    print(f"\n{name}: worker {victim} held {held} of {n}")
+    print(f"  reconnects: {len(record.connects)}; failed attempts: {len(record.failures)}; "
+          f"close codes: {dict(record.closes)}")  # fmt: skip
+    print(f"  peak reconnects per 100 ms: {peak}; all back after {back:.2f} s")
+    print("  reconnects per 100 ms, by second: " + " | ".join(
+        f"{s}s: {max((buckets.get(s * 10 + i, 0) for i in range(10)), default=0)}"
+        for s in range(math.ceil(back) + 1)))  # fmt: skip
+    return {"held": held, "reconnects": len(record.connects), "failures": len(record.failures),
+            "peak_per_100ms": peak, "all_back_s": round(back, 2)}  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    redis_proc, redis_url = start_redis(workdir)
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_", "PROMETHEUS_"))}
+    env.update(REDIS_URL=redis_url, BROADCAST_VAR_DIR=str(workdir / "var"), BROADCAST_DOTENV="",
+               DATABASE_URL=f"sqlite:///{workdir}/db.sqlite3", DJANGO_SECRET_KEY="bench-" + "x" * 50,
+               BROADCAST_DRAIN_SECONDS=str(args.drain_seconds), BROADCAST_LOG_LEVEL="WARNING",
+               WORKERS="2", HOST="127.0.0.1", PORT=str(port), BIN=bin_dir,
+               RUN_DIR=str(workdir / "run"))  # fmt: skip
+    migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
+    subprocess.run(migrate, cwd=ROOT, env=env, check=True)
+    log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - for the server's whole life
+    serve = subprocess.Popen([str(ROOT / "deploy" / "serve.sh")], cwd=ROOT, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        wait_port(port, serve, timeout=60)
+        await until(lambda: "broadcaster_connections" in scrape(port), timeout=30, what="metrics")
+        record = Record()
+        for i in range(args.n):
+            tasks.append(asyncio.create_task(receiver(port, record)))
+            if i % 250 == 249:
+                await asyncio.sleep(0.1)
+        await until(lambda: scrape(port)["broadcaster_connections"] == args.n and len(per_worker(port)) == 2,
+                    timeout=120, what=f"{args.n} receivers on two workers")  # fmt: skip
+        print(f"{args.n} receivers; per worker: {sorted(per_worker(port).values())}")
+        results = {"drain": await scenario("SIGTERM (drain over "
+                                           f"{args.drain_seconds:g} s)", signal.SIGTERM, port=port, n=args.n,
+                                           record=record)}  # fmt: skip
+        await until(lambda: len(per_worker(port)) == 2, timeout=60, what="the drained worker replaced")
+        results["kill"] = await scenario("SIGKILL", signal.SIGKILL, port=port, n=args.n, record=record)
+        return results
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+        redis_proc.kill()
+        redis_proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000, help="receivers")
+    parser.add_argument("--drain-seconds", type=float, default=10.0, help="BROADCAST_DRAIN_SECONDS")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    drain, kill = results["drain"], results["kill"]
+    ratio = kill["peak_per_100ms"] / max(drain["peak_per_100ms"], 1)
+    print(f"\npeak reconnects per 100 ms: drain {drain['peak_per_100ms']}, kill -9 {kill['peak_per_100ms']} "
+          f"({ratio:.1f}x the drain's)")  # fmt: skip
+    if args.json:
+        summary = {"n": args.n, "drain_seconds": args.drain_seconds, **results}
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
