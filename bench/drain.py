@@ -154,7 +154,12 @@ async def receiver(port: int, record: Record) -> None:
         if ok:
             record.connects.append(loop.time())
             attempt = 0
-            code = await done
+            try:
+                code = await done
+            except asyncio.CancelledError:  # the scenario is over: this receiver goes
+                assert protocol.transport is not None
+                protocol.transport.abort()
+                raise
             record.closes[code] += 1
             delay = random.uniform(0, RESTART_JITTER) if code == RESTART else backoff(attempt)
         else:
@@ -243,18 +248,26 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         wait_port(port, serve, timeout=60)
         await until(lambda: "broadcaster_connections" in scrape(port), timeout=30, what="metrics")
         record = Record()
-        for i in range(args.n):
-            tasks.append(asyncio.create_task(receiver(port, record)))
-            if i % 250 == 249:
-                await asyncio.sleep(0.1)
-        await until(lambda: scrape(port)["broadcaster_connections"] == args.n and len(per_worker(port)) == 2,
-                    timeout=120, what=f"{args.n} receivers on two workers")  # fmt: skip
-        print(f"{args.n} receivers; per worker: {sorted(per_worker(port).values())}")
-        results = {"drain": await scenario("SIGTERM (drain over "
-                                           f"{args.drain_seconds:g} s)", signal.SIGTERM, port=port, n=args.n,
-                                           record=record)}  # fmt: skip
-        await until(lambda: len(per_worker(port)) == 2, timeout=60, what="the drained worker replaced")
-        results["kill"] = await scenario("SIGKILL", signal.SIGKILL, port=port, n=args.n, record=record)
+        results = {}
+        for name, sig in ((f"SIGTERM (drain over {args.drain_seconds:g} s)", signal.SIGTERM),
+                          ("SIGKILL", signal.SIGKILL)):  # fmt: skip
+            # Fresh receivers for each, spread over both workers by the kernel.
+            await until(lambda: len(per_worker(port)) == 2 or not tasks, timeout=60, what="two workers")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            tasks.clear()
+            await until(lambda: scrape(port)["broadcaster_connections"] == 0, timeout=60, what="none left")
+            for i in range(args.n):
+                tasks.append(asyncio.create_task(receiver(port, record)))
+                if i % 250 == 249:
+                    await asyncio.sleep(0.1)
+            await until(lambda: scrape(port)["broadcaster_connections"] == args.n
+                        and len(per_worker(port)) == 2, timeout=120, what="all on both workers")  # fmt: skip
+            print(f"\n{args.n} receivers; per worker: {sorted(per_worker(port).values())}")
+            results["drain" if sig == signal.SIGTERM else "kill"] = await scenario(
+                name, sig, port=port, n=args.n, record=record
+            )
         return results
     finally:
         for task in tasks:
