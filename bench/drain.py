@@ -195,6 +195,16 @@ async def until(predicate, *, timeout: float, what: str, poll: float = 0.2) -> N
     raise SystemExit(f"timed out after {timeout} s waiting for {what}")
 
 
+def worker_rss(serve_pid: int) -> int:
+    """Resident memory of the daphne workers under `serve_pid` (supervisord), in bytes."""
+    import psutil
+
+    workers = [
+        p for p in psutil.Process(serve_pid).children(recursive=True) if "daphne" in " ".join(p.cmdline()[:2])
+    ]
+    return sum(p.memory_info().rss for p in workers)
+
+
 def per_worker(port: int) -> dict[int, int]:
     return {int(k.split(":")[1]): int(v) for k, v in scrape(port).items()
             if k.startswith("broadcaster_worker_connections:")}  # fmt: skip
@@ -248,7 +258,9 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         wait_port(port, serve, timeout=60)
         await until(lambda: "broadcaster_connections" in scrape(port), timeout=30, what="metrics")
         record = Record()
-        results = {}
+        results: dict[str, dict[str, float]] = {}
+        memory: dict[str, float] = {}
+        rss_before = worker_rss(serve.pid)
         for name, sig in ((f"SIGTERM (drain over {args.drain_seconds:g} s)", signal.SIGTERM),
                           ("SIGKILL", signal.SIGKILL)):  # fmt: skip
             # Fresh receivers for each, spread over both workers by the kernel.
@@ -264,11 +276,19 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     await asyncio.sleep(0.1)
             await until(lambda: scrape(port)["broadcaster_connections"] == args.n
                         and len(per_worker(port)) == 2, timeout=120, what="all on both workers")  # fmt: skip
-            print(f"\n{args.n} receivers; per worker: {sorted(per_worker(port).values())}")
+            held = sorted(per_worker(port).values())
+            print(f"\n{args.n} receivers; per worker: {held}")
+            if not results:
+                # Sizing: what the receivers cost the workers (RSS growth, both workers).
+                grown = worker_rss(serve.pid) - rss_before
+                memory = {"kb_per_connection": round(grown / 1024 / args.n, 1),
+                          "worker_rss_mb": round(worker_rss(serve.pid) / 2**20 / 2, 1)}  # fmt: skip
+                print(f"memory: {memory['kb_per_connection']} KB per connection (RSS growth of both workers "
+                      f"over {args.n} receivers); {memory['worker_rss_mb']} MB per worker")  # fmt: skip
             results["drain" if sig == signal.SIGTERM else "kill"] = await scenario(
                 name, sig, port=port, n=args.n, record=record
             )
-        return results
+        return {**results, "memory": memory}
     finally:
         for task in tasks:
             task.cancel()

@@ -35,3 +35,17 @@ def test_quick_bench_runs_every_system_and_loses_nothing(tmp_path):
         assert r["deliveries_per_s"] > 0 and r["connects_per_s"] > 0 and r["p50_ms"] > 0, r
     assert "project / original (gather): deliveries/s " in done.stdout
     assert "project / channels tutorial: deliveries/s " in done.stdout
+
+
+def test_drain_bench_moves_every_receiver_in_both_scenarios(tmp_path):
+    """bench.drain with 200 receivers and a 1 s drain: every receiver of the worker sent
+    SIGTERM comes back after a 1012, every one of the worker killed comes back after a drop."""
+    out = tmp_path / "drain.json"
+    done = subprocess.run([sys.executable, "-m", "bench.drain", "--n", "200", "--drain-seconds", "1",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    for scenario in ("drain", "kill"):
+        r = results[scenario]
+        assert r["reconnects"] == r["held"] > 0 and r["peak_per_100ms"] > 0, r
+    assert "close codes: {1012: " in done.stdout and "peak reconnects per 100 ms: drain" in done.stdout
