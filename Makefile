@@ -48,7 +48,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	BROADCAST_DOTENV= $(BIN)/pytest
+	env -u PROMETHEUS_MULTIPROC_DIR BROADCAST_DOTENV= $(BIN)/pytest
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

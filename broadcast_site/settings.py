@@ -166,6 +166,10 @@ BROADCAST_DRAIN_SECONDS = env.get_float("BROADCAST_DRAIN_SECONDS", 10.0, minimum
 # GET /metrics: open to loopback and private addresses that no proxy forwarded; from anywhere
 # else only with "Authorization: Bearer <this>" (empty: no token is accepted).
 BROADCAST_METRICS_TOKEN = env.get_str("BROADCAST_METRICS_TOKEN", "")
+# Several workers' shared metrics folder (broadcaster/metrics.py; `make serve` sets it). Blank is
+# unset: prometheus_client, which reads it when first imported, would take "" for a folder.
+if env.is_blank("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
 BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)

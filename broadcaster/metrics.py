@@ -19,6 +19,7 @@ import os
 import re
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 from prometheus_client import (
     CollectorRegistry,
@@ -29,7 +30,14 @@ from prometheus_client import (
     multiprocess,
 )
 
+# (A blank value was removed from the environment by the settings, before prometheus_client,
+# which reads it at import, was imported.)
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+if MULTIPROCESS_DIR is not None and not os.path.isdir(MULTIPROCESS_DIR):
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={MULTIPROCESS_DIR} is not a folder: create it, empty, before the "
+        "workers start (make serve and deploy/serve.sh do), or unset it for one process's metrics."
+    )
 
 # Seconds: from a millisecond (a few hundred local receivers) to several seconds (a stall).
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -41,8 +41,8 @@ def test_drain_bench_moves_every_receiver_in_both_scenarios(tmp_path):
     """bench.drain with 200 receivers and a 1 s drain: every receiver of the worker sent
     SIGTERM comes back after a 1012, every one of the worker killed comes back after a drop."""
     out = tmp_path / "drain.json"
-    done = subprocess.run([sys.executable, "-m", "bench.drain", "--n", "200", "--drain-seconds", "1",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    command = [sys.executable, "-m", "bench.drain", "--n", "200", "--drain-seconds", "1", "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())
     for scenario in ("drain", "kill"):

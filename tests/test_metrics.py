@@ -4,14 +4,13 @@ test_serve.py): the numbers match what real clients hold, and who may read them.
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 from django.test import RequestFactory, override_settings
 
 from broadcaster.publish import publish
 from broadcaster.views import metrics_view
-from tests.support import Client, scrape, wait_until
+from tests.support import Client, manage, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,4 +117,11 @@ def test_metrics_refuse_other_methods():
     assert metrics_view(request).status_code == 405
 
 
-assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ, "the in-process tests expect one process's metrics"
+def test_metrics_folder_setting(tmp_path, env_for, redis_url):
+    """PROMETHEUS_MULTIPROC_DIR naming no folder is a clear start-up error, not a traceback at
+    the first connection; blank means unset."""
+    missing = manage(["check"], env=env_for(redis_url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "nope")))
+    assert missing.returncode != 0
+    assert f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'nope'} is not a folder" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert manage(["check"], env=env_for(redis_url, PROMETHEUS_MULTIPROC_DIR="")).returncode == 0
