@@ -27,6 +27,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -300,6 +301,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             os.killpg(serve.pid, signal.SIGKILL)
         redis_proc.kill()
         redis_proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> int:

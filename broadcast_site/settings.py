@@ -52,8 +52,7 @@ SECURE_HSTS_PRELOAD = env.get_bool("DJANGO_HSTS_PRELOAD", False)
 SECURE_SSL_REDIRECT = env.get_bool("DJANGO_SSL_REDIRECT", False)
 if env.get_bool("DJANGO_BEHIND_HTTPS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-# /health/ is probed over plain HTTP from inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+# (/health/, /health/ready/ and /metrics are answered before any redirect: broadcaster/probes.py.)
 
 INSTALLED_APPS = [
     # First: its runserver (daphne's, exiting when it cannot listen) wins over daphne's own.
@@ -69,6 +68,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /health/, /health/ready/ and /metrics, whatever the Host header and scheme (load
+    # balancers and scrapers reach hosts by address, over plain HTTP).
+    "broadcaster.probes.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -166,10 +168,6 @@ BROADCAST_DRAIN_SECONDS = env.get_float("BROADCAST_DRAIN_SECONDS", 10.0, minimum
 # GET /metrics: open to loopback and private addresses that no proxy forwarded; from anywhere
 # else only with "Authorization: Bearer <this>" (empty: no token is accepted).
 BROADCAST_METRICS_TOKEN = env.get_str("BROADCAST_METRICS_TOKEN", "")
-# Several workers' shared metrics folder (broadcaster/metrics.py; `make serve` sets it). Blank is
-# unset: prometheus_client, which reads it when first imported, would take "" for a folder.
-if env.is_blank("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
 BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)

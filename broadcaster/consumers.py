@@ -129,7 +129,6 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
-        metrics.ACCEPTED.inc()
         self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
@@ -148,6 +147,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             get_hub().discard(self)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
             return
+        metrics.ACCEPTED.inc()
         if resume is not None:
             metrics.RESUMES.labels(result="reset" if backlog.reset else "replayed").inc()
         if not self._release(backlog):

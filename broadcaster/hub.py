@@ -325,6 +325,7 @@ class Hub:
                         self.epoch, self.last_seq, self.baseline_known = None, 0, False
                         self.recent.clear()
                         self._in_step_at = float("-inf")
+                        metrics.flush()
                         return
                 # Coalesce: whatever changes during this pause goes out in one update,
                 # and other processes' changes are picked up within one interval.

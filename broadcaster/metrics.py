@@ -30,8 +30,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-# (A blank value was removed from the environment by the settings, before prometheus_client,
-# which reads it at import, was imported.)
+# (A blank value was removed from the environment by broadcaster/__init__.py.)
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 if MULTIPROCESS_DIR is not None and not os.path.isdir(MULTIPROCESS_DIR):
     raise ImproperlyConfigured(
@@ -109,7 +108,8 @@ def forget_dead_workers(path: Path) -> None:
     for file in path.glob("gauge_live*.db"):
         match = _LIVE_GAUGE_FILE.fullmatch(file.name)
         if match and not _alive(int(match.group(1))):
-            multiprocess.mark_process_dead(int(match.group(1)), str(path))
+            # (Not mark_process_dead(): two workers answering scrapes at once may both get here.)
+            file.unlink(missing_ok=True)
 
 
 def worker_exiting() -> None:

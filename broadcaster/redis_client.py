@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -69,33 +70,49 @@ def display_url() -> str:
     return url
 
 
+# How deep in nested retry calls this task or thread is: redis-py retries a command, and the
+# connect inside it has a retry of its own; a failure is counted once, at the outermost.
+_retry_depth: ContextVar[int] = ContextVar("redis_retry_depth", default=0)
+
+
+def _count_failure(exc: BaseException) -> None:
+    # A script not yet cached (NOSCRIPT, which redis-py answers by sending the script) is routine.
+    if (
+        _retry_depth.get() == 1
+        and isinstance(exc, RedisError | OSError)
+        and not isinstance(exc, NoScriptError)
+    ):
+        metrics.REDIS_ERRORS.inc()
+
+
 class _CountingRetry(AsyncRetry):
     """The asyncio retry policy, counting each operation that fails after its retries
     (`broadcaster_redis_errors_total`): every command of every client built here runs
-    through it, the channel layer's included. A script not yet cached (NOSCRIPT, which
-    redis-py answers by sending the script) is not a failure."""
+    through it, the channel layer's included."""
 
     async def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
+        token = _retry_depth.set(_retry_depth.get() + 1)
         try:
             return await super().call_with_retry(*args, **kwargs)
-        except NoScriptError:
-            raise  # routine: redis-py then sends the script itself
-        except (RedisError, OSError):
-            metrics.REDIS_ERRORS.inc()
+        except BaseException as exc:
+            _count_failure(exc)
             raise
+        finally:
+            _retry_depth.reset(token)
 
 
 class _CountingSyncRetry(Retry):
     """The same, for synchronous clients."""
 
     def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
+        token = _retry_depth.set(_retry_depth.get() + 1)
         try:
             return super().call_with_retry(*args, **kwargs)
-        except NoScriptError:
+        except BaseException as exc:
+            _count_failure(exc)
             raise
-        except (RedisError, OSError):
-            metrics.REDIS_ERRORS.inc()
-            raise
+        finally:
+            _retry_depth.reset(token)
 
 
 def _backoff() -> ExponentialWithJitterBackoff:

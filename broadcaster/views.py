@@ -50,6 +50,10 @@ async def ready(request: HttpRequest) -> JsonResponse:
 # Set by a proxy in front (HAProxy's config sets X-Forwarded-For): the request came from
 # somewhere else, whatever address it arrives from.
 FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+# Loopback and private networks (RFC 1918, IPv6 unique local): not `is_private`, which also
+# holds documentation, benchmarking and reserved ranges.
+INSIDE = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                            "::1/128", "fc00::/7")]  # fmt: skip
 METRICS_REFUSED = ("/metrics is served to loopback and private addresses that are not behind a proxy, "
                    "or with 'Authorization: Bearer <BROADCAST_METRICS_TOKEN>'.\n")  # fmt: skip
 
@@ -76,4 +80,4 @@ def _may_scrape(request: HttpRequest) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.is_loopback or address.is_private
+    return any(address in network for network in INSIDE)

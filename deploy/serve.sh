@@ -13,8 +13,16 @@ set -eu
 WORKERS=${WORKERS:-1}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
-RUN_DIR=$(mkdir -p "${RUN_DIR:-var}" && cd "${RUN_DIR:-var}" && pwd)
-BIN=${BIN:-$(dirname "$(command -v python)")}
+RUN_DIR=$(mkdir -p "${RUN_DIR:-var}" && CDPATH='' cd -P "${RUN_DIR:-var}" && pwd)
+if [ -z "${BIN:-}" ]; then
+    PYTHON=$(command -v python) || { echo "serve.sh: no python on PATH; set BIN" >&2; exit 1; }
+    BIN=$(dirname "$PYTHON")
+fi
+# One supervisord per RUN_DIR: a second one would empty the first one's metrics below.
+if [ -s "$RUN_DIR/supervisord.pid" ] && kill -0 "$(cat "$RUN_DIR/supervisord.pid")" 2>/dev/null; then
+    echo "serve.sh: already running (supervisord pid $(cat "$RUN_DIR/supervisord.pid"), RUN_DIR $RUN_DIR)" >&2
+    exit 1
+fi
 DAPHNE_ARGS="--websocket_timeout -1"
 case "${PROXY_HEADERS:-0}" in
     1 | yes | true) DAPHNE_ARGS="$DAPHNE_ARGS --proxy-headers" ;;
@@ -26,5 +34,5 @@ PROMETHEUS_MULTIPROC_DIR=$RUN_DIR/metrics
 rm -rf "$PROMETHEUS_MULTIPROC_DIR"
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 export WORKERS HOST PORT RUN_DIR BIN DAPHNE_ARGS STOP_WAIT PROMETHEUS_MULTIPROC_DIR
-cd "$(dirname "$0")/.."
+CDPATH='' cd -P "$(dirname "$0")/.."
 exec "$BIN/supervisord" -c deploy/supervisord.conf

@@ -10,6 +10,7 @@ import json
 import math
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +32,7 @@ class Serve:
     """`make serve` in its own session, stopped with SIGTERM like a terminal's Ctrl-C would."""
 
     def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
-        self.port, self.log_path = port, log
+        self.port, self.log_path, self.env = port, log, env
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(["make", "-s", "serve"], cwd=ROOT, env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -191,6 +192,12 @@ async def test_metrics_after_a_worker_is_killed(serve):
                 await asyncio.sleep(0.05)
         await asyncio.to_thread(wait_until, lambda: scrape(base)[1]["broadcaster_deliveries_total"] == n,
                                 timeout=10, what="deliveries counted")  # fmt: skip
+        # A second serve.sh on the same RUN_DIR refuses (it would empty the running metrics).
+        second = subprocess.run([str(ROOT / "deploy" / "serve.sh")], cwd=ROOT, capture_output=True, text=True,
+                                env={**serve.env, "RUN_DIR": serve.env["BROADCAST_VAR_DIR"],
+                                     "BIN": str(Path(sys.executable).parent)}, timeout=30)  # fmt: skip
+        assert second.returncode == 1 and "already running" in second.stderr, second.stderr
+        assert scrape(base)[1]["broadcaster_connections"] == n
         workers = serve.workers()
         victim = next(w for w in workers if established(w, serve.port) > 0)
         victim.kill()
