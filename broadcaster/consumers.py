@@ -20,6 +20,8 @@ from broadcaster.admission import admission
 from broadcaster.drain import drain
 from broadcaster.history import Entry
 from broadcaster.hub import get_hub
+from broadcaster.log_throttle import Throttle
+from broadcaster.outage import link as redis_link
 from broadcaster.protocol import CloseCode
 from broadcaster.resume import Backlog, catch_up, next_page, resume_point
 from broadcaster.transport import SCOPE_LINK_KEY, AsgiLink, Link, text_frame
@@ -85,7 +87,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             if getattr(self, "channel_name", None) is not None:
                 raise
             # The channel layer could not even create this consumer's channel.
-            logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
+            _refused_for_redis(self._peer(), exc)
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
             await send(protocol.close_event(CloseCode.TRY_AGAIN_LATER))
@@ -142,7 +144,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             # From this process's memory when it can tell, else from Redis.
             backlog = get_hub().backlog(resume) or await catch_up(resume)
         except (RedisError, OSError) as exc:
-            logger.warning("Refusing receiver %s: Redis unreachable: %s", self._peer(), exc)
+            _refused_for_redis(self._peer(), exc)
             self.joined = False
             get_hub().discard(self)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
@@ -370,6 +372,19 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)
         return f"{client[0]}:{client[1]}"
+
+
+_redis_refusals = Throttle()
+
+
+def _refused_for_redis(peer: str, exc: BaseException) -> None:
+    """Log a receiver refused (1013) because Redis is unreachable, at most every 10 s: during an
+    outage every reconnecting client is refused."""
+    redis_link.failed(exc, what="receiver handshake")
+    if _redis_refusals.due():
+        skipped = _redis_refusals.take_skipped()
+        logger.warning("Refusing receiver %s with 1013: Redis unreachable: %s%s", peer, exc,
+                       f" ({skipped} more refused since the last such line)" if skipped else "")  # fmt: skip
 
 
 def _size(entries: list[Entry]) -> int:

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import gc_policy, metrics, protocol, redis_client
 from broadcaster.history import Entry, group_history
+from broadcaster.outage import link as redis_link
 from broadcaster.presence import group_presence, withdraw_now
 from broadcaster.recent import RecentBroadcasts
 from broadcaster.resume import Backlog, ResumePoint
@@ -84,6 +85,7 @@ class Hub:
         self._reported_to: str | None = None
         # Draining (broadcaster/drain.py): receivers still get broadcasts, but count as 0 here.
         self.drained = False
+        redis_link.on_change = self._redis_changed
 
     def add(self, receiver: Receiver) -> None:
         """Called when a receiver has joined the broadcast group."""
@@ -92,6 +94,8 @@ class Hub:
         self.receivers.add(receiver)
         self.channels.add(receiver.channel_name)
         self._fresh.add(receiver)
+        if not redis_link.up:
+            self.write_all(protocol.status_frame(broadcasts=protocol.BROADCASTS_DELAYED), [receiver])
         metrics.set_connections(len(self.receivers))
         self._changed()
 
@@ -114,6 +118,11 @@ class Hub:
         except RedisError as exc:
             logger.warning("Could not withdraw from the count for the drain: %s", exc)
         self._changed()
+
+    def _redis_changed(self, up: bool) -> None:
+        """Tell every receiver that broadcasts are delayed (Redis lost) or live again."""
+        state = protocol.BROADCASTS_LIVE if up else protocol.BROADCASTS_DELAYED
+        self.write_all(protocol.status_frame(broadcasts=state), list(self.receivers))
 
     def _claim_fast_path(self) -> None:
         layer: Any = get_channel_layer()
@@ -292,7 +301,6 @@ class Hub:
         atexit.register(self._withdraw_at_exit)
         loop = asyncio.get_running_loop()
         last_report = float("-inf")
-        failing = False
         try:
             while True:
                 metrics.flush()  # deliveries of catch-ups, which no fan-out flushes
@@ -304,13 +312,9 @@ class Hub:
                         last_report = loop.time()
                     else:
                         total = await presence.total()
-                    if failing:
-                        logger.info("Presence reporting recovered")
-                        failing = False
-                except RedisError as exc:
-                    if not failing:
-                        logger.warning("Presence reporting failed, will retry: %s", exc)
-                        failing = True
+                    redis_link.succeeded()
+                except (RedisError, OSError) as exc:
+                    redis_link.failed(exc, what="presence report")
                     self._dirty.set()
                 else:
                     self._push_count(total)

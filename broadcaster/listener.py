@@ -67,6 +67,12 @@ class Receiver:
             return [line for item in obj.get("messages", []) for line in self._render(item)]
         if kind == protocol.FRAME_COUNT:
             return [f"Total clients: {obj.get('clients')}"]
+        if kind == protocol.FRAME_STATUS:
+            if obj.get("broadcasts") == protocol.BROADCASTS_DELAYED:
+                return ["(Broadcasts are delayed: the server lost its message broker. Still connected.)"]
+            if obj.get("broadcasts") == protocol.BROADCASTS_LIVE:
+                return ["(Broadcasts flow again.)"]
+            return []
         if kind == protocol.FRAME_RESET:
             self.seq, self.epoch = None, obj.get("epoch")
             return ["(Some messages were missed: they are no longer kept.)"]

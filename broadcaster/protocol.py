@@ -24,6 +24,7 @@ FRAME_BATCH = "batch"
 FRAME_RESET = "reset"
 FRAME_COUNT = "count"
 FRAME_PONG = "pong"
+FRAME_STATUS = "status"
 FRAME_ERROR = "error"
 
 # Frame types a client may send.
@@ -125,6 +126,17 @@ def batch_frames(frames: list[str], *, limit: int = MAX_BATCH_BYTES) -> list[tup
 def count_frame(*, clients: int) -> str:
     """The frame that tells a receiver how many receivers are connected."""
     return dumps({"type": FRAME_COUNT, "clients": clients})
+
+
+# `status` frames: whether broadcasts reach this receiver's server as they are sent.
+BROADCASTS_LIVE = "live"
+BROADCASTS_DELAYED = "delayed"
+
+
+def status_frame(*, broadcasts: str) -> str:
+    """The frame that tells a receiver broadcasts are delayed (its server lost Redis), or flow
+    live again."""
+    return dumps({"type": FRAME_STATUS, "broadcasts": broadcasts})
 
 
 def frame_type(frame: str) -> str:

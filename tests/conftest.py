@@ -7,8 +7,9 @@ import os
 # Before Django reads its settings: a developer's .env must not change what the tests run
 # (nor reach the processes they start, which inherit this).
 os.environ["BROADCAST_DOTENV"] = ""
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +19,18 @@ from django.conf import settings
 from broadcaster import embedded_redis
 from broadcaster.embedded_redis import server_binary
 from broadcaster.redis_client import layer_hosts
-from tests.support import Daphne, RedisServer, base_env, free_port
+from tests.support import CHROMIUM, CHROMIUM_ARGS, Daphne, RedisServer, base_env, free_port
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's chromium under Playwright (tests marked `browser` skip without it)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

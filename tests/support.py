@@ -527,3 +527,28 @@ def scrape(base_url: str, headers: dict[str, str] | None = None) -> tuple[int, d
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return status, samples, body
+
+
+# Debian's chromium, driven by Playwright (the browser tests, and the outage test's page).
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# The closed network here refuses Chromium's background connections; keep it quiet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+async def open_tab(browser: Any, url: str, dialogs: list[str]) -> Any:
+    """A new tab on `url`, once its receiver says it is connected."""
+    from playwright.async_api import expect
+
+    page = await browser.new_page()
+    page.on("dialog", lambda d: dialogs.append(d.message))
+    await page.goto(url)
+    await expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=15_000)
+    return page

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from tests.support import manage, raw_receiver
+from tests.support import manage, open_tab, raw_receiver
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# The closed network here refuses Chromium's background connections; keep it quiet.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
-
-
-async def open_tab(browser: Browser, url: str, dialogs: list[str]) -> Page:
-    page = await browser.new_page()
-    page.on("dialog", lambda d: dialogs.append(d.message))
-    await page.goto(url)
-    await expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=15_000)
-    return page
 
 
 async def test_two_tabs_show_console_message_and_same_count(browser, daphne, env_for, redis_url):

@@ -44,12 +44,23 @@
     empty.hidden = true;
   }
 
+  // The server lost its message broker (Redis): still connected, but broadcasts wait until it
+  // is back, and the count is as of then.
+  function showStatus(broadcasts) {
+    var delayed = broadcasts === "delayed";
+    setState(delayed ? "delayed" : "open", delayed ? "connected, broadcasts delayed" : "connected");
+    count.classList.toggle("stale", delayed);
+    if (delayed) count.title = "as of when broadcasts were delayed";
+    else count.removeAttribute("title");
+  }
+
   function onFrame(event) {
     var frame;
     try { frame = JSON.parse(event.data); } catch (e) { return; }
     if (frame.type === "message") showMessage(frame);
     else if (frame.type === "batch") frame.messages.forEach(showMessage);
     else if (frame.type === "count") count.textContent = String(frame.clients);
+    else if (frame.type === "status") showStatus(frame.broadcasts);
     else if (frame.type === "reset") {
       lastSeq = null;
       epoch = frame.epoch;
