@@ -47,7 +47,7 @@ class RedisLink:
         if self.down_since is None:
             return
         lasted = time.monotonic() - self.down_since
-        logger.info("Redis is back after %.1f s (%d failed attempts); broadcasts flow again",
+        logger.info("Redis is back after %.1f s (failed attempts: %d); broadcasts flow again",
                     lasted, self.failures)  # fmt: skip
         self.down_since, self.failures = None, 0
         if self.on_change is not None:
