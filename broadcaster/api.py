@@ -117,7 +117,7 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
     try:
         sent = await publish(text=text, sender=token.sender)
     except BrokerUnavailable as exc:
-        return error(503, str(exc))
+        return error(503, str(exc), **{"Retry-After": "1"})
     return JsonResponse(
         {"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients}, status=201
     )

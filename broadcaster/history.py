@@ -216,18 +216,28 @@ class History:
 
     async def append(self, *, id: str, text: str, time: str) -> Entry:
         """Number and keep a message; return it with its seq, epoch and final frame."""
-        template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time)
-        args = [
-            template,
-            self._count,
-            self._age_ms,
-            secrets.token_hex(4),
-            protocol.SEQ_PLACEHOLDER,
-            self._now(),
-            id,
-        ]
-        seq, epoch, frame = await self._append(keys=self._keys, args=args)
+        seq, epoch, frame = await self._append(keys=self._keys, args=self._append_args(id, text, time))
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
+
+    async def append_replicated(self, *, id: str, text: str, time: str, replicas: int, wait: float
+                                ) -> tuple[Entry, int, int]:  # fmt: skip
+        """`append()`, then wait up to `wait` seconds until `replicas` replicas have it, or all
+        of them if fewer are connected. Return it, how many replicas have it and how many were
+        waited for. (Redis WAIT counts the writes of its own connection: all of this runs on
+        one connection.)"""
+        async with self._redis.client() as conn:
+            role = await conn.execute_command("ROLE")
+            connected = len(role[2]) if _text(role[0]) == "master" else 0
+            seq, epoch, frame = await self._append(keys=self._keys, args=self._append_args(id, text, time),
+                                                   client=conn)  # fmt: skip
+            needed = min(replicas, connected)
+            copies = int(await conn.execute_command("WAIT", needed, int(wait * 1000))) if needed else 0
+        return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), copies, needed
+
+    def _append_args(self, id: str, text: str, time: str) -> list[Any]:
+        template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time)
+        return [template, self._count, self._age_ms, secrets.token_hex(4), protocol.SEQ_PLACEHOLDER,
+                self._now(), id]  # fmt: skip
 
     async def since(self, seq: int, *, max_age: float | None = None, max_bytes: int = UNLIMITED) -> Since:
         """Kept entries with a seq above `seq` (and younger than `max_age` s), in order: all of

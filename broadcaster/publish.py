@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import protocol, redis_client
 from broadcaster.history import group_history
+from broadcaster.log_throttle import Throttle
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
 
@@ -27,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 # What a sender is told when Redis cannot be reached.
 UNREACHABLE = "Cannot reach Redis: nothing was sent. Try again in a moment."
+# ... and when fewer than BROADCAST_MIN_REPLICAS replicas took a copy in time: a failover now
+# could lose it, so it is not acknowledged (and not sent live); the master may still hand it
+# to receivers from history, so a resend can arrive twice.
+NOT_REPLICATED = ("Not confirmed: Redis did not copy it to enough replicas in time. It was not "
+                  "sent; try again in a moment (it may still appear once Redis catches up).")  # fmt: skip
+# How long a broadcast waits for its replicas.
+REPLICA_WAIT = 1.0
+# Fewer replicas connected than BROADCAST_MIN_REPLICAS is logged at most once a minute.
+_few_replicas = Throttle(every=60.0)
 
 
 class PublishError(Exception):
@@ -91,7 +101,13 @@ async def publish(*, text: str, sender: str) -> Published:
     redis = redis_client.shared_client()
     try:
         clients = await group_presence(redis).total()
-        entry = await group_history(redis).append(id=id, text=text, time=time)
+        history, replicas = group_history(redis), settings.BROADCAST_MIN_REPLICAS
+        if replicas:
+            entry, copies, needed = await history.append_replicated(
+                id=id, text=text, time=time, replicas=replicas, wait=REPLICA_WAIT
+            )
+        else:
+            entry, copies, needed = await history.append(id=id, text=text, time=time), 0, 0
     except (RedisError, OSError) as exc:
         # Where Redis is and what it said go to the server log only; senders (API clients, the
         # page, the log in the admin) are told what failed and what to do.
@@ -99,6 +115,14 @@ async def publish(*, text: str, sender: str) -> Published:
                        sender, redis_client.display_url(), exc)  # fmt: skip
         await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=UNREACHABLE)
         raise BrokerUnavailable(UNREACHABLE) from exc
+    if needed < replicas and _few_replicas.due():
+        logger.warning("Redis has %d replica(s) connected, fewer than BROADCAST_MIN_REPLICAS (%d): "
+                       "broadcasts are acknowledged once those have them", needed, replicas)  # fmt: skip
+    if copies < needed:
+        logger.warning("Broadcast %s from %s (seq %d) not acknowledged: %d of %d replicas had it "
+                       "after %.1f s", id, sender, entry.seq, copies, needed, REPLICA_WAIT)  # fmt: skip
+        await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=NOT_REPLICATED)
+        raise BrokerUnavailable(NOT_REPLICATED)
     try:
         await get_channel_layer().group_send(
             protocol.BROADCAST_GROUP,

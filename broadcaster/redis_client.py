@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel
+import redis.sentinel
 from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -130,22 +132,98 @@ def connection_kwargs(*, asyncio_client: bool = True) -> dict[str, Any]:
     }
 
 
+SENTINEL_SCHEME = "sentinel://"
+
+
+def sentinel_url(sentinels: list[str], master: str) -> str:
+    """The project's own name for a Sentinel-managed Redis (REDIS_SENTINELS and
+    REDIS_SENTINEL_MASTER): `sentinel://host:port,host:port/master`. Passwords stay out of it."""
+    return f"{SENTINEL_SCHEME}{','.join(sentinels)}/{master}"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str] | None:
+    """(sentinel addresses, master name) of a `sentinel_url()`, or None for an ordinary URL."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return None
+    hosts, _, master = url.removeprefix(SENTINEL_SCHEME).partition("/")
+    addresses = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses, master
+
+
+def _sentinel_kwargs(sentinel_password: str) -> dict[str, Any]:
+    """How the project talks to the Sentinels themselves: the same timeouts, their own password."""
+    return {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT,
+            **({"password": sentinel_password} if sentinel_password else {})}  # fmt: skip
+
+
+def _passwords() -> tuple[str, str]:
+    """(data password, Sentinel password): settings REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD."""
+    return getattr(settings, "REDIS_PASSWORD", ""), getattr(settings, "REDIS_SENTINEL_PASSWORD", "")
+
+
+def _password_kwargs(url: str, password: str) -> dict[str, Any]:
+    """REDIS_PASSWORD, unless the URL carries its own."""
+    return {"password": password} if password and not urlparse(url).password else {}
+
+
+class _SentinelBlockingPool(aioredis.sentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Finds the master through Sentinel (and follows a failover), and waits for a free
+    connection like every other pool here instead of failing."""
+
+
+class _SyncSentinelBlockingPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The same, for synchronous clients."""
+
+
 def new_client(url: str | None = None) -> aioredis.Redis:
     """A client with its own blocking pool; the caller closes it (`await client.aclose()`)."""
+    url = url or redis_url()
+    password, sentinel_password = _passwords()
+    sentinel = parse_sentinel_url(url)
+    if sentinel is not None:
+        addresses, master = sentinel
+        kwargs = {**connection_kwargs(), **_password_kwargs("", password)}
+        manager = aioredis.sentinel.Sentinel(
+            addresses, sentinel_kwargs=_sentinel_kwargs(sentinel_password), **kwargs
+        )
+        return manager.master_for(master, connection_pool_class=_SentinelBlockingPool,
+                                  max_connections=POOL_SIZE, timeout=POOL_TIMEOUT)  # fmt: skip
+    kwargs = {**connection_kwargs(), **_password_kwargs(url, password)}
     pool = aioredis.BlockingConnectionPool.from_url(
-        url or redis_url(), max_connections=POOL_SIZE, timeout=POOL_TIMEOUT, **connection_kwargs()
+        url, max_connections=POOL_SIZE, timeout=POOL_TIMEOUT, **kwargs
     )
     return aioredis.Redis.from_pool(pool)
 
 
 def sync_client(url: str) -> redis.Redis:
     """A synchronous client (code without an event loop), configured the same way."""
-    return redis.Redis.from_url(url, **connection_kwargs(asyncio_client=False))
+    password, sentinel_password = _passwords()
+    sentinel = parse_sentinel_url(url)
+    kwargs = connection_kwargs(asyncio_client=False)
+    if sentinel is not None:
+        addresses, master = sentinel
+        kwargs |= _password_kwargs("", password)
+        manager = redis.sentinel.Sentinel(
+            addresses, sentinel_kwargs=_sentinel_kwargs(sentinel_password), **kwargs
+        )
+        return manager.master_for(master, connection_pool_class=_SyncSentinelBlockingPool,
+                                  max_connections=POOL_SIZE, timeout=POOL_TIMEOUT)  # fmt: skip
+    return redis.Redis.from_url(url, **kwargs, **_password_kwargs(url, password))
 
 
-def layer_hosts(url: str) -> list[dict[str, Any]]:
-    """The channel layer's `hosts` for `url`: channels_redis passes the extra keys to its pool."""
-    return [{"address": url, **connection_kwargs()}]
+def layer_hosts(url: str, *, password: str = "", sentinel_password: str = "") -> list[dict[str, Any]]:
+    """The channel layer's `hosts` for `url`: channels_redis passes the extra keys to its pool
+    (for Sentinel, channels_redis's own `sentinels`/`master_name` form)."""
+    sentinel = parse_sentinel_url(url)
+    if sentinel is not None:
+        addresses, master = sentinel
+        return [{"sentinels": addresses, "master_name": master,
+                 "sentinel_kwargs": _sentinel_kwargs(sentinel_password),
+                 **connection_kwargs(), **_password_kwargs("", password)}]  # fmt: skip
+    return [{"address": url, **connection_kwargs(), **_password_kwargs(url, password)}]
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aioredis.Redis]] = (

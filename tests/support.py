@@ -116,9 +116,9 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, extra: list[str] | None = None) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+                "--appendonly", "no", "--dir", str(self.workdir), *(extra or [])]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until(self.answers, timeout=10, what=f"redis-server on port {self.port}")
 
@@ -552,3 +552,89 @@ async def open_tab(browser: Any, url: str, dialogs: list[str]) -> Any:
     await page.goto(url)
     await expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=15_000)
     return page
+
+
+@dataclass
+class SentinelGroup:
+    """A real master, a real replica and three real Sentinels (the same redis-server binary in
+    sentinel mode) on loopback, with timeouts short enough for a test: a dead master is noticed
+    after 1 s and replaced within a few seconds."""
+
+    binary: str
+    workdir: Path
+    master_name: str = "broadcast"
+    servers: dict[str, RedisServer] = field(default_factory=dict)
+    sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sentinel_ports: list[int] = field(default_factory=list)
+
+    def start(self) -> SentinelGroup:
+        master = RedisServer(self.binary, free_port(), self.workdir)
+        master.start()
+        replica = RedisServer(self.binary, free_port(), self.workdir)
+        replica.start(extra=["--replicaof", "127.0.0.1", str(master.port)])
+        self.servers = {"master": master, "replica": replica}
+        wait_until(lambda: self._role(replica.port) == b"slave" and self._link_up(replica.port), timeout=20,
+                   what="the replica in sync")  # fmt: skip
+        for i in range(3):
+            port = free_port()
+            conf = self.workdir / f"sentinel-{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+                f"sentinel failover-timeout {self.master_name} 5000\n"
+                f"sentinel parallel-syncs {self.master_name} 1\n"
+            )
+            sentinel = subprocess.Popen([self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT)  # fmt: skip
+            self.sentinels.append(sentinel)
+            self.sentinel_ports.append(port)
+        wait_until(lambda: all(self._sentinel_knows(p) for p in self.sentinel_ports), timeout=30,
+                   what="three sentinels watching the master and its replica")  # fmt: skip
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the site needs to use this group (REDIS_URL unset)."""
+        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+                "REDIS_SENTINEL_MASTER": self.master_name}  # fmt: skip
+
+    def master_port(self) -> int:
+        client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=1)
+        try:
+            return int(client.sentinel_get_master_addr_by_name(self.master_name)[1])
+        finally:
+            client.close()
+
+    def _role(self, port: int) -> bytes | None:
+        client = redis.Redis(port=port, socket_timeout=0.5)
+        try:
+            return client.execute_command("ROLE")[0]
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def _link_up(self, port: int) -> bool:
+        client = redis.Redis(port=port, socket_timeout=0.5)
+        try:
+            return client.info("replication").get("master_link_status") == "up"
+        finally:
+            client.close()
+
+    def _sentinel_knows(self, port: int) -> bool:
+        client = redis.Redis(port=port, socket_timeout=0.5)
+        try:
+            master = client.sentinel_master(self.master_name)
+            return int(master.get("num-slaves", 0)) >= 1 and int(master.get("num-other-sentinels", 0)) >= 2
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            proc.wait(timeout=10)
+        for server in self.servers.values():
+            server.stop()
