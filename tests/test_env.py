@@ -157,3 +157,17 @@ def test_var_dir_and_sqlite_database_are_private_to_the_user(tmp_path):
     assert (done.returncode, done.stderr) == (0, "")
     assert (var.stat().st_mode & 0o777, (var / "db.sqlite3").stat().st_mode & 0o777) == (0o700, 0o600)
     assert (var / "db.sqlite3").stat().st_size > 0  # migrated, not just created
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [({"REDIS_SENTINELS": "127.0.0.1:26379"},
+      "REDIS_SENTINELS is set: set REDIS_SENTINEL_MASTER to the master's name too."),
+     ({"REDIS_SENTINELS": "127.0.0.1:26379", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "redis://x:1/0"},
+      "Set REDIS_URL or REDIS_SENTINELS, not both."),
+     ({"REDIS_SENTINELS": "127.0.0.1", "REDIS_SENTINEL_MASTER": "m"},
+      "REDIS_SENTINELS must be host:port,host:port,... (got ['127.0.0.1'])")],
+)  # fmt: skip
+def test_sentinel_settings_are_checked_at_start_up(tmp_path, variables, message):
+    done = manage_check(tmp_path, **variables)
+    assert (done.returncode, done.stderr) == (1, f"Configuration error: {message}\n")
