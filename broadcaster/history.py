@@ -153,6 +153,17 @@ return {last, epoch, newest[1], newest[2]}
 )
 
 
+# After a failover that lost broadcasts some server already delivered (never acknowledged: see
+# BROADCAST_MIN_REPLICAS), numbering continues after what was delivered, not from the new
+# master's lower count, so no number means two messages. ARGV: epoch, floor. Returns 1 if raised.
+_RAISE_FLOOR = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 def _keys(group: str) -> list[str]:
     prefix = f"broadcaster:history:{group}"
     return [f"{prefix}:seq", f"{prefix}:epoch", f"{prefix}:log", f"{prefix}:times", f"{prefix}:ids"]
@@ -210,6 +221,7 @@ class History:
         self._append: Any = redis.register_script(_APPEND)
         self._since: Any = redis.register_script(_SINCE)
         self._newest: Any = redis.register_script(_NEWEST)
+        self._raise_floor: Any = redis.register_script(_RAISE_FLOOR)
 
     def _now(self) -> str:
         return "" if self._clock is None else str(self._clock())
@@ -233,6 +245,10 @@ class History:
             needed = min(replicas, connected)
             copies = int(await conn.execute_command("WAIT", needed, int(wait * 1000))) if needed else 0
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), copies, needed
+
+    async def raise_floor(self, *, epoch: str, floor: int) -> bool:
+        """Make the next seq of `epoch` at least `floor` + 1; True if it was lower."""
+        return bool(await self._raise_floor(keys=self._keys, args=[epoch, floor]))
 
     def _append_args(self, id: str, text: str, time: str) -> list[Any]:
         template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time)

@@ -234,6 +234,16 @@ class Hub:
         elif head.epoch != self.epoch:
             if self._repairing is None:
                 self._repair(None, epoch=head.epoch, after=0)
+        elif head.last < self.last_seq:
+            # History is behind what went out from here: a Redis failover lost broadcasts that
+            # were never acknowledged. Number on from here, so that no number means two messages.
+            assert self.epoch is not None
+            if await group_history(redis_client.shared_client()).raise_floor(
+                epoch=self.epoch, floor=self.last_seq
+            ):
+                logger.warning("History ends at seq %d but this process delivered up to %d (a failover lost "
+                               "unacknowledged broadcasts); numbering continues after %d",
+                               head.last, self.last_seq, self.last_seq)  # fmt: skip
         elif head.last > self.last_seq and self._repairing is None:
             for entry in head.entries:
                 self._accept(entry)
