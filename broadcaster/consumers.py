@@ -21,7 +21,6 @@ from broadcaster.drain import drain
 from broadcaster.history import Entry
 from broadcaster.hub import get_hub
 from broadcaster.log_throttle import Throttle
-from broadcaster.outage import link as redis_link
 from broadcaster.protocol import CloseCode
 from broadcaster.resume import Backlog, catch_up, next_page, resume_point
 from broadcaster.transport import SCOPE_LINK_KEY, AsgiLink, Link, text_frame
@@ -144,9 +143,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             # From this process's memory when it can tell, else from Redis.
             backlog = get_hub().backlog(resume) or await catch_up(resume)
         except (RedisError, OSError) as exc:
-            _refused_for_redis(self._peer(), exc)
             self.joined = False
             get_hub().discard(self)
+            _refused_for_redis(self._peer(), exc)  # (after leaving the hub: no `delayed` for it)
             await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
             return
         metrics.ACCEPTED.inc()
@@ -380,7 +379,7 @@ _redis_refusals = Throttle()
 def _refused_for_redis(peer: str, exc: BaseException) -> None:
     """Log a receiver refused (1013) because Redis is unreachable, at most every 10 s: during an
     outage every reconnecting client is refused."""
-    redis_link.failed(exc, what="receiver handshake")
+    get_hub().redis.failed(exc, what="receiver handshake")
     if _redis_refusals.due():
         skipped = _redis_refusals.take_skipped()
         logger.warning("Refusing receiver %s with 1013: Redis unreachable: %s%s", peer, exc,

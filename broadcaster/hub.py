@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import gc_policy, metrics, protocol, redis_client
 from broadcaster.history import Entry, group_history
-from broadcaster.outage import link as redis_link
+from broadcaster.outage import RedisLink
 from broadcaster.presence import group_presence, withdraw_now
 from broadcaster.recent import RecentBroadcasts
 from broadcaster.resume import Backlog, ResumePoint
@@ -85,7 +85,8 @@ class Hub:
         self._reported_to: str | None = None
         # Draining (broadcaster/drain.py): receivers still get broadcasts, but count as 0 here.
         self.drained = False
-        redis_link.on_change = self._redis_changed
+        # Whether Redis answers, as this event loop sees it; receivers are told of each change.
+        self.redis = RedisLink(on_change=self._redis_changed)
 
     def add(self, receiver: Receiver) -> None:
         """Called when a receiver has joined the broadcast group."""
@@ -94,8 +95,6 @@ class Hub:
         self.receivers.add(receiver)
         self.channels.add(receiver.channel_name)
         self._fresh.add(receiver)
-        if not redis_link.up:
-            self.write_all(protocol.status_frame(broadcasts=protocol.BROADCASTS_DELAYED), [receiver])
         metrics.set_connections(len(self.receivers))
         self._changed()
 
@@ -322,9 +321,9 @@ class Hub:
                         last_report = loop.time()
                     else:
                         total = await presence.total()
-                    redis_link.succeeded()
+                    self.redis.succeeded()
                 except (RedisError, OSError) as exc:
-                    redis_link.failed(exc, what="presence report")
+                    self.redis.failed(exc, what="presence report")
                     self._dirty.set()
                 else:
                     self._push_count(total)

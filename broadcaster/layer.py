@@ -31,8 +31,6 @@ from channels_redis.pubsub import (
 from channels_redis.utils import _wrap_close, decode_hosts
 from redis.exceptions import RedisError
 
-from broadcaster.outage import link as redis_link
-
 logger = logging.getLogger(__name__)
 
 
@@ -146,7 +144,9 @@ class _FanoutShard(RedisSingleShardConnection):
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
                 raise
             except (RedisError, OSError) as exc:
-                redis_link.failed(exc, what="subscription")
+                from broadcaster.hub import get_hub  # (the hub imports the layer's users)
+
+                get_hub().redis.failed(exc, what="subscription")
                 await asyncio.sleep(1)
             except Exception:
                 logger.exception("Unexpected exception in the channel layer's receive task")

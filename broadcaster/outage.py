@@ -1,7 +1,9 @@
-"""This process's view of Redis: reachable, or lost since a failure.
+"""This process's view of Redis: reachable, or lost since a failure (one per event loop, held
+by its hub: `get_hub().redis`).
 
 Every place that finds Redis failing on its own schedule (the hub's presence loop, once a
-second while receivers are connected; the channel layer's subscription) reports here. A loss
+second while receivers are connected; the channel layer's subscription; a receiver refused at
+its handshake) reports here. A loss
 is logged once, as a WARNING, and its end once, as an INFO line with how long it lasted and
 how many attempts failed in between: never a traceback a second. The hub tells its receivers
 (`status` frames, docs/PROTOCOL.md) on each change.
@@ -22,10 +24,10 @@ logger = logging.getLogger(__name__)
 class RedisLink:
     """Up, or down since the first failure; tells `on_change` (the hub) of each change."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[bool], None] | None = None) -> None:
         self.down_since: float | None = None
         self.failures = 0
-        self.on_change: Callable[[bool], None] | None = None
+        self.on_change = on_change
 
     @property
     def up(self) -> bool:
@@ -52,6 +54,3 @@ class RedisLink:
         self.down_since, self.failures = None, 0
         if self.on_change is not None:
             self.on_change(True)
-
-
-link = RedisLink()
