@@ -17,6 +17,8 @@ Keys (built only in `_keys`):
     <prefix>:log     sorted set: frame -> seq
     <prefix>:times   sorted set: seq -> publish time (Redis clock, ms), for age trimming
     <prefix>:ids     sorted set: message id -> seq, the newest COUNT (appends are idempotent)
+    <prefix>:acked   the newest acknowledged seq: readers see nothing after it (with
+                     BROADCAST_MIN_REPLICAS, acknowledged once replicas have it)
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from broadcaster import protocol
 from broadcaster.protocol import BROADCAST_GROUP
 
 # Shared by the scripts: the time now in ms (ARGV[n] when given: tests drive the clock; else
-# Redis's clock), and the numbering (the last seq given, the epoch or false) from KEYS[1], KEYS[2].
+# Redis's clock), and the numbering (the last seq readers may see, the epoch or false) from
+# KEYS[1] seq, KEYS[6] acked, KEYS[2] epoch. Readers see only acknowledged broadcasts: with
+# BROADCAST_MIN_REPLICAS, one is acknowledged once replicas have it, so nothing a receiver was
+# ever given can be lost in a failover (and its number given again).
 _NOW = """
 local function now_ms(given)
   if given ~= '' then return tonumber(given) end
@@ -41,11 +46,14 @@ local function now_ms(given)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function numbering()
-  return tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('GET', KEYS[2])
+  local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  local acked = tonumber(redis.call('GET', KEYS[6]) or seq)
+  return math.min(seq, acked), redis.call('GET', KEYS[2])
 end
 """
 
-# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[5] ids
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[5] ids, KEYS[6] acked
+# ARGV[8] "1": acknowledged now (readers see it at once); "0": once `_ACK` says so.
 # ARGV[1] the frame, built by protocol.message_frame with seq 0 and epoch "", ARGV[2] max
 # count, ARGV[3] max age ms, ARGV[4] an epoch to use if none is set yet, ARGV[5] the
 # placeholder in ARGV[1] to replace with the real seq and epoch, ARGV[6] now ms or "",
@@ -69,11 +77,20 @@ local function numbered(seq)
   return string.sub(ARGV[1], 1, i - 1) .. '"seq":' .. seq .. ',"epoch":"' .. epoch .. '"'
     .. string.sub(ARGV[1], j + 1)
 end
+local function acknowledge(seq)
+  if tonumber(redis.call('GET', KEYS[6]) or '0') < seq then redis.call('SET', KEYS[6], seq) end
+end
 local known = redis.call('ZSCORE', KEYS[5], ARGV[7])
 if known then
+  if ARGV[8] == '1' then acknowledge(tonumber(known)) end
   return {tonumber(known), epoch, numbered(tonumber(known))}
 end
 local seq = redis.call('INCR', KEYS[1])
+if ARGV[8] == '1' then
+  acknowledge(seq)
+elseif not redis.call('GET', KEYS[6]) then
+  redis.call('SET', KEYS[6], seq - 1)
+end
 local now = now_ms(ARGV[6])
 local frame = numbered(seq)
 redis.call('ZADD', KEYS[3], seq, frame)
@@ -95,7 +112,7 @@ return {seq, epoch, frame}
 """
 )
 
-# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[6] acked
 # ARGV[1] after seq, ARGV[2] max age ms, ARGV[3] max bytes (at least one entry is returned),
 # ARGV[4] now ms or "".
 # Returns {last seq, epoch or false, more (1 if kept entries follow the page), then seq and
@@ -114,7 +131,7 @@ end
 local budget = tonumber(ARGV[3])
 local offset = 0
 while true do
-  local slice = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES',
+  local slice = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], last, 'WITHSCORES',
     'LIMIT', offset, 32)
   if #slice == 0 then return result end
   for k = 1, #slice, 2 do
@@ -134,7 +151,8 @@ end
 """
 )
 
-# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times; ARGV[1] max age ms, ARGV[2] now ms or "".
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[6] acked; ARGV[1] max age ms,
+# ARGV[2] now ms or "".
 # Returns {last seq, epoch or false, the newest kept frame if not older than ARGV[1] or false,
 # its seq or false}: a new client's backlog, without reading the rest of the history.
 _NEWEST = (
@@ -142,7 +160,7 @@ _NEWEST = (
     + """
 local now = now_ms(ARGV[2])
 local last, epoch = numbering()
-local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+local newest = redis.call('ZREVRANGEBYSCORE', KEYS[3], last, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
 if #newest == 0 then return {last, epoch, false, false} end
 local published = redis.call('ZSCORE', KEYS[4], newest[2])
 if not published or tonumber(published) < now - tonumber(ARGV[1]) then
@@ -164,9 +182,19 @@ return 1
 """
 
 
+# Acknowledges a broadcast appended with ARGV[8] "0" (and all before it). ARGV[1] seq.
+_ACK = """
+if tonumber(redis.call('GET', KEYS[6]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[6], ARGV[1])
+end
+return 1
+"""
+
+
 def _keys(group: str) -> list[str]:
     prefix = f"broadcaster:history:{group}"
-    return [f"{prefix}:seq", f"{prefix}:epoch", f"{prefix}:log", f"{prefix}:times", f"{prefix}:ids"]
+    return [f"{prefix}:seq", f"{prefix}:epoch", f"{prefix}:log", f"{prefix}:times", f"{prefix}:ids",
+            f"{prefix}:acked"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -222,13 +250,15 @@ class History:
         self._since: Any = redis.register_script(_SINCE)
         self._newest: Any = redis.register_script(_NEWEST)
         self._raise_floor: Any = redis.register_script(_RAISE_FLOOR)
+        self._ack: Any = redis.register_script(_ACK)
 
     def _now(self) -> str:
         return "" if self._clock is None else str(self._clock())
 
     async def append(self, *, id: str, text: str, time: str) -> Entry:
         """Number and keep a message; return it with its seq, epoch and final frame."""
-        seq, epoch, frame = await self._append(keys=self._keys, args=self._append_args(id, text, time))
+        args = [*self._append_args(id, text, time), "1"]
+        seq, epoch, frame = await self._append(keys=self._keys, args=args)
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
 
     async def append_replicated(self, *, id: str, text: str, time: str, replicas: int, wait: float
@@ -240,10 +270,13 @@ class History:
         async with self._redis.client() as conn:
             role = await conn.execute_command("ROLE")
             connected = len(role[2]) if _text(role[0]) == "master" else 0
-            seq, epoch, frame = await self._append(keys=self._keys, args=self._append_args(id, text, time),
-                                                   client=conn)  # fmt: skip
+            args = [*self._append_args(id, text, time), "0"]
+            seq, epoch, frame = await self._append(keys=self._keys, args=args, client=conn)
             needed = min(replicas, connected)
             copies = int(await conn.execute_command("WAIT", needed, int(wait * 1000))) if needed else 0
+            if copies >= needed:
+                # Only now may readers (servers, resuming clients) see it, and those before it.
+                await self._ack(keys=self._keys, args=[int(seq)], client=conn)
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), copies, needed
 
     async def raise_floor(self, *, epoch: str, floor: int) -> bool:

@@ -102,6 +102,7 @@ async def test_a_broadcast_no_replica_copied_is_not_acknowledged(sentinel_group,
     API answers 503 with Retry-After, the log records it as failed; once the replica runs again,
     broadcasts are acknowledged."""
     from broadcaster.models import BroadcastRecord
+    from tests.support import Client
 
     env = base_env("", tmp_path / "var", **sentinel_group.env, BROADCAST_MIN_REPLICAS="1")
     del env["REDIS_URL"]
@@ -125,10 +126,19 @@ async def test_a_broadcast_no_replica_copied_is_not_acknowledged(sentinel_group,
             replica.send_signal(signal.SIGCONT)
         assert refused.status == 503 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"].startswith("Not confirmed: Redis did not copy it")
+        # Not acknowledged, so not shown: a client connecting now gets "one" as the latest.
+        client = await Client(server.ws).connect()
+        await client.wait_for(lambda c: c.messages() == ["one"], timeout=10, what="the latest acknowledged")
         ok = await http_request(
             server.port, "POST", "/api/broadcasts/", headers=headers, body=b'{"text": "three"}'
         )
         assert ok.status == 201, ok.body
+        # "three" acknowledged (the replica has everything up to it): "two" shows up before it,
+        # as its sender was told it might.
+        await client.wait_for(
+            lambda c: c.messages() == ["one", "two", "three"], timeout=10, what="two, three"
+        )
+        await client.close()
     finally:
         server.stop()
     # The broadcast log, in the database the server used.
@@ -159,7 +169,7 @@ async def test_numbering_continues_after_what_was_delivered_when_history_goes_ba
         for text in ("m1", "m2", "m3"):
             await publish(text=text, sender="test")
         await client.wait_for(lambda c: c.messages()[-3:] == ["m1", "m2", "m3"], timeout=10, what="m1-m3")
-        seq_key, _, log_key, times_key, ids_key = _keys(BROADCAST_GROUP)
+        seq_key, _, log_key, times_key, ids_key, _ = _keys(BROADCAST_GROUP)
         r = sync_redis.Redis.from_url(redis_url)
         try:
             r.zremrangebyscore(log_key, 3, 3)
