@@ -377,12 +377,12 @@ _redis_refusals = Throttle()
 
 
 def _refused_for_redis(peer: str, exc: BaseException) -> None:
-    """Log a receiver refused (1013) because Redis is unreachable, at most every 10 s: during an
-    outage every reconnecting client is refused."""
+    """Log a receiver refused (4503, try again later) because Redis is unreachable, at most
+    every 10 s: during an outage every reconnecting client is refused."""
     get_hub().redis.failed(exc, what="receiver handshake")
     if _redis_refusals.due():
         skipped = _redis_refusals.take_skipped()
-        logger.warning("Refusing receiver %s with 1013: Redis unreachable: %s%s", peer, exc,
+        logger.warning("Refusing receiver %s with 4503: Redis unreachable: %s%s", peer, exc,
                        f" ({skipped} more refused since the last such line)" if skipped else "")  # fmt: skip
 
 

@@ -176,8 +176,10 @@ return {last, epoch, newest[1], newest[2]}
 # master's lower count, so no number means two messages. ARGV: epoch, floor. Returns 1 if raised.
 _RAISE_FLOOR = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
+local floor = tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[6]) or '0') < floor then redis.call('SET', KEYS[6], floor) end
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= floor then return 0 end
+redis.call('SET', KEYS[1], floor)
 return 1
 """
 
@@ -268,10 +270,11 @@ class History:
         waited for. (Redis WAIT counts the writes of its own connection: all of this runs on
         one connection.)"""
         async with self._redis.client() as conn:
-            role = await conn.execute_command("ROLE")
-            connected = len(role[2]) if _text(role[0]) == "master" else 0
             args = [*self._append_args(id, text, time), "0"]
             seq, epoch, frame = await self._append(keys=self._keys, args=args, client=conn)
+            # The replicas of the server that took the write (after a failover, the new master).
+            role = await conn.execute_command("ROLE")
+            connected = len(role[2]) if _text(role[0]) == "master" else 0
             needed = min(replicas, connected)
             copies = int(await conn.execute_command("WAIT", needed, int(wait * 1000))) if needed else 0
             if copies >= needed:

@@ -85,8 +85,10 @@ class Hub:
         self._reported_to: str | None = None
         # Draining (broadcaster/drain.py): receivers still get broadcasts, but count as 0 here.
         self.drained = False
-        # Whether Redis answers, as this event loop sees it; receivers are told of each change.
+        # Whether Redis answers, as this event loop sees it; receivers are told of each change
+        # (`live` only those that were told `delayed`).
         self.redis = RedisLink(on_change=self._redis_changed)
+        self._told_delayed: set[Receiver] = set()
 
     def add(self, receiver: Receiver) -> None:
         """Called when a receiver has joined the broadcast group."""
@@ -95,6 +97,8 @@ class Hub:
         self.receivers.add(receiver)
         self.channels.add(receiver.channel_name)
         self._fresh.add(receiver)
+        if not self.redis.up:
+            self._tell_delayed([receiver])
         metrics.set_connections(len(self.receivers))
         self._changed()
 
@@ -105,6 +109,7 @@ class Hub:
         self.receivers.discard(receiver)
         self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
+        self._told_delayed.discard(receiver)
         metrics.set_connections(len(self.receivers))
         self._changed()
 
@@ -119,9 +124,17 @@ class Hub:
         self._changed()
 
     def _redis_changed(self, up: bool) -> None:
-        """Tell every receiver that broadcasts are delayed (Redis lost) or live again."""
-        state = protocol.BROADCASTS_LIVE if up else protocol.BROADCASTS_DELAYED
-        self.write_all(protocol.status_frame(broadcasts=state), list(self.receivers))
+        """Tell every receiver that broadcasts are delayed (Redis lost), and the ones that were
+        told so that they are live again."""
+        if not up:
+            self._tell_delayed(list(self.receivers))
+            return
+        told, self._told_delayed = list(self._told_delayed), set()
+        self.write_all(protocol.status_frame(broadcasts=protocol.BROADCASTS_LIVE), told)
+
+    def _tell_delayed(self, receivers: list[Receiver]) -> None:
+        self.write_all(protocol.status_frame(broadcasts=protocol.BROADCASTS_DELAYED), receivers)
+        self._told_delayed.update(receivers)
 
     def _claim_fast_path(self) -> None:
         layer: Any = get_channel_layer()
@@ -236,8 +249,7 @@ class Hub:
         elif head.last < self.last_seq:
             # History is behind what went out from here: a Redis failover lost broadcasts that
             # were never acknowledged. Number on from here, so that no number means two messages.
-            assert self.epoch is not None
-            if await group_history(redis_client.shared_client()).raise_floor(
+            if self.epoch is not None and await group_history(redis_client.shared_client()).raise_floor(
                 epoch=self.epoch, floor=self.last_seq
             ):
                 logger.warning("History ends at seq %d but this process delivered up to %d (a failover lost "
@@ -331,7 +343,9 @@ class Hub:
                         with contextlib.suppress(RedisError):
                             await self.check_history()
                 if not self.receivers:
-                    await presence.withdraw(server_id=self.server_id)
+                    # (With Redis lost, the report's TTL withdraws this process soon enough.)
+                    if self.redis.up:
+                        await presence.withdraw(server_id=self.server_id)
                     if not self.receivers:
                         # With no receivers the group is unsubscribed: what is known of the
                         # numbering goes stale, and is read again when receivers return.

@@ -141,7 +141,7 @@ class _FanoutShard(RedisSingleShardConnection):
                     self._receive_message(message)
                 else:
                     await asyncio.sleep(0.1)
-            except (asyncio.CancelledError, TimeoutError, GeneratorExit):
+            except (asyncio.CancelledError, GeneratorExit):
                 raise
             except (RedisError, OSError) as exc:
                 from broadcaster.hub import get_hub  # (the hub imports the layer's users)

@@ -40,7 +40,7 @@ class RedisLink:
             return
         self.down_since = time.monotonic()
         logger.warning("Lost Redis (%s: %s); broadcasts to this process's receivers are delayed "
-                       "until it is back", what, exc or type(exc).__name__)  # fmt: skip
+                       "until it is back", what, str(exc) or type(exc).__name__)  # fmt: skip
         if self.on_change is not None:
             self.on_change(False)
 

@@ -24,7 +24,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
@@ -34,6 +34,8 @@ from broadcaster import embedded_redis, metrics
 # Seconds to wait for a connection to Redis, and for an answer, before calling it unreachable.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
+# ... and for a Sentinel's answer (where the master is), before asking the next Sentinel.
+SENTINEL_TIMEOUT = 0.5
 # Connections one event loop's pool opens at most, and how long a command waits for one.
 POOL_SIZE = 50
 POOL_TIMEOUT = 5.0
@@ -153,9 +155,12 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str] | None:
     return addresses, master
 
 
-def _sentinel_kwargs(sentinel_password: str) -> dict[str, Any]:
-    """How the project talks to the Sentinels themselves: the same timeouts, their own password."""
-    return {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT,
+def _sentinel_kwargs(sentinel_password: str, *, asyncio_client: bool = True) -> dict[str, Any]:
+    """How the project talks to the Sentinels themselves: short timeouts, no retries (redis-py
+    asks the next Sentinel instead; its default of 10 retries per Sentinel made one command
+    wait 45 s with three Sentinels down), their own password."""
+    retry = (AsyncRetry if asyncio_client else Retry)(NoBackoff(), 0)
+    return {"socket_connect_timeout": SENTINEL_TIMEOUT, "socket_timeout": SENTINEL_TIMEOUT, "retry": retry,
             **({"password": sentinel_password} if sentinel_password else {})}  # fmt: skip
 
 
@@ -206,9 +211,8 @@ def sync_client(url: str) -> redis.Redis:
     if sentinel is not None:
         addresses, master = sentinel
         kwargs |= _password_kwargs("", password)
-        manager = redis.sentinel.Sentinel(
-            addresses, sentinel_kwargs=_sentinel_kwargs(sentinel_password), **kwargs
-        )
+        sentinel_kwargs = _sentinel_kwargs(sentinel_password, asyncio_client=False)
+        manager = redis.sentinel.Sentinel(addresses, sentinel_kwargs=sentinel_kwargs, **kwargs)
         return manager.master_for(master, connection_pool_class=_SyncSentinelBlockingPool,
                                   max_connections=POOL_SIZE, timeout=POOL_TIMEOUT)  # fmt: skip
     return redis.Redis.from_url(url, **kwargs, **_password_kwargs(url, password))

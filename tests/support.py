@@ -568,11 +568,21 @@ class SentinelGroup:
     sentinel_ports: list[int] = field(default_factory=list)
 
     def start(self) -> SentinelGroup:
-        master = RedisServer(self.binary, free_port(), self.workdir)
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SentinelGroup:
+        (self.workdir / "master").mkdir()
+        (self.workdir / "replica").mkdir()
+        master = RedisServer(self.binary, free_port(), self.workdir / "master")
+        self.servers["master"] = master
         master.start()
-        replica = RedisServer(self.binary, free_port(), self.workdir)
+        replica = RedisServer(self.binary, free_port(), self.workdir / "replica")
+        self.servers["replica"] = replica
         replica.start(extra=["--replicaof", "127.0.0.1", str(master.port)])
-        self.servers = {"master": master, "replica": replica}
         wait_until(lambda: self._role(replica.port) == b"slave" and self._link_up(replica.port), timeout=20,
                    what="the replica in sync")  # fmt: skip
         for i in range(3):

@@ -185,3 +185,22 @@ async def test_numbering_continues_after_what_was_delivered_when_history_goes_ba
         await client.wait_for(lambda c: c.messages()[-1:] == ["m4"], timeout=10, what="m4")
     finally:
         await client.close()
+
+
+def test_sentinels_and_master_gone_is_a_quick_503(sentinel_group, tmp_path):
+    """With every Sentinel and the master gone, /health/ says 503 within seconds (Sentinels are
+    asked once each, not retried ten times each), without naming them."""
+    env = base_env("", tmp_path / "var", **sentinel_group.env)
+    del env["REDIS_URL"]
+    server = Daphne(env=env, log=tmp_path / "daphne.log").start()
+    try:
+        assert server.health()[0] == 200
+        sentinel_group.stop()
+        started = time.monotonic()
+        status, body = server.health()
+        took = time.monotonic() - started
+        print(f"/health/ answered {status} after {took:.1f} s")
+        assert status == 503 and body["redis"] == "unreachable" and took < 10
+        assert "127.0.0.1" not in json.dumps(body)
+    finally:
+        server.stop()
