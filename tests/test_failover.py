@@ -166,6 +166,8 @@ async def test_numbering_continues_after_what_was_delivered_when_history_goes_ba
     server = daphne()
     client = await Client(server.ws).connect()
     try:
+        # Joined (its first count): broadcasts from now on reach it.
+        await client.wait_for(lambda c: c.last_count() == 1, timeout=10, what="joined")
         for text in ("m1", "m2", "m3"):
             await publish(text=text, sender="test")
         await client.wait_for(lambda c: c.messages()[-3:] == ["m1", "m2", "m3"], timeout=10, what="m1-m3")
