@@ -157,7 +157,12 @@ async def test_two_workers_share_the_load_and_one_drains_without_loss(serve):
             f"1012 closes: {len(restart_closes)} over {span:.1f} s; peak per 100 ms {max(buckets.values())} "
             f"(even: {fair:.1f}); peak reconnects per 100 ms at the other worker {max(reconnects.values())}"
         )
-        assert span >= 0.8 * DRAIN_SECONDS and max(buckets.values()) <= 3 * math.ceil(fair), (span, buckets)
+        # Spread, not at once: closes span the drain time, and no 100 ms holds more than 3x the
+        # even share, or 15% of them all (timestamps are taken by 1,000 clients in this one
+        # process on a shared 2-core machine: one stall of a few hundred ms bunches a few
+        # batches; all at once would be 100%).
+        peak_allowed = max(3 * math.ceil(fair), 0.15 * len(restart_closes))
+        assert span >= 0.8 * DRAIN_SECONDS and max(buckets.values()) <= peak_allowed, (span, buckets)
         assert other.is_running()
         assert "Drained" in serve.log()
         # The drained worker's connections left the gauges with it; every delivery counted.
