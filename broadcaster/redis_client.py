@@ -12,7 +12,9 @@ Settings are read at call time, so tests and commands can point at another Redis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -79,44 +81,37 @@ def display_url() -> str:
 _retry_depth: ContextVar[int] = ContextVar("redis_retry_depth", default=0)
 
 
-def _count_failure(exc: BaseException) -> None:
-    # A script not yet cached (NOSCRIPT, which redis-py answers by sending the script) is routine.
-    if (
-        _retry_depth.get() == 1
-        and isinstance(exc, RedisError | OSError)
-        and not isinstance(exc, NoScriptError)
-    ):
-        metrics.REDIS_ERRORS.inc()
+@contextlib.contextmanager
+def _failures_counted() -> Iterator[None]:
+    """Around one retry loop: a failure that escapes the outermost one counts once
+    (`broadcaster_redis_errors_total`). A script not yet cached (NOSCRIPT, which redis-py
+    answers by sending the script) is routine."""
+    token = _retry_depth.set(_retry_depth.get() + 1)
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        if _retry_depth.get() == 1 and not isinstance(exc, NoScriptError):
+            metrics.REDIS_ERRORS.inc()
+        raise
+    finally:
+        _retry_depth.reset(token)
 
 
 class _CountingRetry(AsyncRetry):
-    """The asyncio retry policy, counting each operation that fails after its retries
-    (`broadcaster_redis_errors_total`): every command of every client built here runs
-    through it, the channel layer's included."""
+    """The asyncio retry policy, counting each operation that fails after its retries: every
+    command of every client built here runs through it, the channel layer's included."""
 
     async def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
-        token = _retry_depth.set(_retry_depth.get() + 1)
-        try:
+        with _failures_counted():
             return await super().call_with_retry(*args, **kwargs)
-        except BaseException as exc:
-            _count_failure(exc)
-            raise
-        finally:
-            _retry_depth.reset(token)
 
 
 class _CountingSyncRetry(Retry):
     """The same, for synchronous clients."""
 
     def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
-        token = _retry_depth.set(_retry_depth.get() + 1)
-        try:
+        with _failures_counted():
             return super().call_with_retry(*args, **kwargs)
-        except BaseException as exc:
-            _count_failure(exc)
-            raise
-        finally:
-            _retry_depth.reset(token)
 
 
 def _backoff() -> ExponentialWithJitterBackoff:
