@@ -118,10 +118,9 @@ def _limited_request_class() -> type | None:
         def _refuse_size(self, size: str) -> None:
             self._refuse(413, "Content Too Large", f"The body is over {self.limit} bytes.")
             if _refusals.due():
-                skipped = _refusals.take_skipped()
-                more = f" ({skipped} more since the last such line)" if skipped else ""
-                logger.warning("Refused a request body of %s to %s from %s (limit %s bytes)%s", size,
-                               _route(self).decode("latin-1"), _peer(self), self.limit, more)  # fmt: skip
+                route = _route(self).decode("latin-1")
+                logger.warning("Refused a request body of %s to %s from %s (limit %s bytes)%s", size, route,
+                               _peer(self), self.limit, _refusals.more())  # fmt: skip
 
         def _refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
                     ) -> None:  # fmt: skip

@@ -381,9 +381,8 @@ def _refused_for_redis(peer: str, exc: BaseException) -> None:
     every 10 s: during an outage every reconnecting client is refused."""
     get_hub().redis.failed(exc, what="receiver handshake")
     if _redis_refusals.due():
-        skipped = _redis_refusals.take_skipped()
         logger.warning("Refusing receiver %s with 4503: Redis unreachable: %s%s", peer, exc,
-                       f" ({skipped} more refused since the last such line)" if skipped else "")  # fmt: skip
+                       _redis_refusals.more("more refused"))  # fmt: skip
 
 
 def _size(entries: list[Entry]) -> int:

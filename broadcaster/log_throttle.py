@@ -22,7 +22,8 @@ class Throttle:
         self._logged_at = now
         return True
 
-    def take_skipped(self) -> int:
-        """How many were skipped since the last line, and start counting again."""
+    def more(self, what: str = "more") -> str:
+        """The line's ending: how many were skipped since the last line (or nothing), and
+        start counting again."""
         skipped, self.skipped = self.skipped, 0
-        return skipped
+        return f" ({skipped} {what} since the last such line)" if skipped else ""
