@@ -36,6 +36,13 @@ def error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
+def bearer(request: HttpRequest) -> str | None:
+    """The secret of an `Authorization: Bearer <secret>` header (stripped; may be empty), or
+    None without one."""
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else None
+
+
 def _client_network(address: str) -> str:
     """What failed token checks are counted under: the client's IPv4 address, or its IPv6 /64
     (one host usually has a whole /64 to pick addresses from)."""
@@ -51,9 +58,8 @@ def _client_network(address: str) -> str:
 async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
     """The request's active token, or the error to answer. Failed checks are counted per
     client address: past BROADCAST_API_FAILED_AUTH_LIMIT in a window, 429 before any lookup."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = bearer(request)
+    if not secret:
         return error(401, ASK_FOR_BEARER, **{"WWW-Authenticate": "Bearer"})
     redis = redis_client.shared_client()
     failures = ratelimit.failures_key(_client_network(request.META.get("REMOTE_ADDR") or ""))
@@ -64,7 +70,7 @@ async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
         verdict = None  # Redis is down: publish() reports it; tokens are still checked.
     if verdict is not None and not verdict.allowed:
         return error(429, TOO_MANY_FAILURES, **{"Retry-After": str(verdict.retry_after)})
-    token = await PublishToken.objects.filter(secret_hash=hash_secret(secret.strip())).afirst()
+    token = await PublishToken.objects.filter(secret_hash=hash_secret(secret)).afirst()
     if token is not None and token.revoked is None:
         return token
     try:

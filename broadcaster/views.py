@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from broadcaster import metrics, redis_client
+from broadcaster.api import bearer
 from broadcaster.drain import drain
 from broadcaster.presence import group_presence
 
@@ -68,9 +69,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 def _may_scrape(request: HttpRequest) -> bool:
     token: str = settings.BROADCAST_METRICS_TOKEN
-    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-    if token and scheme.lower() == "bearer":
-        return hmac.compare_digest(secret.strip().encode(), token.encode())
+    secret = bearer(request)
+    if token and secret is not None:
+        return hmac.compare_digest(secret.encode(), token.encode())
     if any(name in request.headers for name in FORWARDED_HEADERS):
         return False
     try:
