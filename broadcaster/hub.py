@@ -99,7 +99,6 @@ class Hub:
         self._fresh.add(receiver)
         if not self.redis.up:
             self._tell_delayed([receiver])
-        metrics.set_connections(len(self.receivers))
         self._changed()
 
     def discard(self, receiver: Receiver) -> None:
@@ -110,7 +109,6 @@ class Hub:
         self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
         self._told_delayed.discard(receiver)
-        metrics.set_connections(len(self.receivers))
         self._changed()
 
     async def withdraw_for_drain(self) -> None:
@@ -324,7 +322,10 @@ class Hub:
         last_report = float("-inf")
         try:
             while True:
-                metrics.flush()  # deliveries of catch-ups, which no fan-out flushes
+                # Once per interval, not per connect: deliveries of catch-ups (which no fan-out
+                # flushes) and the connections gauge.
+                metrics.flush()
+                metrics.set_connections(len(self.receivers))
                 try:
                     if self._dirty.is_set() or loop.time() - last_report >= ttl / 3:
                         self._dirty.clear()
@@ -360,6 +361,7 @@ class Hub:
         except RedisError as exc:
             logger.warning("Could not withdraw from presence: %s", exc)
         finally:
+            metrics.set_connections(len(self.receivers))
             atexit.unregister(self._withdraw_at_exit)
 
     def _push_count(self, total: int) -> None:
