@@ -132,7 +132,7 @@ class FanoutLoopLayer(RedisPubSubLoopLayer):
 
 class _FanoutShard(RedisSingleShardConnection):
     async def _do_receiving(self) -> None:
-        """As channels_redis 4.3's, but a lost Redis is reported to `outage.link` (one WARNING
+        """As channels_redis 4.3's, but a lost Redis is reported to the hub (`hub.redis`, one WARNING
         for the whole outage) instead of a traceback every second."""
         while True:
             try:

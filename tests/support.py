@@ -103,6 +103,17 @@ def base_env(redis_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def redis_answers(url: str) -> bool:
+    """Whether the Redis at `url` answers a PING within half a second."""
+    client = redis.Redis.from_url(url, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 @dataclass
 class RedisServer:
     """A real redis-server on a loopback port, started and stopped by the tests."""
@@ -123,15 +134,7 @@ class RedisServer:
         wait_until(self.answers, timeout=10, what=f"redis-server on port {self.port}")
 
     def answers(self) -> bool:
-        import redis
-
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return redis_answers(self.url)
 
     def stop(self) -> None:
         if self.proc is not None:

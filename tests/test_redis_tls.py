@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Client, free_port, manage, self_signed_certificate, wait_until
+from tests.support import Client, free_port, manage, redis_answers, self_signed_certificate, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,18 +32,7 @@ def tls_redis(tmp_path: Path):
     try:
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
 
-        def answers() -> bool:
-            import redis
-
-            client = redis.Redis.from_url(url, socket_timeout=0.5)
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-            finally:
-                client.close()
-
-        wait_until(answers, timeout=10, what="redis-server with TLS")
+        wait_until(lambda: redis_answers(url), timeout=10, what="redis-server with TLS")
         yield url
     finally:
         proc.kill()
