@@ -13,13 +13,15 @@ from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.urls import reverse
 
 from broadcaster import views
 
+# URL names (urls.py) of the probes, and their views.
 PROBES: dict[str, Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]] = {
-    "/health/": views.health,
-    "/health/ready/": views.ready,
-    "/metrics": views.metrics_view,
+    "health": views.health,
+    "ready": views.ready,
+    "metrics": views.metrics_view,
 }
 
 
@@ -31,10 +33,12 @@ class ProbeMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
         self.get_response = get_response
+        # Their paths, as urls.py has them.
+        self.probes = {reverse(name): view for name, view in PROBES.items()}
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
-        view = PROBES.get(request.path_info)
+        view = self.probes.get(request.path_info)
         if view is None:
             return await self.get_response(request)
         if request.method not in ("GET", "HEAD"):
