@@ -11,21 +11,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broadcast_site.settings")
 django_asgi_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from broadcaster import startup  # noqa: E402
-from broadcaster.origin import allowed_hosts_origin_check  # noqa: E402
-from broadcaster.routing import Router  # noqa: E402
+from broadcaster.asgi import with_broadcasts  # noqa: E402
 
-startup.prepare_server()
-
-# Receivers need no user, so the WebSocket side has no auth middleware (and no thread hop
-# on connect). See broadcaster/routing.py for why this is not Channels' router stack.
-# Static files (the admin's CSS and JS) are served by Django's own ASGI static handler, for
-# /static/ paths only, with or without DJANGO_DEBUG: the operator page is never unstyled. A
-# proxy or CDN in front may serve STATIC_ROOT (`collectstatic`) instead.
-application = Router(
-    http=django_asgi_app,
-    origins=allowed_hosts_origin_check(),
-    static=("/" + settings.STATIC_URL.lstrip("/"), ASGIStaticFilesHandler(django_asgi_app)),
-)
+# Every app's static files (the admin's CSS and JS too), with or without DJANGO_DEBUG: the
+# operator page is never unstyled. A proxy or CDN in front may serve STATIC_ROOT
+# (`collectstatic`) instead.
+application = with_broadcasts(django_asgi_app, static_prefix="/" + settings.STATIC_URL.lstrip("/"))

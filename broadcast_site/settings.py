@@ -13,6 +13,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from broadcast_site import env
+from broadcaster.conf import DEFAULTS
 from broadcaster.protocol import MAX_MESSAGE_LENGTH
 from broadcaster.redis_client import layer_hosts, sentinel_url
 
@@ -164,44 +165,66 @@ CHANNEL_LAYERS = {
 # --- Broadcast behaviour ---------------------------------------------------------------
 # The longest message, in characters, that any sending path accepts.
 # At most 150,000, so that one message always fits in one WebSocket message (protocol.py).
-BROADCAST_MAX_LENGTH = env.get_int("BROADCAST_MAX_LENGTH", 4096, minimum=1, maximum=MAX_MESSAGE_LENGTH)
+BROADCAST_MAX_LENGTH = env.get_int(
+    "BROADCAST_MAX_LENGTH", DEFAULTS["BROADCAST_MAX_LENGTH"], minimum=1, maximum=MAX_MESSAGE_LENGTH
+)
 # A server process that stops refreshing its presence entry for this long is presumed
 # dead and its connections stop counting.
-BROADCAST_PRESENCE_TTL = env.get_float("BROADCAST_PRESENCE_TTL", 30.0, minimum=3.0)
+BROADCAST_PRESENCE_TTL = env.get_float(
+    "BROADCAST_PRESENCE_TTL", DEFAULTS["BROADCAST_PRESENCE_TTL"], minimum=3.0
+)
 # How often, at most, a listener is told that the client count changed.
-BROADCAST_COUNT_INTERVAL = env.get_float("BROADCAST_COUNT_INTERVAL", 1.0, minimum=0.05)
+BROADCAST_COUNT_INTERVAL = env.get_float(
+    "BROADCAST_COUNT_INTERVAL", DEFAULTS["BROADCAST_COUNT_INTERVAL"], minimum=0.05
+)
 
 # Broadcasts kept for clients that reconnect (`?since=`): the newest COUNT, none older than
 # AGE seconds. A client that connects without `since` is sent the newest message if it is
 # younger than LATEST_AGE seconds (the current announcement).
-BROADCAST_HISTORY_COUNT = env.get_int("BROADCAST_HISTORY_COUNT", 1000, minimum=1)
-BROADCAST_HISTORY_AGE = env.get_float("BROADCAST_HISTORY_AGE", 86400.0, minimum=1.0)
-BROADCAST_LATEST_AGE = env.get_float("BROADCAST_LATEST_AGE", 3600.0, minimum=0.0)
+BROADCAST_HISTORY_COUNT = env.get_int(
+    "BROADCAST_HISTORY_COUNT", DEFAULTS["BROADCAST_HISTORY_COUNT"], minimum=1
+)
+BROADCAST_HISTORY_AGE = env.get_float("BROADCAST_HISTORY_AGE", DEFAULTS["BROADCAST_HISTORY_AGE"], minimum=1.0)
+BROADCAST_LATEST_AGE = env.get_float("BROADCAST_LATEST_AGE", DEFAULTS["BROADCAST_LATEST_AGE"], minimum=0.0)
 # A receiver for which the server holds more unsent output than this (it stopped reading)
 # is closed with SLOW_CONSUMER (4408) instead of growing the server's memory.
-BROADCAST_MAX_UNSENT_BYTES = env.get_int("BROADCAST_MAX_UNSENT_BYTES", 1_048_576, minimum=1024)
+BROADCAST_MAX_UNSENT_BYTES = env.get_int(
+    "BROADCAST_MAX_UNSENT_BYTES", DEFAULTS["BROADCAST_MAX_UNSENT_BYTES"], minimum=1024
+)
 # Receivers one server process takes; past it new ones are refused with 1013 (try again
 # later). 0: the open-file limit less 128 (broadcaster/admission.py).
-BROADCAST_MAX_CONNECTIONS = env.get_int("BROADCAST_MAX_CONNECTIONS", 0, minimum=0)
+BROADCAST_MAX_CONNECTIONS = env.get_int(
+    "BROADCAST_MAX_CONNECTIONS", DEFAULTS["BROADCAST_MAX_CONNECTIONS"], minimum=0
+)
 # On SIGTERM a server process closes its receivers (1012) spread over this many seconds, then
 # exits (broadcaster/drain.py).
-BROADCAST_DRAIN_SECONDS = env.get_float("BROADCAST_DRAIN_SECONDS", 10.0, minimum=0.0)
+BROADCAST_DRAIN_SECONDS = env.get_float(
+    "BROADCAST_DRAIN_SECONDS", DEFAULTS["BROADCAST_DRAIN_SECONDS"], minimum=0.0
+)
 # A broadcast is acknowledged ("Sent", 201) only once this many Redis replicas have it (or all
 # connected ones, if fewer are; Redis WAIT, up to 1 s): a failover then cannot lose an
 # acknowledged broadcast. 0: acknowledged once the master has it.
-BROADCAST_MIN_REPLICAS = env.get_int("BROADCAST_MIN_REPLICAS", 0, minimum=0)
+BROADCAST_MIN_REPLICAS = env.get_int("BROADCAST_MIN_REPLICAS", DEFAULTS["BROADCAST_MIN_REPLICAS"], minimum=0)
 # GET /metrics: open to loopback and private addresses that no proxy forwarded; from anywhere
 # else only with "Authorization: Bearer <this>" (empty: no token is accepted).
-BROADCAST_METRICS_TOKEN = env.get_str("BROADCAST_METRICS_TOKEN", "")
+BROADCAST_METRICS_TOKEN = env.get_str("BROADCAST_METRICS_TOKEN", DEFAULTS["BROADCAST_METRICS_TOKEN"])
 
 # The publish API allows each token this many broadcasts per window of WINDOW seconds.
-BROADCAST_API_RATE_LIMIT = env.get_int("BROADCAST_API_RATE_LIMIT", 30, minimum=1)
-BROADCAST_API_RATE_WINDOW = env.get_int("BROADCAST_API_RATE_WINDOW", 60, minimum=1)
+BROADCAST_API_RATE_LIMIT = env.get_int(
+    "BROADCAST_API_RATE_LIMIT", DEFAULTS["BROADCAST_API_RATE_LIMIT"], minimum=1
+)
+BROADCAST_API_RATE_WINDOW = env.get_int(
+    "BROADCAST_API_RATE_WINDOW", DEFAULTS["BROADCAST_API_RATE_WINDOW"], minimum=1
+)
 # Failed token checks allowed per client address per window, before 429.
-BROADCAST_API_FAILED_AUTH_LIMIT = env.get_int("BROADCAST_API_FAILED_AUTH_LIMIT", 10, minimum=1)
+BROADCAST_API_FAILED_AUTH_LIMIT = env.get_int(
+    "BROADCAST_API_FAILED_AUTH_LIMIT", DEFAULTS["BROADCAST_API_FAILED_AUTH_LIMIT"], minimum=1
+)
 
 # The operator page asks "Send to N clients?" before a broadcast that would reach more than this.
-BROADCAST_CONFIRM_ABOVE = env.get_int("BROADCAST_CONFIRM_ABOVE", 100, minimum=0)
+BROADCAST_CONFIRM_ABOVE = env.get_int(
+    "BROADCAST_CONFIRM_ABOVE", DEFAULTS["BROADCAST_CONFIRM_ABOVE"], minimum=0
+)
 
 LOGGING = {
     "version": 1,

@@ -6,7 +6,11 @@ from django.apps import AppConfig
 class BroadcasterConfig(AppConfig):
     name = "broadcaster"
     verbose_name = "Broadcaster"
+    default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Called once Django's apps are loaded: registers the project's system checks."""
-        from broadcaster import checks  # noqa: F401
+        """Called once Django's apps are loaded: fills in the app's default settings and
+        registers its system checks."""
+        from broadcaster import checks, conf  # noqa: F401
+
+        conf.apply_defaults()

@@ -1,22 +1,103 @@
-"""System checks (`manage.py check`, run by runserver and migrate) for settings that work but
-would surprise in production."""
+"""System checks (`manage.py check`, run by runserver and migrate): what a project embedding the
+app forgot, and settings that work but would surprise in production."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Warning, register
+from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
+
+DOCS = "docs/EMBEDDING.md"
 
 
 @register("broadcaster")
-def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """runserver must be daphne's (or this app's): Django's own serves no WebSockets."""
+    apps = list(settings.INSTALLED_APPS)
+    if "daphne" not in apps:
+        return [
+            Error(
+                "'daphne' is not in INSTALLED_APPS.",
+                hint=f'Add "daphne" first in INSTALLED_APPS ({DOCS}).',
+                id="broadcaster.E001",
+            )
+        ]
+    staticfiles = "django.contrib.staticfiles"
+    if staticfiles in apps and apps.index("daphne") > apps.index(staticfiles):
+        return [
+            Error(
+                f"'daphne' comes after '{staticfiles}' in INSTALLED_APPS: runserver would be "
+                "Django's own, which serves no WebSockets.",
+                hint='Move "daphne" to the top of INSTALLED_APPS.',
+                id="broadcaster.E002",
+            )
+        ]
+    return []
+
+
+@register("broadcaster")
+def check_asgi_application(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    """ASGI_APPLICATION names an application built with `broadcaster.asgi.with_broadcasts`.
+
+    The module is not imported here (building the application prepares a server): when it is
+    already loaded the application itself is checked, else its source is read.
+    """
+    from broadcaster.routing import Router
+
+    target: str = getattr(settings, "ASGI_APPLICATION", "") or ""
+    if not target:
+        return [
+            Error(
+                "ASGI_APPLICATION is not set.",
+                hint=f'Set ASGI_APPLICATION = "<project>.asgi.application" ({DOCS}).',
+                id="broadcaster.E003",
+            )
+        ]
+    module_name, _, attribute = target.rpartition(".")
+    module = sys.modules.get(module_name)
+    if module is not None:
+        wrapped = isinstance(getattr(module, attribute, None), Router)
+    else:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None else None
+        if origin is None or not origin.endswith(".py"):
+            return []  # Django and daphne report an application they cannot import
+        with open(origin, encoding="utf-8") as source:
+            wrapped = "with_broadcasts" in source.read()
+    if wrapped:
+        return []
+    return [
+        Warning(
+            f"{target} does not serve receivers: it is not built with broadcaster.asgi.with_broadcasts.",
+            hint="In asgi.py: application = with_broadcasts(get_asgi_application()) "
+            f"(from broadcaster.asgi import with_broadcasts; {DOCS}).",
+            id="broadcaster.W003",
+        )
+    ]
+
+
+@register("broadcaster")
+def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
     """The fan-out fast path needs the project's channel layer (or a subclass of it)."""
     from broadcaster.layer import FanoutChannelLayer
 
     fanout = f"{FanoutChannelLayer.__module__}.{FanoutChannelLayer.__qualname__}"
-    backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    backend = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND", "")
+    if not backend:
+        return [
+            Error(
+                "CHANNEL_LAYERS has no default layer: broadcasts cannot reach receivers.",
+                hint=f'Set CHANNEL_LAYERS["default"]["BACKEND"] = "{fanout}" with your Redis ({DOCS}).',
+                id="broadcaster.E004",
+            )
+        ]
     try:
         layer_class = import_string(backend)
     except ImportError:

@@ -31,6 +31,8 @@ from channels_redis.pubsub import (
 from channels_redis.utils import _wrap_close, decode_hosts
 from redis.exceptions import RedisError
 
+from broadcaster.redis_client import layer_hosts, passwords
+
 logger = logging.getLogger(__name__)
 
 
@@ -79,7 +81,17 @@ def fast_path_problem() -> str | None:
 
 
 class FanoutChannelLayer(RedisPubSubChannelLayer):
-    """`channels_redis.pubsub.RedisPubSubChannelLayer` with per-process fan-out."""
+    """`channels_redis.pubsub.RedisPubSubChannelLayer` with per-process fan-out.
+
+    A host given as a plain URL (`"hosts": ["redis://..."]`, as a project embedding the app
+    writes it) gets the project's Redis configuration: the same timeouts and retry policy as
+    every other Redis client here (broadcaster/redis_client.py).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("hosts"):
+            kwargs["hosts"] = [_configured(host) for host in kwargs["hosts"]]
+        super().__init__(*args, **kwargs)
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         if fast_path_problem() is not None:
@@ -93,6 +105,14 @@ class FanoutChannelLayer(RedisPubSubChannelLayer):
             self._layers[loop] = layer
             _wrap_close(self, loop)
         return layer
+
+
+def _configured(host: Any) -> Any:
+    """A layer host as `redis_client.layer_hosts` builds it, for a host given as a URL."""
+    if not isinstance(host, str):
+        return host
+    password, sentinel_password = passwords()
+    return layer_hosts(host, password=password, sentinel_password=sentinel_password)[0]
 
 
 class FanoutLoopLayer(RedisPubSubLoopLayer):

@@ -90,7 +90,7 @@ async def _sent_already(send_id: str) -> bool:
 
 def _told_sent_already(request: HttpRequest) -> HttpResponse:
     messages.info(request, "That form was sent already; it was not sent again.")
-    return HttpResponseRedirect(reverse("operator"), status=303)
+    return HttpResponseRedirect(reverse("broadcaster:operator"), status=303)
 
 
 async def _first_send(send_id: str) -> bool:
@@ -163,7 +163,7 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         return await _page(request, can_send=True, text=text, error=str(exc), status=503)
     noun = "client" if sent.clients == 1 else "clients"
     messages.success(request, f"Sent to {sent.clients} {noun} (broadcast #{sent.seq}).")
-    return HttpResponseRedirect(reverse("operator"), status=303)
+    return HttpResponseRedirect(reverse("broadcaster:operator"), status=303)
 
 
 async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: str = "",

@@ -34,7 +34,7 @@ class ProbeMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
         self.get_response = get_response
         # Their paths, as urls.py has them.
-        self.probes = {reverse(name): view for name, view in PROBES.items()}
+        self.probes = {reverse(f"broadcaster:{name}"): view for name, view in PROBES.items()}
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:

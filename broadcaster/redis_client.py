@@ -159,7 +159,7 @@ def _sentinel_kwargs(sentinel_password: str, *, asyncio_client: bool = True) -> 
             **({"password": sentinel_password} if sentinel_password else {})}  # fmt: skip
 
 
-def _passwords() -> tuple[str, str]:
+def passwords() -> tuple[str, str]:
     """(data password, Sentinel password): settings REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD."""
     return getattr(settings, "REDIS_PASSWORD", ""), getattr(settings, "REDIS_SENTINEL_PASSWORD", "")
 
@@ -181,7 +181,7 @@ class _SyncSentinelBlockingPool(redis.sentinel.SentinelConnectionPool, redis.Blo
 def new_client(url: str | None = None) -> aioredis.Redis:
     """A client with its own blocking pool; the caller closes it (`await client.aclose()`)."""
     url = url or redis_url()
-    password, sentinel_password = _passwords()
+    password, sentinel_password = passwords()
     sentinel = parse_sentinel_url(url)
     if sentinel is not None:
         addresses, master = sentinel
@@ -200,7 +200,7 @@ def new_client(url: str | None = None) -> aioredis.Redis:
 
 def sync_client(url: str) -> redis.Redis:
     """A synchronous client (code without an event loop), configured the same way."""
-    password, sentinel_password = _passwords()
+    password, sentinel_password = passwords()
     sentinel = parse_sentinel_url(url)
     kwargs = connection_kwargs(asyncio_client=False)
     if sentinel is not None:

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from broadcaster import metrics, redis_client
+from broadcaster import metrics, protocol, redis_client
 from broadcaster.api import bearer
 from broadcaster.drain import drain
 from broadcaster.presence import group_presence
@@ -20,7 +20,7 @@ from broadcaster.presence import group_presence
 
 def receiver_page(request: HttpRequest) -> HttpResponse:
     """The web client: shows each broadcast, the connection state and the live count."""
-    return render(request, "broadcaster/receiver.html")
+    return render(request, "broadcaster/receiver.html", {"receiver_path": protocol.RECEIVER_PATH})
 
 
 async def health(request: HttpRequest) -> JsonResponse:

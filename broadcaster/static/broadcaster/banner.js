@@ -1,0 +1,62 @@
+// The announcement banner ({% broadcast_banner %}): the current announcement and each new one,
+// on any page. It lives in a shadow root with its own stylesheet, so the host page's styles do
+// not reach it and its styles do not reach the page. Text is inserted with textContent only.
+(function () {
+  "use strict";
+  var DISMISSED_KEY = "broadcaster.dismissed";
+
+  function start(host) {
+    var root = host.attachShadow({ mode: "open" });
+    var style = document.createElement("link");
+    style.rel = "stylesheet";
+    style.href = host.dataset.stylesheet;
+    var box = document.createElement("div");
+    box.className = "banner";
+    box.setAttribute("role", "status");
+    box.setAttribute("aria-live", "polite");
+    box.setAttribute("aria-label", "Announcement");
+    var text = document.createElement("p");
+    text.className = "text";
+    var time = document.createElement("time");
+    time.className = "time";
+    var dismiss = document.createElement("button");
+    dismiss.type = "button";
+    dismiss.className = "dismiss";
+    dismiss.setAttribute("aria-label", "Dismiss announcement");
+    dismiss.textContent = "\u00d7";
+    box.appendChild(text);
+    box.appendChild(time);
+    box.appendChild(dismiss);
+    root.appendChild(style);
+    root.appendChild(box);
+    var shownId = null;
+
+    function hide() {
+      host.hidden = true;
+      try { sessionStorage.setItem(DISMISSED_KEY, shownId || ""); } catch (e) { /* storage off */ }
+    }
+
+    function show(frame) {
+      var dismissed = null;
+      try { dismissed = sessionStorage.getItem(DISMISSED_KEY); } catch (e) { /* storage off */ }
+      shownId = frame.id || null;
+      text.textContent = frame.text;
+      time.dateTime = frame.time || "";
+      time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
+      host.dataset.id = frame.id || "";
+      // One the person dismissed stays dismissed across page loads of this tab.
+      host.hidden = Boolean(frame.id) && frame.id === dismissed;
+    }
+
+    dismiss.addEventListener("click", hide);
+    box.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") hide();
+    });
+    new window.BroadcastConnection(host.dataset.receiverPath, { message: show }).connect();
+  }
+
+  var hosts = document.querySelectorAll(".broadcast-banner[data-receiver-path]");
+  for (var i = 0; i < hosts.length; i++) {
+    if (!hosts[i].shadowRoot) start(hosts[i]);
+  }
+})();

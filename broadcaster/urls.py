@@ -1,0 +1,23 @@
+"""HTTP routes of the app, for `path("<prefix>/", include("broadcaster.urls"))`.
+
+Names are namespaced: `reverse("broadcaster:operator")`. The receiver WebSocket is not here:
+`broadcaster.asgi.with_broadcasts` serves it at /ws/broadcast/.
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from broadcaster import api, operator_page, views
+
+app_name = "broadcaster"
+
+urlpatterns = [
+    path("", views.receiver_page, name="receiver"),
+    path("health/", views.health, name="health"),
+    path("health/ready/", views.ready, name="ready"),
+    path("metrics", views.metrics_view, name="metrics"),
+    path("api/broadcasts/", api.broadcasts, name="api-broadcasts"),
+    path("operator/", operator_page.operator_page, name="operator"),
+    path("operator/status/", operator_page.operator_status, name="operator-status"),
+]

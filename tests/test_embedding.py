@@ -1,0 +1,243 @@
+"""The app in someone else's project: docs/EMBEDDING.md applied to a fresh `startproject`.
+
+The blocks of docs/EMBEDDING.md marked `<!-- embed: ... -->` are applied as written, to a project
+created outside this repository, with this checkout installed by pip (not imported from the
+checkout): templates, static files and migrations must come from the installed package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.browser
+
+EMBED = re.compile(r"<!-- embed: (append|replace|write) (\S+) -->\n```\w*\n(.*?)```", re.S)
+
+
+def recipe() -> list[tuple[str, str, str]]:
+    """(action, file, text) of each `embed:` block of docs/EMBEDDING.md, in order."""
+    blocks = EMBED.findall((ROOT / "docs" / "EMBEDDING.md").read_text())
+    assert len(blocks) >= 5, "docs/EMBEDDING.md lost its embed: blocks"
+    return blocks
+
+
+@dataclass
+class Host:
+    """A fresh Django project with the app installed as the docs say."""
+
+    root: Path
+    env: dict[str, str]
+
+    def manage(self, *args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=self.root,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture
+def host(tmp_path: Path, redis_url: str) -> Host:
+    site_packages = tmp_path / "site-packages"
+    # Built from this checkout like any pip install; dependencies are the suite's own (pinned).
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site_packages),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    root = tmp_path / "host"
+    root.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "BROADCAST_", "REDIS_", "DATABASE_"))
+    }
+    env.update(PYTHONPATH=str(site_packages), REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "hostsite", str(root)],
+        env=env,
+        check=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    package = root / "hostsite"
+    for action, name, text in recipe():
+        target = root / name if name.startswith("templates/") else package / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if action == "append":
+            target.write_text(target.read_text() + "\n" + text)
+        else:
+            target.write_text(text)
+    # The host's own page, beside the ones the docs add.
+    (package / "urls.py").write_text(
+        (package / "urls.py").read_text()
+        + (
+            "\nfrom django.http import HttpResponse\n\n"
+            "urlpatterns += [path('hello/', lambda request: HttpResponse('Hello from the host'))]\n"
+        )
+    )
+    made = Host(root=root, env=env)
+    where = made.manage("shell", "-c", "import broadcaster; print(broadcaster.__file__)")
+    assert where.stdout.strip().splitlines()[-1].startswith(str(site_packages)), where
+    return made
+
+
+class HostServer:
+    """daphne serving the host project on a loopback port (stopped and started again by tests)."""
+
+    def __init__(self, host: Host, log: Path) -> None:
+        self.host, self.log, self.port = host, log, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "hostsite.asgi:application",
+                ],
+                cwd=self.host.root,
+                env=self.host.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._up, timeout=30, what="the host project under daphne")
+
+    def _up(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/broadcasts/health/", timeout=2) as resp:
+            return resp.status == 200
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+@pytest.fixture
+def served(host: Host, tmp_path: Path) -> Iterator[HostServer]:
+    migrate = host.manage("migrate", "--noinput", "-v", "0")
+    assert migrate.returncode == 0, migrate.stderr
+    host.env["DJANGO_SUPERUSER_PASSWORD"] = "host-admin-password"
+    superuser = host.manage("createsuperuser", "--noinput", "--username", "admin", "--email", "a@example.com")
+    assert superuser.returncode == 0, superuser.stderr
+    server = HostServer(host, tmp_path / "host-daphne.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_fresh_project_passes_the_system_checks(host: Host) -> None:
+    """The documented settings leave nothing for the app's system checks to report."""
+    result = host.manage("check")
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "System check identified no issues (0 silenced).",
+    )
+
+
+def test_checks_name_what_a_host_forgot(host: Host) -> None:
+    """Without daphne first, the ASGI wrapper and a layer, `check` names each (not a traceback)."""
+    settings = host.root / "hostsite" / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + (
+            '\nINSTALLED_APPS = [a for a in INSTALLED_APPS if a != "daphne"]\n'
+            'CHANNEL_LAYERS = {}\nASGI_APPLICATION = "hostsite.plain_asgi.application"\n'
+        )
+    )
+    (host.root / "hostsite" / "plain_asgi.py").write_text(
+        "from django.core.asgi import get_asgi_application\n\napplication = get_asgi_application()\n"
+    )
+    result = host.manage("check")
+    found = sorted(set(re.findall(r"\(broadcaster\.([EW]\d{3})\)", result.stderr + result.stdout)))
+    assert (result.returncode, found) == (1, ["E001", "E004", "W003"]), result.stderr
+
+
+async def test_banner_shows_the_hosts_console_broadcasts(served: HostServer, browser: object) -> None:
+    """A host page with {% broadcast_banner %} (strict CSP) shows what the host's `manage.py
+    broadcast` sends, resumes after the server restarts, and leaves the host's pages and admin working."""
+    from playwright.async_api import expect
+
+    host, base = served.host, f"http://127.0.0.1:{served.port}"
+    page = await browser.new_page()  # type: ignore[attr-defined]
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    await page.goto(base + "/")
+    heading_font = await page.locator("h1").evaluate("e => getComputedStyle(e).fontFamily")
+    banner = page.locator(".broadcast-banner")
+    await expect(banner).to_be_hidden()
+
+    sent = host.manage("broadcast", stdin="Deploy at 17:00\n")
+    assert sent.returncode == 0, sent.stderr
+    status = page.get_by_role("status", name="Announcement")
+    await expect(status).to_contain_text("Deploy at 17:00", timeout=15_000)
+    await expect(banner).to_be_visible()
+    # The banner's stylesheet stays in its shadow root: the host's own text is untouched.
+    assert await page.locator("h1").evaluate("e => getComputedStyle(e).fontFamily") == heading_font
+    assert (
+        await banner.evaluate("e => getComputedStyle(e.shadowRoot.querySelector('.banner')).display")
+        == "flex"
+    )
+    if os.environ.get("BROADCAST_SCREENSHOT"):
+        await page.set_viewport_size({"width": 900, "height": 260})
+        await page.screenshot(path=os.environ["BROADCAST_SCREENSHOT"])
+
+    # Keyboard: focus on Dismiss, Enter hides it.
+    await page.get_by_role("button", name="Dismiss announcement").focus()
+    await page.keyboard.press("Enter")
+    await expect(banner).to_be_hidden()
+
+    # The server restarts; what was sent meanwhile is shown once the banner has reconnected.
+    served.stop()
+    assert host.manage("broadcast", stdin="Deploy moved to 18:00\n").returncode == 0
+    served.start()
+    await expect(status).to_contain_text("Deploy moved to 18:00", timeout=30_000)
+    await expect(banner).to_be_visible()
+    assert blocked == []
+
+    # The host's own pages and its admin still work beside the app.
+    hello = await page.request.get(base + "/hello/")
+    assert (hello.status, await hello.text()) == (200, "Hello from the host")
+    await page.goto(base + "/admin/")
+    await page.fill("#id_username", "admin")
+    await page.fill("#id_password", "host-admin-password")
+    await page.press("#id_password", "Enter")
+    await expect(page.get_by_role("link", name="Broadcast records")).to_be_visible()
+    operator = await page.request.get(base + "/broadcasts/operator/")
+    assert operator.status == 200 and "Operator" in await operator.text()
