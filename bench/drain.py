@@ -56,7 +56,7 @@ class Record:
     closes: collections.Counter[int | None] = field(default_factory=collections.Counter)
 
 
-class Receiver(asyncio.Protocol):
+class DrainClient(asyncio.Protocol):
     """One WebSocket receiver on a raw socket: handshake, pongs, the close code; no more."""
 
     def __init__(
@@ -147,7 +147,7 @@ async def receiver(port: int, record: Record) -> None:
         done: asyncio.Future[int | None] = loop.create_future()
         opened: asyncio.Future[bool] = loop.create_future()
         try:
-            protocol = Receiver(done, opened, request(port))
+            protocol = DrainClient(done, opened, request(port))
             await loop.create_connection(lambda: protocol, "127.0.0.1", port)  # noqa: B023 - awaited here
             ok = await opened
         except OSError:

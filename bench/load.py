@@ -33,7 +33,7 @@ class Stats:
         self.last[k] = now
 
 
-class Receiver(asyncio.Protocol):
+class LoadClient(asyncio.Protocol):
     def __init__(self, stats: Stats, request: bytes, opened: asyncio.Future[bool]) -> None:
         self.stats = stats
         self.request = request
@@ -77,7 +77,7 @@ class Receiver(asyncio.Protocol):
 
 
 async def connect_all(
-    stats: Stats, targets: list[tuple[str, int, str]], n: int, receivers: list[Receiver]
+    stats: Stats, targets: list[tuple[str, int, str]], n: int, receivers: list[LoadClient]
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(500)
@@ -94,7 +94,9 @@ async def connect_all(
         async with gate:
             opened: asyncio.Future[bool] = loop.create_future()
             try:
-                _, proto = await loop.create_connection(lambda: Receiver(stats, request, opened), host, port)
+                _, proto = await loop.create_connection(
+                    lambda: LoadClient(stats, request, opened), host, port
+                )
                 ok = await asyncio.wait_for(opened, 60)
             except (OSError, TimeoutError):
                 ok = False
@@ -115,7 +117,7 @@ async def main() -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     stats = Stats()
-    receivers: list[Receiver] = []
+    receivers: list[LoadClient] = []
 
     def reply(obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")

@@ -63,7 +63,9 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
-        self.link = scope.get(SCOPE_LINK_KEY) or AsgiLink(send)
+        self.link = scope.get(SCOPE_LINK_KEY) or AsgiLink(
+            send, max_unsent=settings.BROADCAST_MAX_UNSENT_BYTES
+        )
         if drain.draining:
             await self._refuse(receive, CloseCode.SERVICE_RESTART, RESTARTING)
             return
@@ -130,7 +132,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
-        self.max_unsent = settings.BROADCAST_MAX_UNSENT_BYTES
+        self.max_unsent = self.link.max_unsent
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
         self.held = []
@@ -141,7 +143,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         try:
             await self.channel_layer.group_add(protocol.BROADCAST_GROUP, self.channel_name)
             # From this process's memory when it can tell, else from Redis.
-            backlog = get_hub().backlog(resume) or await catch_up(resume)
+            backlog = await get_hub().backlog(resume) or await catch_up(resume)
         except (RedisError, OSError) as exc:
             self.joined = False
             get_hub().discard(self)
@@ -171,13 +173,13 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         return True
 
     def _write_reset(self, *, epoch: str | None, last: int) -> None:
-        self.link.write(protocol.send_event(protocol.reset_frame(epoch=epoch, seq=last)), None)
+        self._send(protocol.send_event(protocol.reset_frame(epoch=epoch, seq=last)), None)
 
     def _go_live(self) -> None:
         """Called when the catch-up is out: from now on frames are written as they come."""
         self.held = None
         if self.deferred is not None:
-            self.link.write(*self.deferred)
+            self._send(*self.deferred)
             self.deferred = None
 
     async def _stream(self, backlog: Backlog) -> None:
@@ -258,8 +260,8 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
                 epoch, last = e.epoch, e.seq
         start = 0
         for frame, count in protocol.batch_frames([e.frame for e in fresh]):
-            self.link.write(protocol.send_event(frame), text_frame(frame.encode()))
-            metrics.tally.deliveries += count
+            if self._send(protocol.send_event(frame), text_frame(frame.encode())):
+                metrics.tally.deliveries += count
             start += count
             self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
 
@@ -294,9 +296,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         shown = (text_data or repr(bytes_data))[:80]
         logger.warning("Closing receiver %s: unsupported frame %r", self._peer(), shown)
         code = CloseCode.UNSUPPORTED_FRAME
-        self.link.write(
-            protocol.send_event(protocol.error_frame(code=code, reason="unsupported frame")), None
-        )
+        self._send(protocol.send_event(protocol.error_frame(code=code, reason="unsupported frame")), None)
         self._close_now(code)
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
@@ -316,18 +316,24 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         if self.held is not None:
             self._hold(message, frame, entries)
             return
-        link = self.link
-        if link.unsent() > self.max_unsent:
-            self._slow_consumer()
-            return
         if entries:
             epoch, last = self.sent
             if entries[0].seq <= last and entries[0].epoch == epoch:
                 self._send_entries(entries)  # some were sent already (from history): not twice
                 return
             self.sent = (entries[-1].epoch, entries[-1].seq)
+        if self._send(message, frame) and entries:
             metrics.tally.deliveries += len(entries)
-        link.write(message, frame)
+
+    def _send(self, message: dict[str, Any], frame: bytes | None) -> bool:
+        """Every frame to this client goes through here: the link refuses it when the client
+        is over the slow-consumer bound (transport.Link), and the client is closed with 4408."""
+        if self.closing:
+            return False
+        if self.link.write(message, frame):
+            return True
+        self._slow_consumer()
+        return False
 
     def _hold(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:
         """While catching up: keep live messages for after it (up to the bound; past it, the
@@ -346,7 +352,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
         elif kind == protocol.FRAME_RESET:
             self.held, self.held_bytes, self.held_dropped = [], 0, True
         else:
-            self.link.write(message, frame)  # a pong
+            self._send(message, frame)  # a pong
 
     def _slow_consumer(self) -> None:
         dropped = get_hub().slow_consumer_dropped()

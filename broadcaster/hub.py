@@ -30,18 +30,19 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from broadcaster import gc_policy, metrics, protocol, redis_client
+from broadcaster import gc_policy, metrics, protocol, redis_client, resume
 from broadcaster.history import Entry, group_history
 from broadcaster.outage import RedisLink
 from broadcaster.presence import group_presence, withdraw_now
 from broadcaster.recent import RecentBroadcasts
 from broadcaster.resume import Backlog, ResumePoint
+from broadcaster.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
 from broadcaster.transport import text_frame
 
 logger = logging.getLogger(__name__)
 
 
-class Receiver(Protocol):
+class Recipient(Protocol):
     """A connection that receives frames (the WebSocket consumer)."""
 
     channel_name: str
@@ -59,23 +60,18 @@ class Hub:
 
     def __init__(self) -> None:
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.receivers: set[Receiver] = set()
+        self.receivers: set[Recipient] = set()
         self.channels: set[str] = set()
         self.total: int | None = None
         self.fast_path = False
         self.slow_disconnects = 0
-        self._fresh: set[Receiver] = set()
+        self._fresh: set[Recipient] = set()
         self._pending: list[Entry] = []
         # When each pending entry was taken for fan-out (perf_counter), for the fan-out time.
         self._pending_at: list[float] = []
-        # The numbering this process has delivered up to: (epoch, seq).
-        self.epoch: str | None = None
-        self.last_seq = 0
-        self._repairing: asyncio.Task[None] | None = None
-        self._held: list[Entry] = []
-        # Whether (epoch, last_seq) were read from history, rather than taken from the first
-        # live message (which may itself come after a gap).
-        self.baseline_known = False
+        # The numbering this process has delivered up to, and the rules that keep it whole.
+        self.sequencer = Sequencer()
+        self._filling: asyncio.Task[None] | None = None
         # The newest entries sent out, and when this process was last found in step with
         # history (loop time): connecting clients are answered from memory while that is recent.
         self.recent = RecentBroadcasts()
@@ -88,9 +84,9 @@ class Hub:
         # Whether Redis answers, as this event loop sees it; receivers are told of each change
         # (`live` only those that were told `delayed`).
         self.redis = RedisLink(on_change=self._redis_changed)
-        self._told_delayed: set[Receiver] = set()
+        self._told_delayed: set[Recipient] = set()
 
-    def add(self, receiver: Receiver) -> None:
+    def add(self, receiver: Recipient) -> None:
         """Called when a receiver has joined the broadcast group."""
         if not self.receivers and not self.fast_path:
             self._claim_fast_path()
@@ -101,7 +97,7 @@ class Hub:
             self._tell_delayed([receiver])
         self._changed()
 
-    def discard(self, receiver: Receiver) -> None:
+    def discard(self, receiver: Recipient) -> None:
         """Called when a receiver connection closes, whatever the reason."""
         if receiver in self.receivers:
             gc_policy.churn.connection_closed(still_open=len(self.receivers) - 1)
@@ -130,7 +126,7 @@ class Hub:
         told, self._told_delayed = list(self._told_delayed), set()
         self.write_all(protocol.status_frame(broadcasts=protocol.BROADCASTS_LIVE), told)
 
-    def _tell_delayed(self, receivers: list[Receiver]) -> None:
+    def _tell_delayed(self, receivers: list[Recipient]) -> None:
         self.write_all(protocol.status_frame(broadcasts=protocol.BROADCASTS_DELAYED), receivers)
         self._told_delayed.update(receivers)
 
@@ -147,48 +143,50 @@ class Hub:
     def deliver(self, event: dict[str, Any]) -> None:
         """Called by the channel layer once per broadcast that reaches this process.
 
-        Keeps the numbering whole: a duplicate is dropped; a gap (a publisher that died
-        between history and the live send, or a lost Redis subscription) is filled from
-        history before anything newer goes out.
+        Keeps the numbering whole (broadcaster/sequencer.py): a duplicate is dropped; a gap (a
+        publisher that died between history and the live send, or a lost Redis subscription)
+        is filled from history before anything newer goes out.
         """
         published = event.get("published")
         if published is not None:
             metrics.PUBLISH_LAG.observe(max(time.time() - published, 0.0))
-        self._accept(Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"]))
+        self._run_steps(
+            self.sequencer.accept(Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"]))
+        )
 
-    def _accept(self, entry: Entry) -> None:
-        if self._repairing is not None:
-            self._held.append(entry)
-            return
-        if entry.epoch != self.epoch:
-            if self.epoch is not None or self.baseline_known:
-                # A numbering this process has not seen from its start (the first message
-                # ever, or Redis lost its data): all of it is new here.
-                if self.epoch is not None:
-                    logger.warning("Broadcast numbering restarted (epoch %s -> %s)", self.epoch, entry.epoch)
-                self._repair(entry, epoch=entry.epoch, after=0)
-                return
-            self.epoch, self.last_seq = entry.epoch, entry.seq - 1
-        if entry.seq <= self.last_seq:
-            return
-        if entry.seq > self.last_seq + 1:
-            self._repair(entry, epoch=entry.epoch, after=self.last_seq)
-            return
-        self._emit(entry)
-
-    def backlog(self, point: ResumePoint | None) -> Backlog | None:
+    async def backlog(self, point: ResumePoint | None) -> Backlog | None:
         """What a connecting client is owed, from memory, when this process checked within
         the last few seconds that it is in step with history; else None (ask Redis)."""
         interval: float = settings.BROADCAST_COUNT_INTERVAL
         # (Without the fast path, check_history never runs, so this process is never in step.)
-        if self._repairing is not None or self._held:
+        if self.sequencer.filling or self.sequencer.held:
             return None
         if asyncio.get_running_loop().time() - self._in_step_at > max(3.0, 3 * interval):
             return None
-        return self.recent.backlog(point, epoch=self.epoch, last=self.last_seq)
+        return await resume.backlog(
+            point, self.recent.source(epoch=self.sequencer.epoch, last=self.sequencer.last_seq)
+        )
+
+    def _run_steps(self, steps: list[Step]) -> None:
+        """Carry out the sequencer's decisions (all but RaiseFloor, which check_history awaits)."""
+        for step in steps:
+            if isinstance(step, Deliver):
+                self._emit(step.entry)
+            elif isinstance(step, Fill):
+                if step.restarted_from is not None and step.restarted_from != step.epoch:
+                    logger.warning(
+                        "Broadcast numbering restarted (epoch %s -> %s)", step.restarted_from, step.epoch
+                    )
+                self._filling = asyncio.get_running_loop().create_task(self._fill(step))
+            elif isinstance(step, Reset):
+                logger.warning("Messages %d-%d are no longer kept; clients are told to reset", *step.missing)
+                self.write_all(protocol.reset_frame(epoch=step.epoch, seq=step.seq), list(self.receivers))
+            elif isinstance(step, Known):
+                self.recent.clear()
+                for entry in step.entries:
+                    self.recent.remember(entry)
 
     def _emit(self, entry: Entry) -> None:
-        self.last_seq = entry.seq
         self.recent.remember(entry)
         metrics.BROADCASTS.inc()
         if not self._pending:
@@ -196,67 +194,31 @@ class Hub:
         self._pending.append(entry)
         self._pending_at.append(time.perf_counter())
 
-    def _repair(self, entry: Entry | None, *, epoch: str, after: int) -> None:
-        if entry is not None:
-            self._held.append(entry)
-        self._repairing = asyncio.get_running_loop().create_task(self._fill(epoch=epoch, after=after))
-
-    async def _fill(self, *, epoch: str, after: int) -> None:
+    async def _fill(self, fill: Fill) -> None:
         try:
-            kept = await group_history(redis_client.shared_client()).since(after)
+            kept = await group_history(redis_client.shared_client()).since(fill.after)
         except Exception as exc:
             # Whatever went wrong, held messages must not wait forever: they go out below.
-            logger.warning("Could not fill a gap after seq %d from history: %r", after, exc)
+            logger.warning("Could not fill a gap after seq %d from history: %r", fill.after, exc)
             kept = None
-        self._repairing = None
-        if kept is not None and kept.epoch == epoch:
-            self.epoch, self.last_seq = epoch, after
-            first = kept.entries[0].seq if kept.entries else kept.last + 1
-            if first > after + 1:
-                logger.warning(
-                    "Messages %d-%d are no longer kept; clients are told to reset", after + 1, first - 1
-                )
-                self.write_all(protocol.reset_frame(epoch=epoch, seq=kept.last), list(self.receivers))
-                self.last_seq = first - 1
-            for kept_entry in kept.entries:
-                self._emit(kept_entry)
-        held, self._held = self._held, []
-        if kept is None and held:
-            # History is unreachable: send what did arrive rather than wait (and retry) for
-            # what did not; resuming clients still get the rest from history later.
-            self.epoch, self.last_seq = held[0].epoch, held[0].seq - 1
-        for entry in held:
-            self._accept(entry)
+        self._filling = None
+        self._run_steps(self.sequencer.filled(kept, epoch=fill.epoch, after=fill.after))
 
     async def check_history(self) -> None:
         """Called about once a second: catches up with anything published that never arrived
         live here (the Redis subscription was down), even when nothing follows it."""
-        if self._repairing is not None:
+        if self.sequencer.filling:
             return
-        head = await group_history(redis_client.shared_client()).since(self.last_seq)
-        if not self.baseline_known and self.epoch is None:
-            self.epoch, self.last_seq, self.baseline_known = head.epoch, head.last, True
-            self.recent.clear()
-            for entry in head.entries:
-                self.recent.remember(entry)
-        elif head.epoch is None and self.epoch is not None:
-            return  # history lost its data and nothing was published since: not in step
-        elif head.epoch != self.epoch:
-            if self._repairing is None:
-                self._repair(None, epoch=head.epoch, after=0)
-        elif head.last < self.last_seq:
-            # History is behind what went out from here: a Redis failover lost broadcasts that
-            # were never acknowledged. Number on from here, so that no number means two messages.
-            if self.epoch is not None and await group_history(redis_client.shared_client()).raise_floor(
-                epoch=self.epoch, floor=self.last_seq
-            ):
+        history = group_history(redis_client.shared_client())
+        head = await history.since(self.sequencer.last_seq)
+        for step in self.sequencer.compare(head):
+            if not isinstance(step, RaiseFloor):
+                self._run_steps([step])
+            elif await history.raise_floor(epoch=step.epoch, floor=step.floor):
                 logger.warning("History ends at seq %d but this process delivered up to %d (a failover lost "
                                "unacknowledged broadcasts); numbering continues after %d",
-                               head.last, self.last_seq, self.last_seq)  # fmt: skip
-        elif head.last > self.last_seq and self._repairing is None:
-            for entry in head.entries:
-                self._accept(entry)
-        if self._repairing is None and head.epoch == self.epoch and self.last_seq >= head.last:
+                               head.last, step.floor, step.floor)  # fmt: skip
+        if self.sequencer.in_step(head):
             self._in_step_at = asyncio.get_running_loop().time()
 
     def _flush(self) -> None:
@@ -272,7 +234,7 @@ class Hub:
             metrics.FANOUT.observe(done - at)
         metrics.flush()
 
-    def write_all(self, frame: str, receivers: list[Receiver], entries: list[Entry] | None = None) -> None:
+    def write_all(self, frame: str, receivers: list[Recipient], entries: list[Entry] | None = None) -> None:
         """Write one text frame to each receiver, encoded and framed once for all of them;
         a failing receiver never stops the others."""
         message = protocol.send_event(frame)
@@ -350,7 +312,7 @@ class Hub:
                     if not self.receivers:
                         # With no receivers the group is unsubscribed: what is known of the
                         # numbering goes stale, and is read again when receivers return.
-                        self.epoch, self.last_seq, self.baseline_known = None, 0, False
+                        self.sequencer.forget()
                         self.recent.clear()
                         self._in_step_at = float("-inf")
                         metrics.flush()

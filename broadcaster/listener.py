@@ -32,7 +32,7 @@ def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> 
     return ceiling / 2 + rng() * ceiling / 2
 
 
-class Receiver:
+class FrameReader:
     """Turns frames into lines, remembering the last seq seen so a reconnect resumes there."""
 
     def __init__(self) -> None:
@@ -81,7 +81,7 @@ class Receiver:
 
 def render(frame: str) -> list[str]:
     """The lines to print for one frame, for a receiver that has seen nothing before."""
-    return Receiver().render(frame)
+    return FrameReader().render(frame)
 
 
 def _local_time(iso: object) -> str:
@@ -96,7 +96,7 @@ def _local_time(iso: object) -> str:
 async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str], None]) -> None:
     """Receive from `url` forever, reconnecting (and resuming) after every loss; cancel to stop."""
     attempt = 0
-    receiver = Receiver()
+    receiver = FrameReader()
     connected_once = False
     while True:
         try:

@@ -5,7 +5,7 @@ Reading that from Redis costs a round trip per connect: in a reconnect storm of 
 tabs, those reads queue up, and every client holds back live messages until its own read is
 done. While the hub is in step with history (broadcaster/hub.py decides), the answer comes
 from here instead; when memory cannot tell (not in step, a gap older than what is kept here,
-another numbering), `backlog()` says None and resume.catch_up asks Redis as before.
+another numbering), its source answers None and the same rule (resume.backlog) asks Redis.
 
 Answers are the ones Redis would give, with one difference in the client's favour: if this
 process is a message behind Redis (one in flight), a resuming client may be sent a message
@@ -21,8 +21,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from broadcaster.history import Entry
-from broadcaster.resume import Backlog, ResumePoint, newest_backlog, numbering_unknown
+from broadcaster.history import Entry, Since
 
 # At most this many messages (and never more than BROADCAST_HISTORY_COUNT).
 KEEP = 256
@@ -55,27 +54,45 @@ class RecentBroadcasts:
         while len(self._kept) > min(KEEP, settings.BROADCAST_HISTORY_COUNT):
             self._kept.popleft()
 
-    def backlog(self, point: ResumePoint | None, *, epoch: str | None, last: int) -> Backlog | None:
-        """What a client connecting at `point` is owed, given that history's newest is `last`
-        in `epoch`; None when memory cannot tell. Same answers as resume.catch_up."""
-        kept = self._kept
-        if kept and (kept[-1][0].seq != last or kept[-1][0].epoch != epoch):
+    def source(self, *, epoch: str | None, last: int) -> MemorySource:
+        """These entries as a backlog source (broadcaster/resume.py), given that history's
+        newest is `last` in `epoch` (the hub checked that this process is in step)."""
+        return MemorySource(self._kept, epoch=epoch, last=last)
+
+
+class MemorySource:
+    """Answers as history in Redis would, from memory, or None when memory cannot tell."""
+
+    def __init__(self, kept: deque[tuple[Entry, float]], *, epoch: str | None, last: int) -> None:
+        # Memory that is not at history's newest cannot tell anything.
+        self.kept = kept if not kept or (kept[-1][0].seq, kept[-1][0].epoch) == (last, epoch) else None
+        self.epoch, self.last = epoch, last
+
+    async def newest(self, *, max_age: float) -> Since | None:
+        if self.kept is None:
             return None
-        now = time.time()
-        if point is None:
-            if not kept:
-                # Nothing was ever published; else memory does not know the newest message.
-                return newest_backlog(None, epoch=epoch, last=last) if last == 0 else None
-            entry, published = kept[-1]
-            young = now - published <= settings.BROADCAST_LATEST_AGE
-            return newest_backlog(entry if young else None, epoch=epoch, last=last)
-        if epoch is None or point.since > last or numbering_unknown(point, epoch=epoch):
-            return None  # another numbering, or ahead of this process: Redis decides
-        if point.since == last:
-            return Backlog(entries=[], epoch=epoch, last=last, after=last)
-        if not kept or kept[0][0].seq > point.since + 1:
+        if not self.kept:
+            # Nothing was ever published; else memory does not know the newest message.
+            return Since(last=0, epoch=self.epoch, entries=[]) if self.last == 0 else None
+        entry, published = self.kept[-1]
+        young = time.time() - published <= max_age
+        return Since(last=self.last, epoch=self.epoch, entries=[entry] if young else [])
+
+    async def since(self, seq: int, *, max_bytes: int) -> Since | None:
+        if self.kept is None or self.epoch is None:
+            return None
+        if seq >= self.last:
+            return Since(last=self.last, epoch=self.epoch, entries=[])
+        kept = self.kept
+        if not kept or kept[0][0].seq > seq + 1:
             return None  # it missed more than memory holds
-        missed = [(entry, published) for entry, published in kept if entry.seq > point.since]
-        if now - missed[0][1] > settings.BROADCAST_HISTORY_AGE:
+        missed = [(entry, published) for entry, published in kept if entry.seq > seq]
+        if time.time() - missed[0][1] > settings.BROADCAST_HISTORY_AGE:
             return None
-        return Backlog(entries=[entry for entry, _ in missed], epoch=epoch, last=last, after=point.since)
+        page, size = [], 0
+        for entry, _ in missed:
+            size += entry.size
+            if page and size > max_bytes:
+                break
+            page.append(entry)
+        return Since(last=self.last, epoch=self.epoch, entries=page, more=len(page) < len(missed))

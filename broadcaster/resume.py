@@ -1,12 +1,16 @@
-"""What a connecting receiver is owed from history: `?since=N&epoch=E`, or the latest message.
+"""What a connecting receiver is owed: `?since=N&epoch=E`, or the latest message.
 
-Kept apart from the consumer so it can be tested without a socket.
+One rule (`backlog`), two sources: history in Redis (`History` itself), and a server
+process's memory of what it delivered last (broadcaster/recent.py), which answers a reconnect
+storm without a Redis read per client, or says it cannot tell. Kept apart from the consumer
+so it can be tested without a socket.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -70,20 +74,45 @@ def newest_backlog(newest: Entry | None, *, epoch: str | None, last: int) -> Bac
     return Backlog(entries=[newest], epoch=epoch, last=last, after=newest.seq - 1)
 
 
-async def catch_up(point: ResumePoint | None) -> Backlog:
+class Source(Protocol):
+    """Where kept entries are read from: history in Redis, or a process's memory. A source that
+    cannot tell (memory that does not reach back far enough) answers None."""
+
+    async def newest(self, *, max_age: float) -> Since | None:
+        """The newest kept entry if it is younger than `max_age` s, and history's newest seq."""
+
+    async def since(self, seq: int, *, max_bytes: int) -> Since | None:
+        """Kept entries after `seq`, in order, as many as fit in `max_bytes` (at least one)."""
+
+
+async def backlog(point: ResumePoint | None, source: Source) -> Backlog | None:
     """The backlog for a client resuming at `point` (its first page), or for a new client (the
-    latest message if it is younger than BROADCAST_LATEST_AGE)."""
-    history = group_history(redis_client.shared_client())
+    latest message if it is younger than BROADCAST_LATEST_AGE); None if `source` cannot tell."""
     if point is None:
-        kept = await history.newest(max_age=settings.BROADCAST_LATEST_AGE)
-        return newest_backlog(kept.entries[0] if kept.entries else None, epoch=kept.epoch, last=kept.last)
-    kept = await history.since(point.since, max_bytes=PAGE_BYTES)
+        newest = await source.newest(max_age=settings.BROADCAST_LATEST_AGE)
+        if newest is None:
+            return None
+        return newest_backlog(
+            newest.entries[0] if newest.entries else None, epoch=newest.epoch, last=newest.last
+        )
+    kept = await source.since(point.since, max_bytes=PAGE_BYTES)
+    if kept is None:
+        return None
     if numbering_unknown(point, epoch=kept.epoch) or point.since > kept.last:
         # The client's numbering may not be this one (Redis lost its data): all that is kept.
-        everything = await history.since(0, max_bytes=PAGE_BYTES)
+        everything = await source.since(0, max_bytes=PAGE_BYTES)
+        if everything is None:
+            return None
         return Backlog(entries=everything.entries, epoch=everything.epoch, last=everything.last, after=0,
                        reset=point.since > 0 or point.epoch is not None, more=everything.more)  # fmt: skip
     return _page(kept, after=point.since)
+
+
+async def catch_up(point: ResumePoint | None) -> Backlog:
+    """The backlog for a client at `point`, from history in Redis (which can always tell)."""
+    answer = await backlog(point, group_history(redis_client.shared_client()))
+    assert answer is not None
+    return answer
 
 
 def _page(kept: Since, *, after: int) -> Backlog:

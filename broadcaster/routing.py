@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from django.conf import settings
+
 from broadcaster import protocol
 from broadcaster.consumers import ReceiverConsumer
 from broadcaster.origin import OriginCheck
@@ -52,7 +54,7 @@ class Router:
             return _deny(receive, send)
         if not self.origins.allows(scope):
             return _deny(receive, send)
-        link = link_for(send)
+        link = link_for(send, max_unsent=settings.BROADCAST_MAX_UNSENT_BYTES)
         link.limit_client_frames(protocol.MAX_CLIENT_FRAME)
         if isinstance(link, DirectLink):
             # Twisted leaves Nagle's algorithm on; with delayed ACKs it holds small frames back.

@@ -1,6 +1,8 @@
 """Writing to a connection without waiting for it: one small interface, `Link`, with one
-implementation per transport, each measuring what it holds unsent for the client, so the
-slow-consumer bound (BROADCAST_MAX_UNSENT_BYTES) holds whichever way frames leave.
+implementation per transport. Each measures what it holds unsent for the client and keeps the
+slow-consumer bound (BROADCAST_MAX_UNSENT_BYTES) itself: a write that finds more than the
+bound already unsent is not made and returns False (the receiver then closes the client with
+4408), whichever way frames leave.
 
 1. `DirectLink` (daphne, plain TCP): the same WebSocket frame bytes, built once per broadcast
    (server-to-client frames are unmasked, so every client's are identical), written straight
@@ -25,7 +27,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +89,36 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             return
 
 
-class Link(Protocol):
+class Link:
     """Where a receiver's frames go. Never waits for the client."""
+
+    __slots__ = ("max_unsent",)
+
+    def __init__(self, *, max_unsent: int) -> None:
+        self.max_unsent = max_unsent
+
+    def write(self, message: dict[str, Any], frame: bytes | None) -> bool:
+        """Queue one ASGI send message (`frame`: the same text prebuilt as frame bytes); False,
+        and nothing queued, when over `max_unsent` bytes are unsent for this client already."""
+        if self.unsent() > self.max_unsent:
+            return False
+        self._write(message, frame)
+        return True
+
+    def _write(self, message: dict[str, Any], frame: bytes | None) -> None:
+        raise NotImplementedError
 
     def unsent(self) -> int:
         """Bytes accepted for this client that have not left the process yet."""
-
-    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
-        """Queue one ASGI send message; `frame` is the same text prebuilt as frame bytes."""
+        raise NotImplementedError
 
     def close(self, message: dict[str, Any]) -> None:
         """Queue the ASGI close message, giving a slow reader CLOSE_GRACE to reach it."""
+        raise NotImplementedError
 
     def gone(self) -> bool:
         """Whether the connection is closed (nothing written now reaches the client)."""
+        raise NotImplementedError
 
     def limit_client_frames(self, max_bytes: int) -> None:
         """Refuse client frames over `max_bytes` (close 1009), and close, with a close frame,
@@ -108,10 +126,12 @@ class Link(Protocol):
 
     def failure(self) -> tuple[int, str] | None:
         """(close code, reason) when the server closed the connection for the client's frame."""
+        return None
 
     def refuse(self, code: int, reason: str) -> None:
         """Close an accepted connection with a code the ASGI close message may not carry under
         this server (daphne allows only 1000 and 3000-4999), e.g. 1013."""
+        raise NotImplementedError
 
 
 try:
@@ -131,12 +151,13 @@ def _tcp_unsent(transport: Any) -> int:
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
-class TwistedLink:
+class TwistedLink(Link):
     """A daphne connection written through daphne's `send` (autobahn frames it)."""
 
     __slots__ = ("protocol", "send")
 
-    def __init__(self, send: Send, protocol: Any) -> None:
+    def __init__(self, send: Send, protocol: Any, *, max_unsent: int) -> None:
+        super().__init__(max_unsent=max_unsent)
         self.send = send
         self.protocol = protocol
 
@@ -152,7 +173,7 @@ class TwistedLink:
             total += _tcp_unsent(transport)
         return total
 
-    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+    def _write(self, message: dict[str, Any], frame: bytes | None) -> None:
         send_now(self.send, message)
 
     def close(self, message: dict[str, Any]) -> None:
@@ -190,45 +211,50 @@ class DirectLink(TwistedLink):
 
     __slots__ = ("sock", "transport")
 
-    def __init__(self, send: Send, protocol: Any, transport: Any) -> None:
-        super().__init__(send, protocol)
+    def __init__(self, send: Send, protocol: Any, transport: Any, *, max_unsent: int) -> None:
+        super().__init__(send, protocol, max_unsent=max_unsent)
         self.transport = transport
         self.sock: socket.socket = transport.socket
 
     def unsent(self) -> int:
         return _tcp_unsent(self.transport)
 
-    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+    def write(self, message: dict[str, Any], frame: bytes | None) -> bool:
         """The prebuilt frame straight to the socket when the connection is open and nothing
-        of daphne's own is queued ahead of it; else daphne's `send`."""
+        of daphne's own is queued ahead of it; else daphne's `send`. (Link.write with the
+        bound's check inlined: this runs once per client per broadcast.)"""
+        transport = self.transport
+        unsent = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        if unsent > self.max_unsent:
+            return False
         protocol = self.protocol
         if frame is None or protocol.state != protocol.STATE_OPEN or protocol.send_queue:
             send_now(self.send, message)
-            return
-        transport = self.transport
+            return True
         if transport.disconnecting or transport.disconnected:
-            return  # closing: nothing more goes out, as with daphne's own send
-        # _tcp_unsent() inlined: this runs once per client per broadcast.
-        if not (len(transport.dataBuffer) - transport.offset + transport._tempDataLen):
+            return True  # closing: nothing more goes out, as with daphne's own send
+        if not unsent:
             # Nothing queued ahead of it, so the socket may take it at once.
             try:
                 sent = self.sock.send(frame)
             except BlockingIOError:
                 sent = 0
             except OSError:
-                return  # the connection broke; Twisted notices and closes it
+                return True  # the connection broke; Twisted notices and closes it
             if sent == len(frame):
-                return
+                return True
             frame = frame[sent:]
         transport.write(frame)
+        return True
 
 
-class AsgiLink:
+class AsgiLink(Link):
     """Any other ASGI server: unsent is the size of sends that have not finished."""
 
     __slots__ = ("closed", "pending", "send")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, *, max_unsent: int) -> None:
+        super().__init__(max_unsent=max_unsent)
         self.send = send
         self.pending = 0
         self.closed = False
@@ -236,7 +262,7 @@ class AsgiLink:
     def unsent(self) -> int:
         return self.pending
 
-    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+    def _write(self, message: dict[str, Any], frame: bytes | None) -> None:
         size = len(frame) if frame is not None else len(message.get("text", "").encode())
         task = send_now(self.send, message)
         if task is not None:
@@ -254,12 +280,6 @@ class AsgiLink:
     def gone(self) -> bool:
         return self.closed
 
-    def limit_client_frames(self, max_bytes: int) -> None:
-        pass  # the server's own limits apply
-
-    def failure(self) -> tuple[int, str] | None:
-        return None
-
     def refuse(self, code: int, reason: str) -> None:
         send_now(self.send, {"type": "websocket.close", "code": code, "reason": reason})
 
@@ -268,7 +288,7 @@ def _has(obj: Any, names: tuple[str, ...]) -> bool:
     return obj is not None and all(hasattr(obj, name) for name in names)
 
 
-def link_for(send: Any) -> Link:
+def link_for(send: Any, *, max_unsent: int) -> Link:
     """The fastest link for a connection, given the `send` its server passed.
 
     Daphne's `send` is a partial of Server.handle_reply bound to the connection's protocol.
@@ -276,14 +296,14 @@ def link_for(send: Any) -> Link:
     protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
     if not _has(protocol, _PROTOCOL_NEEDS):
         _say_once("other", "Receivers on this process are served through the ASGI send path (not daphne)")
-        return AsgiLink(send)
+        return AsgiLink(send, max_unsent=max_unsent)
     transport = getattr(protocol, "transport", None)
     if _is_tcp(transport) and _has(transport, _TRANSPORT_NEEDS):
-        return DirectLink(send, protocol, transport)
+        return DirectLink(send, protocol, transport, max_unsent=max_unsent)
     _say_once(
         "twisted", "Receivers on this process are written through daphne's send (no raw socket, e.g. TLS)"
     )
-    return TwistedLink(send, protocol)
+    return TwistedLink(send, protocol, max_unsent=max_unsent)
 
 
 _said: set[str] = set()

@@ -15,12 +15,14 @@ import pytest
 from broadcaster import protocol, redis_client, resume
 from broadcaster.consumers import ReceiverConsumer
 from broadcaster.history import Entry, group_history
+from broadcaster.transport import Link
 
 
-class RecordingLink:
+class RecordingLink(Link):
     """Frames as written, and a backlog of unsent bytes that the test drains."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_unsent: int) -> None:
+        super().__init__(max_unsent=max_unsent)
         self.frames: list[str] = []
         self.backlog = 0
         self.closed: int | None = None
@@ -28,7 +30,7 @@ class RecordingLink:
     def unsent(self) -> int:
         return self.backlog
 
-    def write(self, message: dict[str, Any], frame: bytes | None) -> None:
+    def _write(self, message: dict[str, Any], frame: bytes | None) -> None:
         self.frames.append(message["text"])
         self.backlog += len(message["text"].encode())
 
@@ -37,12 +39,6 @@ class RecordingLink:
 
     def gone(self) -> bool:
         return False
-
-    def limit_client_frames(self, max_bytes: int) -> None:
-        pass
-
-    def failure(self) -> tuple[int, str] | None:
-        return None
 
     def refuse(self, code: int, reason: str) -> None:
         self.closed = code
@@ -58,11 +54,11 @@ class RecordingLink:
         return out
 
 
-def _consumer(link: RecordingLink, *, max_unsent: int) -> ReceiverConsumer:
+def _consumer(link: RecordingLink) -> ReceiverConsumer:
     consumer = ReceiverConsumer()
     consumer.scope = {"client": ("test", 1)}
     consumer.link = link
-    consumer.max_unsent = max_unsent
+    consumer.max_unsent = link.max_unsent
     consumer.held = []
     return consumer
 
@@ -77,8 +73,8 @@ async def _publish(n: int, start: int) -> list[Entry]:
 
 def test_send_entries_sends_an_entry_that_comes_twice_once():
     """Backlog and held overlapping ([4, 5] twice): each goes out once, in order."""
-    link = RecordingLink()
-    consumer = _consumer(link, max_unsent=1 << 20)
+    link = RecordingLink(max_unsent=1 << 20)
+    consumer = _consumer(link)
     frames = {s: protocol.message_frame(seq=s, epoch="e", id=str(s), text="x", time="t") for s in (4, 5, 6)}
     entries = [Entry(seq=s, epoch="e", frame=frames[s]) for s in (4, 5, 4, 5, 6)]
     consumer.sent = ("e", 3)
@@ -93,8 +89,8 @@ async def test_live_messages_during_a_slow_catch_up_arrive_once_in_order(monkeyp
     first = await _publish(40, 1)
     backlog = await resume.catch_up(resume.ResumePoint(since=0, epoch=first[0].epoch))
     assert backlog.more
-    link = RecordingLink()
-    consumer = _consumer(link, max_unsent=4096)
+    link = RecordingLink(max_unsent=4096)
+    consumer = _consumer(link)
     assert consumer._release(backlog) is False
     streaming = asyncio.create_task(consumer._stream(backlog))
     for entry in await _publish(40, 41):

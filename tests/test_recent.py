@@ -16,7 +16,7 @@ from broadcaster.history import Entry, group_history
 from broadcaster.hub import get_hub
 from broadcaster.publish import publish
 from broadcaster.recent import RecentBroadcasts
-from broadcaster.resume import ResumePoint, catch_up
+from broadcaster.resume import ResumePoint, backlog, catch_up
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,13 +39,21 @@ async def test_memory_gives_the_same_backlog_as_redis_or_defers_to_it():
         recent.remember(entry)
     points = [None, *(ResumePoint(since=s, epoch=epoch) for s in range(11)), ResumePoint(since=0, epoch=None)]
     for point in points:
-        assert recent.backlog(point, epoch=epoch, last=10) == await catch_up(point), point
-    # Another numbering, an unknown one, or a client ahead of this process: only Redis can tell.
+        assert await backlog(point, recent.source(epoch=epoch, last=10)) == await catch_up(point), point
+    # Another numbering, an unknown one, or a client ahead of this process: all that is kept is
+    # owed, with a reset. Memory holding everything since seq 1 answers as Redis; memory that
+    # does not reach back that far cannot tell.
+    partial = RecentBroadcasts()
+    for entry in entries[2:]:
+        partial.remember(entry)
     for point in (ResumePoint(since=3, epoch="other"), ResumePoint(since=3, epoch=None),
                   ResumePoint(since=11, epoch=epoch)):  # fmt: skip
-        assert recent.backlog(point, epoch=epoch, last=10) is None
+        expected = await catch_up(point)
+        assert expected.reset and len(expected.entries) == 10
+        assert await backlog(point, recent.source(epoch=epoch, last=10)) == expected, point
+        assert await backlog(point, partial.source(epoch=epoch, last=10)) is None, point
     # Memory that is not at history's newest says nothing.
-    assert recent.backlog(None, epoch=epoch, last=11) is None
+    assert await backlog(None, recent.source(epoch=epoch, last=11)) is None
 
 
 async def test_memory_keeps_at_most_the_history_count_and_defers_beyond_it():
@@ -56,8 +64,8 @@ async def test_memory_keeps_at_most_the_history_count_and_defers_beyond_it():
         for entry in entries:
             recent.remember(entry)
         epoch = entries[-1].epoch
-        assert recent.backlog(ResumePoint(since=5, epoch=epoch), epoch=epoch, last=10) is None
-        answer = recent.backlog(ResumePoint(since=6, epoch=epoch), epoch=epoch, last=10)
+        assert await backlog(ResumePoint(since=5, epoch=epoch), recent.source(epoch=epoch, last=10)) is None
+        answer = await backlog(ResumePoint(since=6, epoch=epoch), recent.source(epoch=epoch, last=10))
         assert answer == await catch_up(ResumePoint(since=6, epoch=epoch))
         assert [e.seq for e in answer.entries] == [7, 8, 9, 10]
 
@@ -69,8 +77,9 @@ async def test_a_gap_or_a_new_epoch_starts_memory_again():
     recent.remember(entries[0])
     recent.remember(entries[2])  # seq 2 never came
     epoch = entries[0].epoch
-    assert recent.backlog(ResumePoint(since=1, epoch=epoch), epoch=epoch, last=3) is None
-    assert recent.backlog(ResumePoint(since=2, epoch=epoch), epoch=epoch, last=3).entries == [entries[2]]
+    assert await backlog(ResumePoint(since=1, epoch=epoch), recent.source(epoch=epoch, last=3)) is None
+    answer = await backlog(ResumePoint(since=2, epoch=epoch), recent.source(epoch=epoch, last=3))
+    assert answer.entries == [entries[2]]
 
 
 async def test_in_step_process_answers_connecting_clients_without_reading_history(redis_url):
