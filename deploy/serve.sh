@@ -8,7 +8,7 @@
 #   RUN_DIR        supervisord's pid file and socket, and the workers' metrics (default var)
 #   BIN            the folder of python, daphne and supervisord (default: python's on PATH)
 #
-# SIGTERM or Ctrl-C: every worker drains (broadcaster/drain.py), then supervisord exits.
+# SIGTERM or Ctrl-C: every worker drains (broadcaster/server/drain.py), then supervisord exits.
 set -eu
 WORKERS=${WORKERS:-1}
 HOST=${HOST:-127.0.0.1}

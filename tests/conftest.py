@@ -16,9 +16,9 @@ import redis
 from channels.layers import channel_layers
 from django.conf import settings
 
-from broadcaster import embedded_redis
-from broadcaster.embedded_redis import server_binary
-from broadcaster.redis_client import layer_hosts
+from broadcaster.backend import embedded_redis
+from broadcaster.backend.embedded_redis import server_binary
+from broadcaster.backend.redis_client import layer_hosts
 from tests.support import CHROMIUM, CHROMIUM_ARGS, Daphne, RedisServer, base_env, free_port
 
 

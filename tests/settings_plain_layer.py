@@ -2,7 +2,7 @@
 
 from broadcast_site.settings import *  # noqa: F403
 from broadcast_site.settings import REDIS_URL
-from broadcaster.redis_client import layer_hosts
+from broadcaster.backend.redis_client import layer_hosts
 
 CHANNEL_LAYERS = {
     "default": {

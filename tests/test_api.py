@@ -11,8 +11,8 @@ from django.core.management import call_command
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from broadcaster import ratelimit
 from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
+from broadcaster.sending import ratelimit
 from tests.conftest import point_django_at
 from tests.support import Subscriber
 
@@ -146,7 +146,7 @@ async def test_failed_token_checks_are_limited_per_address(secret, caplog):
         429, {"error": "Too many failed token checks from this address; retry later."})  # fmt: skip
     assert 1 <= int(blocked["Retry-After"]) <= 60
     assert elsewhere.status_code == 201
-    ours = [r.getMessage() for r in caplog.records if r.name == "broadcaster.api"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "broadcaster.sending.api"]
     assert ours == ["Refusing token checks from 203.0.113.7 for up to 60 s: 3 failed"]
 
 

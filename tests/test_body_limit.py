@@ -1,4 +1,4 @@
-"""Request bodies over their limit are refused before daphne stores them (broadcaster/body_limit.py):
+"""Request bodies over their limit are refused before daphne stores them (broadcaster/server/body_limit.py):
 real daphne, raw sockets, so the tests see when the answer comes relative to what was sent."""
 
 from __future__ import annotations

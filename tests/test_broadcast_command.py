@@ -196,7 +196,7 @@ def test_each_broadcast_is_recorded_with_sender_count_and_seq(redis_url):
 def test_failed_publish_is_recorded_as_failed(redis_url, dead_redis_url):
     """A broadcast that could not go out (Redis down) is in the log as failed, with the reason."""
     from broadcaster.models import BroadcastRecord
-    from broadcaster.publish import BrokerUnavailable, publish
+    from broadcaster.sending.publish import BrokerUnavailable, publish
 
     point_django_at(dead_redis_url)
     with pytest.raises(BrokerUnavailable):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from broadcaster import redis_client
-from broadcaster.history import group_history
-from broadcaster.resume import ResumePoint, catch_up
+from broadcaster.backend import redis_client
+from broadcaster.history.kept import group_history
+from broadcaster.history.resume import ResumePoint, catch_up
 from tests.support import Client, raw_receiver
 
 MB = 2**20

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
-from broadcaster import protocol, redis_client, resume
-from broadcaster.consumers import ReceiverConsumer
-from broadcaster.history import Entry, group_history
-from broadcaster.transport import Link
+from broadcaster import protocol
+from broadcaster.backend import redis_client
+from broadcaster.fanout.consumers import ReceiverConsumer
+from broadcaster.fanout.transport import Link
+from broadcaster.history import resume
+from broadcaster.history.kept import Entry, group_history
 
 
 class RecordingLink(Link):

@@ -8,9 +8,9 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from broadcaster.consumers import ReceiverConsumer
-from broadcaster.hub import get_hub
-from broadcaster.publish import publish
+from broadcaster.fanout.consumers import ReceiverConsumer
+from broadcaster.fanout.hub import get_hub
+from broadcaster.sending.publish import publish
 from tests.conftest import point_django_at
 
 pytestmark = pytest.mark.django_db(transaction=True)

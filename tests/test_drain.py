@@ -1,4 +1,4 @@
-"""SIGTERM to a server process drains it (broadcaster/drain.py): real daphne, real clients."""
+"""SIGTERM to a server process drains it (broadcaster/server/drain.py): real daphne, real clients."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import websockets
 
-from broadcaster import redis_client
+from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
 from tests.support import wait_until
 

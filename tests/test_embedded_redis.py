@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broadcaster import embedded_redis
+from broadcaster.backend import embedded_redis
 from tests.support import Client, Daphne, base_env, manage
 
 

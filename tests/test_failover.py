@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from broadcaster.embedded_redis import server_binary
+from broadcaster.backend.embedded_redis import server_binary
 from tests.support import Daphne, ResumingClient, SentinelGroup, base_env, http_request, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -158,9 +158,9 @@ async def test_numbering_continues_after_what_was_delivered_when_history_goes_ba
     repeat of a number its clients already had."""
     import redis as sync_redis
 
-    from broadcaster.history import _keys
+    from broadcaster.history.kept import _keys
     from broadcaster.protocol import BROADCAST_GROUP
-    from broadcaster.publish import publish
+    from broadcaster.sending.publish import publish
     from tests.support import Client
 
     server = daphne()

@@ -12,10 +12,10 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from broadcaster import protocol
-from broadcaster.consumers import ReceiverConsumer
-from broadcaster.hub import get_hub
-from broadcaster.publish import publish
-from broadcaster.transport import send_now, text_frame
+from broadcaster.fanout.consumers import ReceiverConsumer
+from broadcaster.fanout.hub import get_hub
+from broadcaster.fanout.transport import send_now, text_frame
+from broadcaster.sending.publish import publish
 from tests.support import Client, manage, raw_receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,7 +92,7 @@ async def test_over_a_mebibyte_at_once_reaches_a_default_websockets_client(daphn
     """2 MB of messages that reach a server at once (here: kept in history but never sent live,
     as after a lost subscription) go out in batches under the 1 MiB limit of daphne and clients."""
     from broadcaster import redis_client
-    from broadcaster.history import group_history
+    from broadcaster.history.kept import group_history
 
     server = daphne()
     client = await Client(server.ws).connect()  # websockets' default max_size: 1 MiB

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from broadcaster.publish import publish
+from broadcaster.sending.publish import publish
 from tests.support import ROOT, Daphne, ResumingClient, free_port, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from broadcaster.history import History
-from broadcaster.resume import ResumePoint, catch_up, resume_point
+from broadcaster.history.kept import History
+from broadcaster.history.resume import ResumePoint, catch_up, resume_point
 from tests.support import eventually
 
 

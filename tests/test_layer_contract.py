@@ -38,8 +38,8 @@ async def test_renamed_internals_turn_the_fast_path_off_loudly_and_lose_nothing(
     server = daphne(**settings)
     await _broadcast_reaches_two_clients(server, env_for(redis_url, **settings))
     log = server.log()
-    assert log.count("ERROR broadcaster.startup: The fan-out fast path is off: the installed channels_redis "
-                     "lacks RedisSingleShardConnection._receive_message") == 1  # fmt: skip
+    assert log.count("ERROR broadcaster.server.startup: The fan-out fast path is off: the installed "
+                     "channels_redis lacks RedisSingleShardConnection._receive_message") == 1  # fmt: skip
     assert "Dropped a message" not in log
 
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from django.test import RequestFactory, override_settings
 
-from broadcaster.publish import publish
+from broadcaster.sending.publish import publish
 from broadcaster.views import metrics_view
 from tests.support import Client, manage, scrape, wait_until
 

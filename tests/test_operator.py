@@ -12,8 +12,8 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
 from django.test import AsyncClient, override_settings
 
-from broadcaster import redis_client
-from broadcaster.history import group_history
+from broadcaster.backend import redis_client
+from broadcaster.history.kept import group_history
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
 from tests.conftest import point_django_at

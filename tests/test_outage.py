@@ -65,7 +65,11 @@ async def test_redis_outage_is_told_to_every_receiver_and_logged_once(browser, d
         listener.terminate()
         listener.wait(timeout=20)
     log = server.log()
-    print("\n".join(line for line in log.splitlines() if "Redis" in line and "broadcaster.outage" in line))
+    print(
+        "\n".join(
+            line for line in log.splitlines() if "Redis" in line and "broadcaster.backend.outage" in line
+        )
+    )
     assert log.count("Lost Redis") == 1, log[-4000:]
     assert log.count("Redis is back after") == 1, log[-4000:]
     assert "Traceback" not in log and "Unexpected exception" not in log, log[-4000:]

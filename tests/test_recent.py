@@ -10,13 +10,13 @@ import redis
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from broadcaster import redis_client
-from broadcaster.consumers import ReceiverConsumer
-from broadcaster.history import Entry, group_history
-from broadcaster.hub import get_hub
-from broadcaster.publish import publish
-from broadcaster.recent import RecentBroadcasts
-from broadcaster.resume import ResumePoint, backlog, catch_up
+from broadcaster.backend import redis_client
+from broadcaster.fanout.consumers import ReceiverConsumer
+from broadcaster.fanout.hub import get_hub
+from broadcaster.history.kept import Entry, group_history
+from broadcaster.history.recent import RecentBroadcasts
+from broadcaster.history.resume import ResumePoint, backlog, catch_up
+from broadcaster.sending.publish import publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import redis
 
-from broadcaster import redis_client
+from broadcaster.backend import redis_client
 from tests.support import Client, create_token, http_request
 
 N = 300

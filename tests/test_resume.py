@@ -10,8 +10,8 @@ import sys
 
 import redis.asyncio as aioredis
 
-from broadcaster.embedded_redis import server_binary
-from broadcaster.history import History
+from broadcaster.backend.embedded_redis import server_binary
+from broadcaster.history.kept import History
 from tests.support import (
     ROOT,
     Client,

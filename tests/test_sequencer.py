@@ -1,12 +1,12 @@
-"""The fan-out's numbering rules (broadcaster/sequencer.py), driven with lists: no socket, no Redis."""
+"""The fan-out's numbering rules (broadcaster/fanout/sequencer.py), driven with lists: no socket, no Redis."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broadcaster.history import Entry, Since
-from broadcaster.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer
+from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer
+from broadcaster.history.kept import Entry, Since
 
 
 def entry(seq: int, epoch: str = "e1") -> Entry:

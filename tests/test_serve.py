@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from broadcaster.publish import publish
+from broadcaster.sending.publish import publish
 from tests.support import ROOT, ResumingClient, base_env, free_port, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,7 @@ from autobahn.websocket.protocol import Timings
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from broadcaster import startup
+from broadcaster.server import startup
 
 txaio.use_twisted()
 

@@ -1,4 +1,4 @@
-"""The write path's one interface (broadcaster/transport.py): every Link keeps the slow-consumer
+"""The write path's one interface (broadcaster/fanout/transport.py): every Link keeps the slow-consumer
 bound itself. Daphne's two links are tested with real sockets (test_slow_consumers.py, plain TCP
 and TLS); these drive the link for any other ASGI server, whose `send` applies backpressure by
 not finishing. No such server is installed here: the tests play one, in-process, with a `send`
@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from broadcaster.consumers import ReceiverConsumer
-from broadcaster.hub import get_hub
+from broadcaster.fanout.consumers import ReceiverConsumer
+from broadcaster.fanout.hub import get_hub
+from broadcaster.fanout.transport import AsgiLink
 from broadcaster.protocol import RECEIVER_PATH
-from broadcaster.publish import publish
-from broadcaster.transport import AsgiLink
+from broadcaster.sending.publish import publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

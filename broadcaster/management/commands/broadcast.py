@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broadcaster import console
+from broadcaster.sending import console
 
 
 class Command(BaseCommand):

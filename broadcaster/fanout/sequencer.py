@@ -3,7 +3,7 @@
 Every broadcast carries (epoch, seq): seq counts up from 1 within an epoch, and a new epoch
 means history lost its data and numbering restarted. A process must deliver each message
 once, in order, with no gap. `Sequencer` decides what to do with each message that arrives
-live and with each look at history; the hub (broadcaster/hub.py) carries out its decisions
+live and with each look at history; the hub (broadcaster/fanout/hub.py) carries out its decisions
 (writes, reads of history, timers). Tests drive it with lists of entries.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broadcaster.history import Entry, Since
+from broadcaster.history.kept import Entry, Since
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,17 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from broadcaster import gc_policy, metrics, protocol, redis_client, resume
-from broadcaster.history import Entry, group_history
-from broadcaster.outage import RedisLink
+from broadcaster import metrics, protocol
+from broadcaster.backend import redis_client
+from broadcaster.backend.outage import RedisLink
+from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
+from broadcaster.fanout.transport import text_frame
+from broadcaster.history import resume
+from broadcaster.history.kept import Entry, group_history
+from broadcaster.history.recent import RecentBroadcasts
+from broadcaster.history.resume import Backlog, ResumePoint
 from broadcaster.presence import group_presence, withdraw_now
-from broadcaster.recent import RecentBroadcasts
-from broadcaster.resume import Backlog, ResumePoint
-from broadcaster.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
-from broadcaster.transport import text_frame
+from broadcaster.server import gc_policy
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class Hub:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reported_to: str | None = None
-        # Draining (broadcaster/drain.py): receivers still get broadcasts, but count as 0 here.
+        # Draining (broadcaster/server/drain.py): receivers still get broadcasts, but count as 0 here.
         self.drained = False
         # Whether Redis answers, as this event loop sees it; receivers are told of each change
         # (`live` only those that were told `delayed`).
@@ -143,7 +146,7 @@ class Hub:
     def deliver(self, event: dict[str, Any]) -> None:
         """Called by the channel layer once per broadcast that reaches this process.
 
-        Keeps the numbering whole (broadcaster/sequencer.py): a duplicate is dropped; a gap (a
+        Keeps the numbering whole (broadcaster/fanout/sequencer.py): a duplicate is dropped; a gap (a
         publisher that died between history and the live send, or a lost Redis subscription)
         is filled from history before anything newer goes out.
         """

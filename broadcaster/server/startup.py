@@ -12,9 +12,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from broadcaster import body_limit, drain, gc_policy, redis_client, transport
-from broadcaster.admission import admission
+from broadcaster.backend import redis_client
+from broadcaster.fanout import transport
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
+from broadcaster.server import body_limit, drain, gc_policy
+from broadcaster.server.admission import admission
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def check_write_path() -> None:
 
 
 def limit_request_bodies() -> None:
-    """Refuse oversized request bodies before daphne stores them (broadcaster/body_limit.py)."""
+    """Refuse oversized request bodies before daphne stores them (broadcaster/server/body_limit.py)."""
     problem = body_limit.install()
     if problem is not None:
         logger.warning("Request bodies are limited only after daphne has read them: %s", problem)

@@ -12,9 +12,10 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from broadcaster import ratelimit, redis_client
+from broadcaster.backend import redis_client
 from broadcaster.models import PublishToken, hash_secret
-from broadcaster.publish import (
+from broadcaster.sending import ratelimit
+from broadcaster.sending.publish import (
     BrokerUnavailable,
     EmptyMessage,
     InvalidText,

@@ -1,7 +1,7 @@
 """What a connecting receiver is owed: `?since=N&epoch=E`, or the latest message.
 
 One rule (`backlog`), two sources: history in Redis (`History` itself), and a server
-process's memory of what it delivered last (broadcaster/recent.py), which answers a reconnect
+process's memory of what it delivered last (broadcaster/history/recent.py), which answers a reconnect
 storm without a Redis read per client, or says it cannot tell. Kept apart from the consumer
 so it can be tested without a socket.
 """
@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 
-from broadcaster import redis_client
-from broadcaster.history import Entry, Since, group_history
+from broadcaster.backend import redis_client
+from broadcaster.history.kept import Entry, Since, group_history
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from django.conf import settings
 from django.core.management.base import OutputWrapper
 from redis.exceptions import RedisError
 
-from broadcaster import redis_client
+from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
-from broadcaster.publish import BrokerUnavailable, PublishError, publish
+from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 from django.conf import settings
 
 from broadcaster import protocol
-from broadcaster.consumers import ReceiverConsumer
-from broadcaster.origin import OriginCheck
-from broadcaster.transport import SCOPE_LINK_KEY, DirectLink, link_for
+from broadcaster.fanout.consumers import ReceiverConsumer
+from broadcaster.fanout.origin import OriginCheck
+from broadcaster.fanout.transport import SCOPE_LINK_KEY, DirectLink, link_for
 
 logger = logging.getLogger(__name__)
 

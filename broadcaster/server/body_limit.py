@@ -26,8 +26,8 @@ from typing import Any
 
 from django.conf import settings
 
-from broadcaster.api import ASK_FOR_BEARER
 from broadcaster.log_throttle import Throttle
+from broadcaster.sending.api import ASK_FOR_BEARER
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m broadcaster.reuseport HOST PORT DAPHNE [ARGS...]`: bind HOST:PORT with SO_REUSEPORT
+"""`python -m broadcaster.server.reuseport HOST PORT DAPHNE [ARGS...]`: bind HOST:PORT with SO_REUSEPORT
 and exec daphne on that socket (`--fd N`). `make serve` starts one per worker, under supervisord.
 
 Each worker gets its own listening socket on the shared port, and the kernel spreads new
@@ -30,13 +30,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 3:
-        sys.exit("usage: python -m broadcaster.reuseport HOST PORT DAPHNE [ARGS...]")
+        sys.exit("usage: python -m broadcaster.server.reuseport HOST PORT DAPHNE [ARGS...]")
     host, port, command = argv[0], int(argv[1]), argv[2:]
     try:
         sock = bind(host, port)
     except OSError as exc:
         sys.exit(f"Error: cannot listen on {host}:{port}: {exc}")
-    # Tells the drain (broadcaster/drain.py) that other workers may share this port.
+    # Tells the drain (broadcaster/server/drain.py) that other workers may share this port.
     os.environ["BROADCAST_REUSEPORT"] = "1"
     # The daphne command comes from supervisord.conf, not from untrusted input.
     os.execv(command[0], [*command[:1], "--fd", str(sock.fileno()), *command[1:]])  # noqa: S606

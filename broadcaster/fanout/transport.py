@@ -7,7 +7,7 @@ bound already unsent is not made and returns False (the receiver then closes the
 1. `DirectLink` (daphne, plain TCP): the same WebSocket frame bytes, built once per broadcast
    (server-to-client frames are unmasked, so every client's are identical), written straight
    to the connection's socket, or to Twisted's buffer when the socket is busy. The router
-   (broadcaster/routing.py) also turns on TCP_NODELAY: Twisted leaves Nagle's algorithm on,
+   (broadcaster/fanout/routing.py) also turns on TCP_NODELAY: Twisted leaves Nagle's algorithm on,
    which with delayed ACKs holds a small frame back for up to 40 ms.
 2. `TwistedLink` (daphne where the socket is not reachable, e.g. daphne terminating TLS):
    daphne's own `send`; unsent is what Twisted's transports (TLS, then TCP) hold.

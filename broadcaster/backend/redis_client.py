@@ -31,7 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
-from broadcaster import embedded_redis, metrics
+from broadcaster import metrics
+from broadcaster.backend import embedded_redis
 
 # Seconds to wait for a connection to Redis, and for an answer, before calling it unreachable.
 CONNECT_TIMEOUT = 2.0

@@ -17,8 +17,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from broadcaster import protocol, redis_client
-from broadcaster.history import group_history
+from broadcaster import protocol
+from broadcaster.backend import redis_client
+from broadcaster.history.kept import group_history
 from broadcaster.log_throttle import Throttle
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
@@ -92,7 +93,7 @@ async def publish(*, text: str, sender: str) -> Published:
 
     Two steps, in this order: number and keep it (one atomic Lua script), then send it live.
     A publisher that dies between them leaves a kept message that was never live: server
-    processes notice the gap in the numbers and fill it from history (broadcaster/hub.py).
+    processes notice the gap in the numbers and fill it from history (broadcaster/fanout/hub.py).
     The frame is encoded here, once; server processes pass it through unchanged.
     """
     validate(text)

@@ -3,7 +3,7 @@
 A connecting client is owed the newest message (a new client) or what it missed (`?since=`).
 Reading that from Redis costs a round trip per connect: in a reconnect storm of thousands of
 tabs, those reads queue up, and every client holds back live messages until its own read is
-done. While the hub is in step with history (broadcaster/hub.py decides), the answer comes
+done. While the hub is in step with history (broadcaster/fanout/hub.py decides), the answer comes
 from here instead; when memory cannot tell (not in step, a gap older than what is kept here,
 another numbering), its source answers None and the same rule (resume.backlog) asks Redis.
 
@@ -21,7 +21,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from broadcaster.history import Entry, Since
+from broadcaster.history.kept import Entry, Since
 
 # At most this many messages (and never more than BROADCAST_HISTORY_COUNT).
 KEEP = 256
@@ -55,7 +55,7 @@ class RecentBroadcasts:
             self._kept.popleft()
 
     def source(self, *, epoch: str | None, last: int) -> MemorySource:
-        """These entries as a backlog source (broadcaster/resume.py), given that history's
+        """These entries as a backlog source (broadcaster/history/resume.py), given that history's
         newest is `last` in `epoch` (the hub checked that this process is in step)."""
         return MemorySource(self._kept, epoch=epoch, last=last)
 

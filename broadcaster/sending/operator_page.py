@@ -29,10 +29,10 @@ from django.urls import reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from broadcaster import redis_client
+from broadcaster.backend import redis_client
 from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
-from broadcaster.publish import BrokerUnavailable, PublishError, publish, validate
+from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish, validate
 
 logger = logging.getLogger(__name__)
 

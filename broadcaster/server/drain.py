@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # balancer's health checks see it) and refusing new receivers with 1012, before it closes its
 # listening socket (then workers sharing the port take every new connection).
 READY_GRACE = 2.0
-# Set by broadcaster/reuseport.py in the workers it starts (their port is bound with SO_REUSEPORT).
+# Set by broadcaster/server/reuseport.py in the workers it starts (their port is bound with SO_REUSEPORT).
 SHARED_PORT_ENV = "BROADCAST_REUSEPORT"
 # How often a batch of receivers is closed during a drain.
 DRAIN_STEP = 0.1
@@ -90,8 +90,8 @@ class Drain:
         self._task = asyncio.get_running_loop().create_task(self._close_receivers(reactor))
 
     async def _close_receivers(self, reactor: Any) -> None:
-        from broadcaster.admission import admission
-        from broadcaster.hub import get_hub
+        from broadcaster.fanout.hub import get_hub
+        from broadcaster.server.admission import admission
 
         hub = get_hub()
         await hub.withdraw_for_drain()
@@ -125,7 +125,7 @@ def _reactor() -> Any:
 
 
 def _port_is_shared() -> bool:
-    """Whether other workers listen on this process's port (broadcaster/reuseport.py says so)."""
+    """Whether other workers listen on this process's port (broadcaster/server/reuseport.py says so)."""
     try:
         return os.environ.get(SHARED_PORT_ENV) == "1" and int(os.environ.get("WORKERS") or 1) > 1
     except ValueError:

@@ -16,14 +16,14 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import metrics, protocol
-from broadcaster.admission import admission
-from broadcaster.drain import drain
-from broadcaster.history import Entry
-from broadcaster.hub import get_hub
+from broadcaster.fanout.hub import get_hub
+from broadcaster.fanout.transport import SCOPE_LINK_KEY, AsgiLink, Link, text_frame
+from broadcaster.history.kept import Entry
+from broadcaster.history.resume import Backlog, catch_up, next_page, resume_point
 from broadcaster.log_throttle import Throttle
 from broadcaster.protocol import CloseCode
-from broadcaster.resume import Backlog, catch_up, next_page, resume_point
-from broadcaster.transport import SCOPE_LINK_KEY, AsgiLink, Link, text_frame
+from broadcaster.server.admission import admission
+from broadcaster.server.drain import drain
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class ReceiverConsumer(AsyncWebsocketConsumer):
             pass
 
     def close_for_restart(self) -> None:
-        """Drain (broadcaster/drain.py): close with 1012 after what is queued; the client
+        """Drain (broadcaster/server/drain.py): close with 1012 after what is queued; the client
         reconnects to another worker and resumes from the last message it got."""
         if self.closing:
             return
