@@ -7,8 +7,10 @@ checkout): templates, static files and migrations must come from the installed p
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port, wait_until
+from tests.support import ROOT, LineReader, free_port, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -54,7 +56,16 @@ class Host:
 @pytest.fixture
 def host(tmp_path: Path, redis_url: str) -> Host:
     site_packages = tmp_path / "site-packages"
-    # Built from this checkout like any pip install; dependencies are the suite's own (pinned).
+    # Built from a copy of this checkout like any pip install (setuptools keeps a build/ folder in
+    # the source, which must not end up in the checkout); dependencies are the suite's own (pinned).
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", ".hypothesis", ".ruff_cache"
+        ),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -66,7 +77,7 @@ def host(tmp_path: Path, redis_url: str) -> Host:
             "--no-build-isolation",
             "--target",
             str(site_packages),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         timeout=300,
@@ -241,3 +252,31 @@ async def test_banner_shows_the_hosts_console_broadcasts(served: HostServer, bro
     await expect(page.get_by_role("link", name="Broadcast records")).to_be_visible()
     operator = await page.request.get(base + "/broadcasts/operator/")
     assert operator.status == 200 and "Operator" in await operator.text()
+
+
+def test_host_commands_and_api_work_unchanged(served: HostServer) -> None:
+    """In the host project, `create_publish_token` makes a token the API under the host's
+    prefix takes, and the host's `manage.py listen` prints what the API sent."""
+    host, base = served.host, f"http://127.0.0.1:{served.port}"
+    made = host.manage("create_publish_token", "ci")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.splitlines()[1].strip()
+    listener = subprocess.Popen([sys.executable, "manage.py", "listen", f"ws://127.0.0.1:{served.port}/ws/broadcast/"],
+                                cwd=host.root, env=host.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+    try:
+        lines = LineReader(listener.stdout)
+        lines.wait_for(lambda line: line.startswith("Connected"), timeout=20, what="listen to connect")
+        request = urllib.request.Request(base + "/broadcasts/api/broadcasts/", method="POST",
+                                         data=json.dumps({"text": "From the host's API"}).encode(),
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert (response.status, sorted(json.loads(response.read()))) == (
+                201,
+                ["clients", "id", "seq", "time"],
+            )
+        lines.wait_for(lambda line: line.endswith("From the host's API"), timeout=15, what="the broadcast")
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)

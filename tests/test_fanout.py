@@ -91,7 +91,7 @@ def test_batch_frames_split_at_the_limit_in_order():
 async def test_over_a_mebibyte_at_once_reaches_a_default_websockets_client(daphne, redis_url):
     """2 MB of messages that reach a server at once (here: kept in history but never sent live,
     as after a lost subscription) go out in batches under the 1 MiB limit of daphne and clients."""
-    from broadcaster import redis_client
+    from broadcaster.backend import redis_client
     from broadcaster.history.kept import group_history
 
     server = daphne()
