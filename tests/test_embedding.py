@@ -229,6 +229,18 @@ async def test_banner_shows_the_hosts_console_broadcasts(served: HostServer, bro
         await page.set_viewport_size({"width": 900, "height": 260})
         await page.screenshot(path=os.environ["BROADCAST_SCREENSHOT"])
 
+    # A page opened now shows the current announcement at once, and fits a phone's width.
+    phone = await browser.new_page(viewport={"width": 360, "height": 640})  # type: ignore[attr-defined]
+    await phone.goto(base + "/")
+    await expect(phone.get_by_role("status", name="Announcement")).to_contain_text(
+        "Deploy at 17:00", timeout=15_000
+    )
+    assert await phone.evaluate("document.documentElement.scrollWidth") <= 360
+    await phone.keyboard.press("Tab")  # the first focusable element of the page is the banner's button
+    await phone.keyboard.press("Escape")
+    await expect(phone.locator(".broadcast-banner")).to_be_hidden()
+    await phone.close()
+
     # Keyboard: focus on Dismiss, Enter hides it.
     await page.get_by_role("button", name="Dismiss announcement").focus()
     await page.keyboard.press("Enter")
