@@ -68,7 +68,7 @@ bench-drain: $(VENV)/.installed-dev
 
 ## stop-redis: shut down this checkout's embedded Redis
 stop-redis: $(VENV)/.installed
-	$(BIN)/python -c "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'broadcast_site.settings'); django.setup(); from django.conf import settings; from broadcaster import embedded_redis; print('stopped' if embedded_redis.stop(settings.VAR_DIR) else 'not running')"
+	$(BIN)/python -c "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'broadcast_site.settings'); django.setup(); from django.conf import settings; from broadcaster.backend import embedded_redis; print('stopped' if embedded_redis.stop(settings.VAR_DIR) else 'not running')"
 
 clean:
 	rm -rf $(VENV) var

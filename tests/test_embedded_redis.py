@@ -54,3 +54,18 @@ async def test_server_and_console_share_it_without_redis_url(var_dir, tmp_path):
     finally:
         server.stop()
     assert (var_dir / "redis.sock").exists()
+
+
+def test_make_stop_redis_stops_it(var_dir):
+    """`make stop-redis` (the README's way to shut it down) stops a running embedded Redis."""
+    import subprocess
+
+    from tests.support import ROOT
+
+    embedded_redis.ensure_running(var_dir)
+    env = base_env("", var_dir)
+    del env["REDIS_URL"]
+    stopped = subprocess.run(["make", "-s", "stop-redis"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert (stopped.returncode, stopped.stdout.strip()) == (0, "stopped"), stopped.stderr
+    assert not embedded_redis.answers(var_dir / "redis.sock")
