@@ -7,17 +7,20 @@ Fan-out: the hub is the channel layer's fast path for the broadcast group (see
 written to every local connection without a task or a thread hop per connection. Broadcasts
 that arrive together (a burst) go out to each connection as one `batch` frame.
 
-Count: while it has receivers, the hub's task reports the local number to `Presence`
-(so it counts globally and heals after a crash) and pushes the global number to local
-receivers when it changes, at most once per BROADCAST_COUNT_INTERVAL: 5,000 clients
-connecting at once cause a handful of count frames per client, not 5,000.
+Numbering: whether a message goes out now, is a duplicate, or waits for a gap to be filled
+from history is decided by `Sequencer` (broadcaster/fanout/sequencer.py, plain code with no
+I/O); the hub carries out its decisions (writes, reads of history, tasks).
+
+Count: while it has receivers, the hub's heartbeat (broadcaster/fanout/heartbeat.py) reports
+the local number to `Presence` (so it counts globally and heals after a crash), and the hub
+pushes the global number to local receivers when it changes, at most once per
+BROADCAST_COUNT_INTERVAL: 5,000 clients connecting at once cause a handful of count frames
+per client, not 5,000.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import logging
 import os
 import socket
@@ -33,13 +36,14 @@ from redis.exceptions import RedisError
 from broadcaster import metrics, protocol
 from broadcaster.backend import redis_client
 from broadcaster.backend.outage import RedisLink
+from broadcaster.fanout.heartbeat import Heartbeat
 from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
 from broadcaster.fanout.transport import text_frame
 from broadcaster.history import resume
 from broadcaster.history.kept import Entry, group_history
 from broadcaster.history.recent import RecentBroadcasts
 from broadcaster.history.resume import Backlog, ResumePoint
-from broadcaster.presence import group_presence, withdraw_now
+from broadcaster.presence import group_presence
 from broadcaster.server import gc_policy
 
 logger = logging.getLogger(__name__)
@@ -79,9 +83,7 @@ class Hub:
         # history (loop time): connecting clients are answered from memory while that is recent.
         self.recent = RecentBroadcasts()
         self._in_step_at = float("-inf")
-        self._dirty = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._reported_to: str | None = None
+        self.heartbeat = Heartbeat(self)
         # Draining (broadcaster/server/drain.py): receivers still get broadcasts, but count as 0 here.
         self.drained = False
         # Whether Redis answers, as this event loop sees it; receivers are told of each change
@@ -256,80 +258,27 @@ class Hub:
         return self.slow_disconnects
 
     def _changed(self) -> None:
-        self._dirty.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self.heartbeat.poke()
 
     async def stop(self) -> None:
-        """Cancel the presence task (tests; daphne's exit runs `_withdraw_at_exit`)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Cancel the heartbeat task (tests; daphne's exit withdraws from the count itself)."""
+        await self.heartbeat.stop()
 
-    def _withdraw_at_exit(self) -> None:
-        """Runs at interpreter exit while this process still counts (daphne got SIGTERM)."""
-        if self._reported_to is None:
-            return
-        # Logging may already be shut down, and if Redis is gone the TTL heals the count.
-        with contextlib.suppress(RedisError):
-            withdraw_now(self._reported_to, server_id=self.server_id)
+    def counted(self) -> int:
+        """How many receivers this process counts in the global number (none while draining)."""
+        return 0 if self.drained else len(self.receivers)
 
-    async def _run(self) -> None:
-        interval: float = settings.BROADCAST_COUNT_INTERVAL
-        ttl: float = settings.BROADCAST_PRESENCE_TTL
-        self._reported_to = redis_client.redis_url()
-        presence = group_presence(redis_client.shared_client())
-        # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
-        atexit.register(self._withdraw_at_exit)
-        loop = asyncio.get_running_loop()
-        last_report = float("-inf")
-        try:
-            while True:
-                # Once per interval, not per connect: deliveries of catch-ups (which no fan-out
-                # flushes) and the connections gauge.
-                metrics.flush()
-                metrics.set_connections(len(self.receivers))
-                try:
-                    if self._dirty.is_set() or loop.time() - last_report >= ttl / 3:
-                        self._dirty.clear()
-                        count = 0 if self.drained else len(self.receivers)
-                        total = await presence.report(server_id=self.server_id, count=count)
-                        last_report = loop.time()
-                    else:
-                        total = await presence.total()
-                    self.redis.succeeded()
-                except (RedisError, OSError) as exc:
-                    self.redis.failed(exc, what="presence report")
-                    self._dirty.set()
-                else:
-                    self._push_count(total)
-                    if self.fast_path:
-                        with contextlib.suppress(RedisError):
-                            await self.check_history()
-                if not self.receivers:
-                    # (With Redis lost, the report's TTL withdraws this process soon enough.)
-                    if self.redis.up:
-                        await presence.withdraw(server_id=self.server_id)
-                    if not self.receivers:
-                        # With no receivers the group is unsubscribed: what is known of the
-                        # numbering goes stale, and is read again when receivers return.
-                        self.sequencer.forget()
-                        self.recent.clear()
-                        self._in_step_at = float("-inf")
-                        metrics.flush()
-                        return
-                # Coalesce: whatever changes during this pause goes out in one update,
-                # and other processes' changes are picked up within one interval.
-                await asyncio.sleep(interval)
-        except RedisError as exc:
-            logger.warning("Could not withdraw from presence: %s", exc)
-        finally:
-            metrics.set_connections(len(self.receivers))
-            atexit.unregister(self._withdraw_at_exit)
+    def went_idle(self) -> None:
+        """Called when the last receiver has gone and the heartbeat stops: the group is
+        unsubscribed, so what is known of the numbering goes stale, and is read again when
+        receivers return."""
+        self.sequencer.forget()
+        self.recent.clear()
+        self._in_step_at = float("-inf")
 
-    def _push_count(self, total: int) -> None:
+    def push_count(self, total: int) -> None:
+        """Called with the global count once per interval: to every receiver when it changed,
+        else only to those that joined since the last push."""
         if total == self.total:
             targets = list(self._fresh)
         else:
