@@ -10,11 +10,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broadcast_site.settings")
 # The Django app is built first: it sets Django up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from django.conf import settings  # noqa: E402
-
 from broadcaster.asgi import with_broadcasts  # noqa: E402
 
 # Every app's static files (the admin's CSS and JS too), with or without DJANGO_DEBUG: the
 # operator page is never unstyled. A proxy or CDN in front may serve STATIC_ROOT
-# (`collectstatic`) instead.
-application = with_broadcasts(django_asgi_app, static_prefix="/" + settings.STATIC_URL.lstrip("/"))
+# (`collectstatic`) instead. Every request body is held to DATA_UPLOAD_MAX_MEMORY_SIZE.
+application = with_broadcasts(django_asgi_app, serve_all_static=True, limit_all_bodies=True)

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
@@ -15,25 +16,27 @@ DOCS = "docs/EMBEDDING.md"
 
 
 @register("broadcaster")
-def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """runserver must be daphne's (or this app's): Django's own serves no WebSockets."""
-    apps = list(settings.INSTALLED_APPS)
-    if "daphne" not in apps:
+def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """`manage.py runserver` must be daphne's (or this app's): Django's own serves no WebSockets.
+    Warnings, not errors: a project served by another ASGI server may leave daphne out."""
+    names = [config.name for config in apps.get_app_configs()]
+    if "daphne" not in names:
         return [
-            Error(
-                "'daphne' is not in INSTALLED_APPS.",
-                hint=f'Add "daphne" first in INSTALLED_APPS ({DOCS}).',
-                id="broadcaster.E001",
+            Warning(
+                "'daphne' is not in INSTALLED_APPS: `manage.py runserver` serves no WebSockets.",
+                hint=f'Add "daphne" first in INSTALLED_APPS, unless another ASGI server runs the '
+                f"site ({DOCS}).",
+                id="broadcaster.W004",
             )
         ]
     staticfiles = "django.contrib.staticfiles"
-    if staticfiles in apps and apps.index("daphne") > apps.index(staticfiles):
+    if staticfiles in names and names.index("daphne") > names.index(staticfiles):
         return [
-            Error(
-                f"'daphne' comes after '{staticfiles}' in INSTALLED_APPS: runserver would be "
-                "Django's own, which serves no WebSockets.",
+            Warning(
+                f"'daphne' comes after '{staticfiles}' in INSTALLED_APPS: `manage.py runserver` "
+                "would be Django's own, which serves no WebSockets.",
                 hint='Move "daphne" to the top of INSTALLED_APPS.',
-                id="broadcaster.E002",
+                id="broadcaster.W005",
             )
         ]
     return []
@@ -44,9 +47,10 @@ def check_asgi_application(app_configs: Any = None, **kwargs: Any) -> list[Error
     """ASGI_APPLICATION names an application built with `broadcaster.asgi.with_broadcasts`.
 
     The module is not imported here (building the application prepares a server): when it is
-    already loaded the application itself is checked, else its source is read.
+    already loaded, whether this process built one is checked (the application may be wrapped
+    again, e.g. by an error tracker), else its source is read.
     """
-    from broadcaster.fanout.routing import Router
+    from broadcaster import asgi
 
     target: str = getattr(settings, "ASGI_APPLICATION", "") or ""
     if not target:
@@ -60,7 +64,7 @@ def check_asgi_application(app_configs: Any = None, **kwargs: Any) -> list[Error
     module_name, _, attribute = target.rpartition(".")
     module = sys.modules.get(module_name)
     if module is not None:
-        wrapped = isinstance(getattr(module, attribute, None), Router)
+        wrapped = asgi.wrapped and getattr(module, attribute, None) is not None
     else:
         try:
             spec = importlib.util.find_spec(module_name)

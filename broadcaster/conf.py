@@ -8,6 +8,7 @@ The app reads settings at call time (`settings.BROADCAST_...`), so tests can ove
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 
@@ -54,19 +55,31 @@ FALLBACK_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def layer_redis_url(layers: dict[str, Any]) -> str | None:
-    """The Redis of the default channel layer's first host (a URL, an `address`, or Sentinels)."""
+    """The Redis of the default channel layer's first host, as a URL, in any of the forms
+    channels_redis takes: a URL, a (host, port) pair, a dict with an `address` or with
+    `host`/`port` (its `password` kept), or Sentinels."""
     hosts = layers.get("default", {}).get("CONFIG", {}).get("hosts") or []
     if not hosts:
         return None
     first = hosts[0]
     if isinstance(first, str):
         return first
-    if isinstance(first, dict):
-        if "sentinels" in first and "master_name" in first:
-            return sentinel_url([f"{host}:{port}" for host, port in first["sentinels"]], first["master_name"])
-        address = first.get("address")
-        return address if isinstance(address, str) else None
-    return None
+    if isinstance(first, (tuple, list)) and len(first) == 2:
+        return f"redis://{first[0]}:{first[1]}/0"
+    if not isinstance(first, dict):
+        return None
+    if "sentinels" in first and "master_name" in first:
+        return sentinel_url([f"{host}:{port}" for host, port in first["sentinels"]], first["master_name"])
+    address = first.get("address")
+    if not isinstance(address, str):
+        if "host" not in first:
+            return None
+        address = f"redis://{first['host']}:{first.get('port', 6379)}/{first.get('db', 0)}"
+    password = first.get("password")
+    if password and "@" not in address.partition("://")[2]:
+        scheme, _, rest = address.partition("://")
+        address = f"{scheme}://:{quote(str(password), safe='')}@{rest}"
+    return address
 
 
 def apply_defaults() -> None:

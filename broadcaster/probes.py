@@ -9,13 +9,16 @@ whole stack as usual.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from broadcaster import views
+
+logger = logging.getLogger(__name__)
 
 # URL names (urls.py) of the probes, and their views.
 PROBES: dict[str, Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]] = {
@@ -34,7 +37,13 @@ class ProbeMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
         self.get_response = get_response
         # Their paths, as urls.py has them.
-        self.probes = {reverse(f"broadcaster:{name}"): view for name, view in PROBES.items()}
+        self.probes = {}
+        for name, view in PROBES.items():
+            try:
+                self.probes[reverse(f"broadcaster:{name}")] = view
+            except NoReverseMatch:
+                # The project did not include broadcaster.urls: nothing to answer early.
+                logger.warning("ProbeMiddleware: no URL named broadcaster:%s; include broadcaster.urls", name)
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:

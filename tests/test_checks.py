@@ -34,15 +34,21 @@ def test_embedded_redis_is_a_deploy_warning():
         assert checks.check_embedded_redis() == []
 
 
-def test_daphne_missing_or_after_staticfiles_is_an_error():
-    """E001 without daphne; E002 when it comes after staticfiles (runserver would be Django's)."""
+def test_daphne_missing_or_after_staticfiles_is_a_warning():
+    """W004 without daphne; W005 when it comes after staticfiles (runserver would be Django's);
+    apps named by their AppConfig count too."""
     assert checks.check_installed_apps() == []
     with override_settings(INSTALLED_APPS=["django.contrib.staticfiles", "broadcaster"]):
         assert [(e.id, e.msg) for e in checks.check_installed_apps()] == [
-            ("broadcaster.E001", "'daphne' is not in INSTALLED_APPS.")
+            (
+                "broadcaster.W004",
+                "'daphne' is not in INSTALLED_APPS: `manage.py runserver` serves no WebSockets.",
+            )
         ]
     with override_settings(INSTALLED_APPS=["django.contrib.staticfiles", "daphne", "broadcaster"]):
-        assert [e.id for e in checks.check_installed_apps()] == ["broadcaster.E002"]
+        assert [e.id for e in checks.check_installed_apps()] == ["broadcaster.W005"]
+    with override_settings(INSTALLED_APPS=["daphne.apps.DaphneConfig", "django.contrib.staticfiles"]):
+        assert checks.check_installed_apps() == []
 
 
 def test_asgi_application_must_be_set_and_wrapped():
@@ -58,3 +64,18 @@ def test_no_default_layer_is_an_error():
     """E004: without a default channel layer nothing reaches receivers."""
     with override_settings(CHANNEL_LAYERS={}):
         assert [e.id for e in checks.check_channel_layer()] == ["broadcaster.E004"]
+
+
+def test_redis_url_comes_from_any_form_of_the_layers_first_host():
+    """A host names its Redis once, in CHANNEL_LAYERS, in any form channels_redis takes."""
+    from broadcaster.conf import layer_redis_url
+
+    def first(host):
+        return layer_redis_url({"default": {"CONFIG": {"hosts": [host]}}})
+
+    assert [first("rediss://r:1/2"), first(("redis", 6379)), first({"host": "h", "port": 7}),
+            first({"address": "redis://b:2/0", "password": "p w"}), first({"address": "redis://:q@b:2/0"}),
+            first({"sentinels": [("s1", 26379)], "master_name": "m"})] == [
+        "rediss://r:1/2", "redis://redis:6379/0", "redis://h:7/0", "redis://:p%20w@b:2/0", "redis://:q@b:2/0",
+        "sentinel://s1:26379/m"]  # fmt: skip
+    assert layer_redis_url({}) is None

@@ -53,6 +53,16 @@ def test_a_gap_older_than_history_resets_clients_then_goes_on() -> None:
     ]
 
 
+def test_a_hole_inside_history_is_not_a_gap() -> None:
+    """Numbers a failover skipped (history's counter raised past them) never were messages:
+    what history holds goes out in order, with no second read and no reset."""
+    seq = Sequencer(epoch="e1", last_seq=3, baseline_known=True)
+    assert seq.accept(entry(12)) == [Fill(epoch="e1", after=3)]
+    steps = seq.filled(Since(last=12, epoch="e1", entries=[entry(4), entry(5), entry(11), entry(12)]),
+                       epoch="e1", after=3)  # fmt: skip
+    assert (delivered(steps), len(steps), seq.last_seq, seq.filling) == ([4, 5, 11, 12], 4, 12, False)
+
+
 def test_held_messages_go_out_when_history_cannot_be_read() -> None:
     """An unreachable history never holds live messages back: they go out, numbered from the first."""
     seq = Sequencer(epoch="e1", last_seq=2, baseline_known=True)

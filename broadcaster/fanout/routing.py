@@ -25,23 +25,37 @@ logger = logging.getLogger(__name__)
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
+class StaticFiles:
+    """Which paths `app` serves: every path under `prefix`, or only the `files` listed."""
+
+    def __init__(self, *, app: ASGIApp, prefix: str, files: frozenset[str] | None = None) -> None:
+        self.app, self.prefix, self.files = app, prefix, files
+
+    def serves(self, path: str) -> bool:
+        if self.files is not None:
+            return path in self.files
+        return path.startswith(self.prefix)
+
+
 class Router:
     """The project's ASGI application."""
 
     # asgiref takes a plain (not async) __call__ for the old double-callable style.
     _asgi_single_callable = True
 
-    def __init__(self, *, http: ASGIApp, origins: OriginCheck, static: tuple[str, ASGIApp] | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(self, *, http: ASGIApp, origins: OriginCheck, static: StaticFiles | None = None,
+                 other_websockets: ASGIApp | None = None) -> None:  # fmt: skip
         self.http = http
         self.origins = origins
-        # (URL prefix, app): static files (the admin's CSS and JS), whatever DJANGO_DEBUG says.
+        # Static files served here, whatever DJANGO_DEBUG says (broadcaster/asgi.py says which).
         self.static = static
+        # Where WebSockets at other paths go (a host project's own consumers); None: refused.
+        self.other_websockets = other_websockets
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         if scope["type"] == "http":
-            if self.static is not None and scope["path"].startswith(self.static[0]):
-                return self.static[1](scope, receive, send)
+            if self.static is not None and self.static.serves(scope["path"]):
+                return self.static.app(scope, receive, send)
             return self.http(scope, receive, send)
         if scope["type"] == "websocket":
             return self.websocket(scope, receive, send)
@@ -50,6 +64,8 @@ class Router:
     def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """A WebSocket handshake: the receiver endpoint, or a refusal (HTTP 403)."""
         if scope["path"] != protocol.RECEIVER_PATH:
+            if self.other_websockets is not None:
+                return self.other_websockets(scope, receive, send)
             logger.warning("Refused WebSocket handshake: no endpoint at %s", scope["path"])
             return _deny(receive, send)
         if not self.origins.allows(scope):

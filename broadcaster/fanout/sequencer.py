@@ -109,8 +109,11 @@ class Sequencer:
             if first > after + 1:
                 steps.append(Reset(epoch=epoch, seq=kept.last, missing=(after + 1, first - 1)))
                 self.last_seq = first - 1
+            # All of it goes out, in order, holes included: a hole inside history (numbers a
+            # failover skipped, see RaiseFloor) was never a message.
             for entry in kept.entries:
-                steps += self.accept(entry)
+                self.last_seq = entry.seq
+                steps.append(Deliver(entry))
         held, self.held = self.held, []
         if kept is None and held:
             # History is unreachable: send what did arrive rather than wait (and retry) for

@@ -1,6 +1,6 @@
 """The operator page at /operator/: staff watch the count and the log; permitted staff send.
 
-Inside the Django admin's look (templates/broadcaster/operator.html extends the admin's base).
+Inside the Django admin's look (broadcaster/templates/broadcaster/operator.html extends the admin's base).
 Who may do what:
     anonymous, or a user who is not active staff -> the admin login page (no operator data)
     staff                                        -> the count and the recent broadcasts

@@ -31,7 +31,11 @@ from broadcaster.sending.api import ASK_FOR_BEARER
 
 logger = logging.getLogger(__name__)
 
-API_PATH = b"/api/broadcasts/"
+# The publish API's path (set by `install()` from broadcaster.urls), and whether every other
+# request's body is held to DATA_UPLOAD_MAX_MEMORY_SIZE too (the standalone site) or left to
+# Django (a host project: its own uploads may be larger; Django still caps form data).
+_api_path: bytes | None = b"/api/broadcasts/"
+_limit_others = True
 
 # How long a refused client may go on sending before the connection is dropped.
 LINGER = 10.0
@@ -50,9 +54,9 @@ def api_body_limit() -> int:
 
 def body_limit(route: bytes) -> int | None:
     """The body limit for a request path (None: no limit)."""
-    if route == API_PATH:
+    if route == _api_path:
         return api_body_limit()
-    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE if _limit_others else None
 
 
 def _answer(status: int, reason: str, message: str, headers: dict[str, str]) -> bytes:
@@ -94,7 +98,7 @@ def _limited_request_class() -> type | None:
             route = _route(self)
             self.limit = body_limit(route)
             method = getattr(self.channel, "_command", None)
-            if route == API_PATH and method == b"POST" and not _has_bearer_token(self):
+            if route == _api_path and method == b"POST" and not _has_bearer_token(self):
                 self._refuse(401, "Unauthorized", ASK_FOR_BEARER, {"WWW-Authenticate": "Bearer"})
             elif length is not None and self.limit is not None and length > self.limit:
                 self._refuse_size(f"{length:,} bytes")
@@ -204,8 +208,17 @@ def _peer(request: Any) -> str:
     return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
 
-def install() -> str | None:
-    """Make daphne use LimitedRequest; return why it cannot, or None."""
+def install(*, limit_others: bool) -> str | None:
+    """Make daphne use LimitedRequest; return why it cannot, or None. The API's limit applies
+    where broadcaster.urls puts it; other bodies are limited only with `limit_others`."""
+    global _api_path, _limit_others
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        _api_path = reverse("broadcaster:api-broadcasts").encode()
+    except NoReverseMatch:
+        _api_path = None  # the project did not include broadcaster.urls: no publish API
+    _limit_others = limit_others
     limited = _limited_request_class()
     if limited is None:
         return "the installed daphne has no WebRequest with gotLength, handleContentChunk and requestReceived"

@@ -94,9 +94,10 @@ def check_write_path() -> None:
                        "bound still holds", problem)  # fmt: skip
 
 
-def limit_request_bodies() -> None:
-    """Refuse oversized request bodies before daphne stores them (broadcaster/server/body_limit.py)."""
-    problem = body_limit.install()
+def limit_request_bodies(*, all_bodies: bool) -> None:
+    """Refuse oversized request bodies before daphne stores them (broadcaster/server/body_limit.py):
+    the publish API's always, every other path's too with `all_bodies`."""
+    problem = body_limit.install(limit_others=all_bodies)
     if problem is not None:
         logger.warning("Request bodies are limited only after daphne has read them: %s", problem)
 
@@ -152,8 +153,9 @@ def check_channel_layer() -> None:
         raise SystemExit(message)
 
 
-def prepare_server() -> None:
-    """Called when the ASGI application is imported by daphne or runserver."""
+def prepare_server(*, limit_all_bodies: bool = False) -> None:
+    """Called when the ASGI application is imported by daphne or runserver (through
+    broadcaster.asgi.with_broadcasts)."""
     gc_policy.configure()
     _lazy_autobahn_debug_text()
     limit = raise_open_file_limit()
@@ -163,6 +165,6 @@ def prepare_server() -> None:
     redis_client.redis_url()
     logger.info("Using Redis at %s", redis_client.display_url())
     check_write_path()
-    limit_request_bodies()
+    limit_request_bodies(all_bodies=limit_all_bodies)
     drain.install_when_running()
     check_channel_layer()

@@ -12,11 +12,13 @@
     style.href = host.dataset.stylesheet;
     var box = document.createElement("div");
     box.className = "banner";
-    box.setAttribute("role", "status");
-    box.setAttribute("aria-live", "polite");
-    box.setAttribute("aria-label", "Announcement");
+    // The live region is the text alone: screen readers announce the announcement, not the
+    // Dismiss button with it.
     var text = document.createElement("p");
     text.className = "text";
+    text.setAttribute("role", "status");
+    text.setAttribute("aria-live", "polite");
+    text.setAttribute("aria-label", "Announcement");
     var time = document.createElement("time");
     time.className = "time";
     var dismiss = document.createElement("button");
@@ -31,8 +33,16 @@
     root.appendChild(box);
     var shownId = null;
 
+    // Shown or hidden with an inline style as well as `hidden` (set through the CSSOM, which a
+    // Content-Security-Policy allows): a page rule such as `div { display: block }` would
+    // otherwise beat `:host([hidden])` and show an empty or dismissed banner.
+    function setVisible(visible) {
+      host.hidden = !visible;
+      host.style.display = visible ? "" : "none";
+    }
+
     function hide() {
-      host.hidden = true;
+      setVisible(false);
       try { sessionStorage.setItem(DISMISSED_KEY, shownId || ""); } catch (e) { /* storage off */ }
     }
 
@@ -40,13 +50,23 @@
       var dismissed = null;
       try { dismissed = sessionStorage.getItem(DISMISSED_KEY); } catch (e) { /* storage off */ }
       shownId = frame.id || null;
-      text.textContent = frame.text;
       time.dateTime = frame.time || "";
       time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
       host.dataset.id = frame.id || "";
       // One the person dismissed stays dismissed across page loads of this tab.
-      host.hidden = Boolean(frame.id) && frame.id === dismissed;
+      var visible = !(frame.id && frame.id === dismissed);
+      if (visible && host.hidden) {
+        // A live region's change is announced only while it is displayed: show it, then fill it.
+        text.textContent = "";
+        setVisible(true);
+        setTimeout(function () { if (shownId === (frame.id || null)) text.textContent = frame.text; }, 50);
+      } else {
+        text.textContent = frame.text;
+        setVisible(visible);
+      }
     }
+
+    setVisible(false);
 
     dismiss.addEventListener("click", hide);
     box.addEventListener("keydown", function (event) {
