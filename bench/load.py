@@ -42,6 +42,10 @@ class LoadClient(asyncio.Protocol):
         self.upgraded = False
         self.tail = b""
         self.transport: asyncio.Transport | None = None
+        # How many times this client got each message k (saturating at 255): the audit counts
+        # losses and duplicates per client, which the totals in Stats could hide (a duplicate
+        # at one client and a loss at another add up to "all delivered").
+        self.seen = bytearray(64)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,7 +71,12 @@ class LoadClient(asyncio.Protocol):
         skip = len(self.tail)
         for match in MARKER.finditer(chunk):
             if match.end() > skip:  # not already counted in the previous chunk
-                self.stats.saw(int(match.group(1)), now)
+                k = int(match.group(1))
+                self.stats.saw(k, now)
+                if k >= len(self.seen):
+                    self.seen.extend(bytes(k + 64 - len(self.seen)))
+                if self.seen[k] < 255:
+                    self.seen[k] += 1
         self.tail = chunk[-TAIL:]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -110,6 +119,21 @@ async def connect_all(
     return {"connected": n - failed, "failed": failed, "elapsed": time.perf_counter() - started}
 
 
+def audit(receivers: list[LoadClient], keys: list[int]) -> dict[str, int]:
+    """Per client and message: how many (client, message) pairs were never received, or more
+    than once, and how many clients had either."""
+    lost = duplicated = clients_short = clients_doubled = 0
+    for client in receivers:
+        seen = client.seen
+        counts = [seen[k] if k < len(seen) else 0 for k in keys]
+        missing, extra = counts.count(0), sum(1 for c in counts if c > 1)
+        lost, duplicated = lost + missing, duplicated + extra
+        clients_short += missing > 0
+        clients_doubled += extra > 0
+    return {"lost": lost, "duplicated": duplicated, "clients_short": clients_short,
+            "clients_doubled": clients_doubled}  # fmt: skip
+
+
 async def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -137,6 +161,8 @@ async def main() -> None:
                     "cpu": time.process_time(),
                 }
             )
+        elif cmd["cmd"] == "audit":
+            reply(audit(receivers, cmd["keys"]))
         elif cmd["cmd"] == "reset":
             stats.counts.clear()
             stats.last.clear()

@@ -88,7 +88,9 @@ class Result:
     cpu_us_per_delivery: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    # Per client and message, over every message of the run (warm-up, samples, burst).
     lost: int = 0
+    duplicated: int = 0
     load_cpu_share: float = 0.0  # busiest load process's CPU use during the burst, of one core
     notes: list[str] = field(default_factory=list)
 
@@ -331,7 +333,14 @@ def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -
         cpu_after, load_cpu_after = system.cpu(), load.cpu_each()
         delivered = sum(min(counts.get(i, 0), result.connected) for i in keys)
         elapsed = max(last.values(), default=sent) - sent
-        result.lost = burst * result.connected - delivered
+        audits = load.ask({"cmd": "audit", "keys": list(range(keys[-1] + 1 if keys else k + 1))})
+        result.lost = sum(a["lost"] for a in audits)
+        result.duplicated = sum(a["duplicated"] for a in audits)
+        if result.lost or result.duplicated:
+            result.notes.append(
+                f"{sum(a['clients_short'] for a in audits)} clients missed messages, "
+                f"{sum(a['clients_doubled'] for a in audits)} got some twice"
+            )
         result.deliveries_per_s = delivered / elapsed if elapsed > 0 else 0.0
         result.cpu_us_per_delivery = (cpu_after - cpu_before) * 1e6 / max(delivered, 1)
         result.load_cpu_share = (
@@ -357,6 +366,7 @@ def print_table(results: list[Result]) -> None:
         "p50 ms",
         "p99 ms",
         "lost",
+        "dup",
         "load CPU",
     ]
     rows = [
@@ -370,6 +380,7 @@ def print_table(results: list[Result]) -> None:
             f"{r.p50_ms:.1f}",
             f"{r.p99_ms:.1f}",
             str(r.lost),
+            str(r.duplicated),
             f"{r.load_cpu_share:.0%}",
         ]
         for r in results
@@ -445,7 +456,7 @@ def main() -> int:
     parser.add_argument("--loaders", type=int, default=2, help="load-generator processes")
     parser.add_argument("--burst", type=int, default=20, help="messages in the burst")
     parser.add_argument(
-        "--samples", type=int, default=15, help="single messages for the time-to-all percentiles"
+        "--samples", type=int, default=50, help="single messages for the time-to-all percentiles"
     )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument(
@@ -508,7 +519,10 @@ def main() -> int:
         from bench.plot import plot
 
         plot(results, args.plot)
-    return 0
+    failed = [r for r in results if r.lost or r.duplicated]
+    for r in failed:
+        print(f"FAILED: {r.system} at N={r.n}: {r.lost} lost, {r.duplicated} duplicated deliveries")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -25,16 +25,28 @@ def test_quick_bench_runs_every_system_and_loses_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())
-    assert [(r["system"], r["n"], r["connected"], r["lost"]) for r in results] == [
-        ("project", 200, 200, 0),
-        ("original (gather)", 200, 200, 0),
-        ("websockets.broadcast()", 200, 200, 0),
-        ("channels tutorial", 200, 200, 0),
+    assert [(r["system"], r["n"], r["connected"], r["lost"], r["duplicated"]) for r in results] == [
+        ("project", 200, 200, 0, 0),
+        ("original (gather)", 200, 200, 0, 0),
+        ("websockets.broadcast()", 200, 200, 0, 0),
+        ("channels tutorial", 200, 200, 0, 0),
     ]
     for r in results:
         assert r["deliveries_per_s"] > 0 and r["connects_per_s"] > 0 and r["p50_ms"] > 0, r
     assert "project / original (gather): deliveries/s " in done.stdout
     assert "project / channels tutorial: deliveries/s " in done.stdout
+
+
+def test_load_audit_counts_losses_and_duplicates_per_client():
+    """A duplicate at one client and a loss at another are both reported, where the totals per
+    message (here 3, 4 and 1 deliveries to 3 clients) would hide them."""
+    from types import SimpleNamespace
+
+    from bench.load import audit
+
+    clients = [SimpleNamespace(seen=bytearray([1, 1, 0])), SimpleNamespace(seen=bytearray([1, 2, 1])),
+               SimpleNamespace(seen=bytearray([1, 1]))]  # fmt: skip
+    assert audit(clients, [0, 1, 2]) == {"lost": 2, "duplicated": 1, "clients_short": 2, "clients_doubled": 1}
 
 
 def test_drain_bench_moves_every_receiver_in_both_scenarios(tmp_path):
