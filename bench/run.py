@@ -88,6 +88,9 @@ class Result:
     cpu_us_per_delivery: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    # One message at a time: N over its p50 time to all (beside the burst's deliveries/s,
+    # which batching inflates).
+    single_per_s: float = 0.0
     # Per client and message, over every message of the run (warm-up, samples, burst).
     lost: int = 0
     duplicated: int = 0
@@ -324,6 +327,7 @@ def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -
         if times:
             result.p50_ms = statistics.median(times)
             result.p99_ms = statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
+            result.single_per_s = result.connected / (result.p50_ms / 1000) if result.p50_ms > 0 else 0.0
 
         keys = list(range(k + 1, k + 1 + burst))
         cpu_before, load_cpu_before = system.cpu(), load.cpu_each()
@@ -362,6 +366,7 @@ def print_table(results: list[Result]) -> None:
         "connects/s",
         "KB/conn",
         "deliveries/s",
+        "single/s",
         "CPU us/deliv",
         "p50 ms",
         "p99 ms",
@@ -376,6 +381,7 @@ def print_table(results: list[Result]) -> None:
             f"{r.connects_per_s:,.0f}",
             f"{r.kb_per_conn:.1f}",
             f"{r.deliveries_per_s:,.0f}",
+            f"{r.single_per_s:,.0f}",
             f"{r.cpu_us_per_delivery:.1f}",
             f"{r.p50_ms:.1f}",
             f"{r.p99_ms:.1f}",

@@ -33,6 +33,7 @@ def test_quick_bench_runs_every_system_and_loses_nothing(tmp_path):
     ]
     for r in results:
         assert r["deliveries_per_s"] > 0 and r["connects_per_s"] > 0 and r["p50_ms"] > 0, r
+        assert abs(r["single_per_s"] - 200 / (r["p50_ms"] / 1000)) < 1e-6, r
     assert "project / original (gather): deliveries/s " in done.stdout
     assert "project / channels tutorial: deliveries/s " in done.stdout
 
