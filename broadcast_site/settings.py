@@ -13,7 +13,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from broadcast_site import env
-from broadcaster.backend.redis_client import layer_hosts, sentinel_url
+from broadcaster.backend.redis_client import sentinel_url
 from broadcaster.conf import DEFAULTS
 from broadcaster.protocol import MAX_MESSAGE_LENGTH
 
@@ -153,12 +153,9 @@ CHANNEL_LAYERS = {
         # writes one Redis entry per member and drops past a channel's capacity), plus a
         # per-process fan-out fast path: see broadcaster/layer.py.
         "BACKEND": "broadcaster.layer.FanoutChannelLayer",
-        # The same timeouts and retry policy as every other Redis client (redis_client.py).
-        "CONFIG": {
-            "hosts": layer_hosts(
-                REDIS_URL, password=REDIS_PASSWORD, sentinel_password=REDIS_SENTINEL_PASSWORD
-            )
-        },
+        # The layer gives its URL the same timeouts, retry policy and passwords as every
+        # other Redis client (broadcaster/layer.py, broadcaster/backend/redis_client.py).
+        "CONFIG": {"hosts": [REDIS_URL]},
     }
 }
 

@@ -60,7 +60,6 @@ def _consumer(link: RecordingLink) -> ReceiverConsumer:
     consumer = ReceiverConsumer()
     consumer.scope = {"client": ("test", 1)}
     consumer.link = link
-    consumer.max_unsent = link.max_unsent
     consumer.held = []
     return consumer
 

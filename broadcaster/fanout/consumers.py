@@ -121,7 +121,6 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
-        self.max_unsent = self.link.max_unsent
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
         self.held = []

@@ -41,13 +41,17 @@ class Delivery:
     held: list[Entry] | None = None
     # (epoch, seq) of the last message sent to this client.
     sent: tuple[str | None, int] = (None, 0)
-    max_unsent = 0
     catching_up: asyncio.Task[None] | None = None
     # The newest count update that came while catching up: (message, frame).
     deferred: tuple[dict[str, Any], bytes | None] | None = None
     # Bytes in `held`; whether held messages were dropped (over the bound) to be read from history.
     held_bytes = 0
     held_dropped = False
+
+    @property
+    def max_unsent(self) -> int:
+        """The slow-consumer bound, as the link keeps it."""
+        return self.link.max_unsent
 
     def _close_now(self, code: CloseCode) -> None:
         """Close the client with `code` after what is queued (the consumer's)."""

@@ -63,6 +63,8 @@ class RecentBroadcasts:
 class MemorySource:
     """Answers as history in Redis would, from memory, or None when memory cannot tell."""
 
+    __slots__ = ("epoch", "kept", "last")
+
     def __init__(self, kept: deque[tuple[Entry, float]], *, epoch: str | None, last: int) -> None:
         # Memory that is not at history's newest cannot tell anything.
         self.kept = kept if not kept or (kept[-1][0].seq, kept[-1][0].epoch) == (last, epoch) else None

@@ -9,7 +9,7 @@ so it can be tested without a socket.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs
 
@@ -43,7 +43,6 @@ class Backlog:
     after: int
     reset: bool = False
     more: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 # A catch-up read from Redis comes in pages of about this many bytes.
