@@ -1,9 +1,12 @@
 """One load-generator process: many raw WebSocket clients that count what they receive.
 
 Driven by `bench.run` over stdin/stdout, one JSON object per line. Clients are raw asyncio
-protocols: after the handshake they do no framing work at all, they only search the byte
-stream for message markers `L<k>|` (in C, via a compiled regex), so a load process costs far
-less per delivery than the servers it measures. Server pings are disabled by the bench.
+protocols that parse WebSocket frames (RFC 6455 headers, in plain Python but with little
+work per frame) and count a message only from a well-formed text frame that holds its whole
+line `L<k>|xxx...`: for raw systems the payload must be exactly that line; for JSON systems one
+client in SAMPLE_EVERY also decodes every payload as JSON and needs the line as a string value.
+A frame that fails any check counts as corrupt (and the run fails), never as delivered.
+Server pings are disabled by the bench.
 """
 
 from __future__ import annotations
@@ -16,10 +19,34 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 MARKER = re.compile(rb"L(\d+)\|")
-TAIL = 16
+MESSAGE_BYTES = 100  # bench.run's line(k)
+SAMPLE_EVERY = 50  # one client in SAMPLE_EVERY decodes the JSON of every frame it gets
+_lines: dict[int, bytes] = {}
+
+
+def line_bytes(k: int) -> bytes:
+    """The line bench.run publishes as message k (the same padding as its line())."""
+    found = _lines.get(k)
+    if found is None:
+        head = f"L{k}|".encode()
+        found = _lines[k] = head + b"x" * (MESSAGE_BYTES - len(head))
+    return found
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string value in decoded JSON, at any depth."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+    elif isinstance(value, str):
+        yield value
 
 
 class Stats:
@@ -27,6 +54,7 @@ class Stats:
         self.counts: dict[int, int] = {}
         self.last: dict[int, float] = {}
         self.closed = 0
+        self.corrupt = 0
 
     def saw(self, k: int, now: float) -> None:
         self.counts[k] = self.counts.get(k, 0) + 1
@@ -34,13 +62,16 @@ class Stats:
 
 
 class LoadClient(asyncio.Protocol):
-    def __init__(self, stats: Stats, request: bytes, opened: asyncio.Future[bool]) -> None:
+    def __init__(
+        self, stats: Stats, request: bytes, opened: asyncio.Future[bool], *, json_frames: bool, sample: bool
+    ) -> None:
         self.stats = stats
         self.request = request
         self.opened = opened
         self.buffer = b""
         self.upgraded = False
-        self.tail = b""
+        self.json_frames = json_frames
+        self.sample = sample
         self.transport: asyncio.Transport | None = None
         # How many times this client got each message k (saturating at 255): the audit counts
         # losses and duplicates per client, which the totals in Stats could hide (a duplicate
@@ -66,18 +97,71 @@ class LoadClient(asyncio.Protocol):
                 self.opened.set_result(ok)
             if not ok:
                 return
+        buf = self.buffer + data if self.buffer else data
         now = time.time()
-        chunk = self.tail + data
-        skip = len(self.tail)
-        for match in MARKER.finditer(chunk):
-            if match.end() > skip:  # not already counted in the previous chunk
-                k = int(match.group(1))
-                self.stats.saw(k, now)
-                if k >= len(self.seen):
-                    self.seen.extend(bytes(k + 64 - len(self.seen)))
-                if self.seen[k] < 255:
-                    self.seen[k] += 1
-        self.tail = chunk[-TAIL:]
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            # Server frames are never masked, no extension is negotiated (RSV bits 0), and none
+            # of these servers fragments a 100-byte message.
+            if b1 & 0x80 or b0 & 0x70 or not b0 & 0x80:
+                self.corrupt("bad frame header", fatal=True)
+                return
+            length, head = b1 & 0x7F, 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            if end - pos < head + length:
+                break
+            start = pos + head
+            pos = start + length
+            if b0 & 0x0F == 1:  # text
+                self.text(buf, start, pos, now)
+        self.buffer = buf[pos:]
+
+    def text(self, buf: bytes, start: int, stop: int, now: float) -> None:
+        """Counts the messages of one text frame: one line alone (raw systems), or any number
+        of lines as JSON strings (the project's `message` and `batch` frames)."""
+        found = []
+        for match in MARKER.finditer(buf, start, stop):
+            k = int(match.group(1))
+            expected = line_bytes(k)
+            at = match.start()
+            if buf[at : at + len(expected)] != expected:
+                self.corrupt(f"message {k} is not its whole line")
+                return
+            if not self.json_frames and (at != start or stop - start != len(expected)):
+                self.corrupt(f"message {k}: payload of {stop - start} bytes, not the line alone")
+                return
+            found.append(k)
+        if found and self.json_frames and self.sample:
+            try:
+                decoded = json.loads(buf[start:stop])
+            except ValueError:
+                self.corrupt(f"messages {found}: payload is not JSON")
+                return
+            strings = set(strings_in(decoded))
+            if any(line_bytes(k).decode() not in strings for k in found):
+                self.corrupt(f"messages {found}: not every line is a JSON string of the frame")
+                return
+        for k in found:
+            self.stats.saw(k, now)
+            if k >= len(self.seen):
+                self.seen.extend(bytes(k + 64 - len(self.seen)))
+            if self.seen[k] < 255:
+                self.seen[k] += 1
+
+    def corrupt(self, why: str, *, fatal: bool = False) -> None:
+        self.stats.corrupt += 1
+        if self.stats.corrupt <= 3:
+            print(f"load: corrupt frame: {why}", file=sys.stderr, flush=True)
+        if fatal and self.transport is not None:
+            self.transport.close()  # the stream cannot be parsed further
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.closed += 1
@@ -86,7 +170,12 @@ class LoadClient(asyncio.Protocol):
 
 
 async def connect_all(
-    stats: Stats, targets: list[tuple[str, int, str]], n: int, receivers: list[LoadClient]
+    stats: Stats,
+    targets: list[tuple[str, int, str]],
+    n: int,
+    receivers: list[LoadClient],
+    *,
+    json_frames: bool,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(500)
@@ -104,7 +193,11 @@ async def connect_all(
             opened: asyncio.Future[bool] = loop.create_future()
             try:
                 _, proto = await loop.create_connection(
-                    lambda: LoadClient(stats, request, opened), host, port
+                    lambda: LoadClient(
+                        stats, request, opened, json_frames=json_frames, sample=i % SAMPLE_EVERY == 0
+                    ),
+                    host,
+                    port,
                 )
                 ok = await asyncio.wait_for(opened, 60)
             except (OSError, TimeoutError):
@@ -151,13 +244,14 @@ async def main() -> None:
         cmd = json.loads(line)
         if cmd["cmd"] == "connect":
             targets = [tuple(t) for t in cmd["targets"]]
-            reply(await connect_all(stats, targets, cmd["n"], receivers))  # type: ignore[arg-type]
+            reply(await connect_all(stats, targets, cmd["n"], receivers, json_frames=cmd["json"]))  # type: ignore[arg-type]
         elif cmd["cmd"] == "stats":
             reply(
                 {
                     "counts": stats.counts,
                     "last": stats.last,
                     "closed": stats.closed,
+                    "corrupt": stats.corrupt,
                     "cpu": time.process_time(),
                 }
             )

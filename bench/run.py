@@ -12,9 +12,13 @@ and measures:
 - deliveries/s: a burst of messages of 100 bytes, N x burst deliveries over the time from the
   write to the last arrival;
 - server CPU per delivery: the server processes' user+system CPU during the burst, per delivery;
-- lost: deliveries that never arrived (the wait gives up after a generous deadline).
+- lost / duplicated: (client, message) pairs that never arrived (the wait gives up after a
+  generous deadline) or arrived more than once, per client, over every message of the run;
+- corrupt: frames that failed the load client's checks (bench/load.py), never counted as delivered.
 
-Usage: python -m bench.run [--n 1000,5000,10000] [--quick] [--json PATH] [--plot PATH]
+Any lost, duplicated or corrupt delivery fails the run (exit 1).
+
+Usage: python -m bench.run [--n 1000,5000,10000,20000] [--quick] [--json PATH] [--plot PATH] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,9 @@ from broadcaster import protocol
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MESSAGE_BYTES = 100
+NODE_WS = ROOT / "bench" / "baselines" / "node_ws"
+# Every daphne of the bench: pings off (the load clients do not answer them), access log off.
+DAPHNE_OPTIONS = ["-v", "0", "--ping-interval", "3600", "--ping-timeout", "3600"]
 
 
 def free_port() -> int:
@@ -61,6 +70,23 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> No
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def wait_accepting(port: int, procs: list[subprocess.Popen[Any]], timeout: float = 60) -> None:
+    """Until every worker sharing `port` (SO_REUSEPORT) answers: 20 requests in a row, each on a
+    new connection that the kernel gives to any worker, answered within a second each."""
+    deadline, streak = time.monotonic() + timeout, 0
+    while streak < 20:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers on {port} do not all answer after {timeout} s")
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError("a worker exited")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready/", timeout=1) as resp:
+                streak = streak + 1 if resp.status == 200 else 0
+        except OSError:
+            streak = 0
+            time.sleep(0.05)
 
 
 def task_cpu(pid: int) -> float:
@@ -94,6 +120,7 @@ class Result:
     # Per client and message, over every message of the run (warm-up, samples, burst).
     lost: int = 0
     duplicated: int = 0
+    corrupt: int = 0
     load_cpu_share: float = 0.0  # busiest load process's CPU use during the burst, of one core
     notes: list[str] = field(default_factory=list)
 
@@ -101,8 +128,14 @@ class Result:
 class System:
     """One server design under test: how to start it, where clients go, how to publish."""
 
-    def __init__(self, name: str, redis_url: str, workdir: Path) -> None:
-        self.name = name
+    label = ""  # its name in the table
+    json_frames = False  # its message frames are JSON holding the line (else the line alone)
+    max_n = 10**9  # larger N are skipped (with a note)
+    workers = 1  # server processes sharing the clients
+    profiled = False  # --profile records its server processes
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        self.name = self.label
         self.redis_url = redis_url
         self.workdir = workdir
         self.servers: list[subprocess.Popen[Any]] = []
@@ -125,21 +158,8 @@ class System:
 
     def daphne(self, app: str, env: dict[str, str]) -> None:
         port = free_port()
-        # Pings off (the load clients do not answer them); access log off, as for every daphne here.
-        cmd = [
-            PY,
-            "-m",
-            "daphne",
-            "-v",
-            "0",
-            "--ping-interval",
-            "3600",
-            "--ping-timeout",
-            "3600",
-            "-e",
-            f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
-            app,
-        ]
+        endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog=4096"
+        cmd = [PY, "-m", "daphne", *DAPHNE_OPTIONS, "-e", endpoint, app]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port, proc)
         self.servers.append(proc)
@@ -147,6 +167,11 @@ class System:
 
     def start(self) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this system cannot run on this machine, or None."""
+        return None
 
     def publish(self, lines: list[str]) -> None:
         assert self.publisher is not None and self.publisher.stdin is not None
@@ -170,12 +195,16 @@ class System:
 
 
 class Project(System):
+    label = "project"
+    json_frames = True
+    profiled = True
+
     def start(self) -> None:
         # The console records each broadcast in the log: it needs a migrated database.
         subprocess.run(
             [PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env(), check=True
         )
-        self.daphne("broadcast_site.asgi:application", self.env())
+        self.serve()
         self.publisher = subprocess.Popen(
             [PY, "manage.py", "broadcast"],
             cwd=ROOT,
@@ -184,8 +213,39 @@ class Project(System):
             stdout=subprocess.DEVNULL,
         )
 
+    def serve(self) -> None:
+        self.daphne("broadcast_site.asgi:application", self.env())
+
+
+class ProjectWorkers(Project):
+    """`make serve` with WORKERS=2: per worker, the command deploy/supervisord.conf runs (bind
+    the port with SO_REUSEPORT, exec daphne on it), here without supervisord around them."""
+
+    label = "project (WORKERS=2)"
+    workers = 2
+
+    def serve(self) -> None:
+        port = free_port()
+        metrics = self.workdir / "metrics"
+        shutil.rmtree(metrics, ignore_errors=True)
+        metrics.mkdir()
+        env = self.env(PROMETHEUS_MULTIPROC_DIR=str(metrics))
+        daphne = str(Path(PY).parent / "daphne")
+        for _ in range(self.workers):
+            cmd = [PY, "-m", "broadcaster.server.reuseport", "127.0.0.1", str(port), daphne, *DAPHNE_OPTIONS,
+                   "--websocket_timeout", "-1", "broadcast_site.asgi:application"]  # fmt: skip
+            self.servers.append(
+                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        wait_port(port, self.servers[0])
+        wait_accepting(port, self.servers)
+        self.ports.append(port)
+
 
 class Tutorial(System):
+    label = "channels tutorial (RedisPubSubChannelLayer)"
+    max_n = 10_000  # about 10 s per message at 20,000: 50 samples would take most of the run
+
     def start(self) -> None:
         env = self.env(DJANGO_SETTINGS_MODULE="bench.baselines.tutorial_settings")
         self.path = "/ws/chat/"
@@ -200,6 +260,7 @@ class Tutorial(System):
 
 
 class Original(System):
+    label = "original (gather)"
     mode = "gather"
 
     def start(self) -> None:
@@ -226,14 +287,51 @@ class Original(System):
 
 
 class Broadcast(Original):
+    label = "websockets.broadcast()"
     mode = "broadcast"
+
+
+class NodeWs(Original):
+    """Node.js with the `ws` package (bench/baselines/node_ws), installed there by npm on first use."""
+
+    label = "node ws"
+
+    def start(self) -> None:
+        port = free_port()
+        self.path = "/"
+        proc = subprocess.Popen(
+            ["node", str(NODE_WS / "server.js"), str(port)],
+            cwd=NODE_WS,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_port(port, proc)
+        self.servers.append(proc)
+        self.ports.append(port)
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why it cannot run here (after installing `ws` if needed), or None."""
+        node, npm = shutil.which("node"), shutil.which("npm")
+        if node is None or npm is None:
+            return "node and npm are not on PATH"
+        wanted = json.loads((NODE_WS / "package.json").read_text())["dependencies"]["ws"]
+        installed = NODE_WS / "node_modules" / "ws" / "package.json"
+        if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
+            cmd = [npm, "install", "--no-package-lock", "--no-audit", "--no-fund", "--omit=optional"]
+            done = subprocess.run(cmd, cwd=NODE_WS, capture_output=True, text=True)
+            if done.returncode:
+                return f"npm install failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+        return None
 
 
 SYSTEMS: dict[str, type[System]] = {
     "project": Project,
-    "original (gather)": Original,
-    "websockets.broadcast()": Broadcast,
-    "channels tutorial": Tutorial,
+    "workers": ProjectWorkers,
+    "gather": Original,
+    "broadcast": Broadcast,
+    "node": NodeWs,
+    "tutorial": Tutorial,
 }
 
 
@@ -297,15 +395,28 @@ class Load:
                 proc.kill()
 
 
-def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -> Result:
+def measure(
+    system: System, n: int, *, loaders: int, burst: int, samples: int, profile: Path | None = None
+) -> Result:
     result = Result(system=system.name, n=n)
     system.start()
     load = Load(loaders)
+
+    def phase(name: str) -> contextlib.AbstractContextManager[Any]:
+        """Records the servers with py-spy during the phase `name`, with --profile."""
+        if profile is None or not system.profiled:
+            return contextlib.nullcontext()
+        slug = re.sub(r"[^a-z0-9]+", "-", system.name.lower()).strip("-")
+        return profiled(system, profile / f"{slug}-{n}-{name}")
+
     try:
         rss_before = system.rss()
         share = [n // loaders + (1 if i < n % loaders else 0) for i in range(loaders)]
         targets = [["127.0.0.1", port, system.path] for port in system.ports]
-        replies = load.ask_all([{"cmd": "connect", "n": k, "targets": targets} for k in share])
+        with phase("connect"):
+            replies = load.ask_all(
+                [{"cmd": "connect", "n": k, "targets": targets, "json": system.json_frames} for k in share]
+            )
         result.connected = sum(r["connected"] for r in replies)
         result.connects_per_s = result.connected / max(r["elapsed"] for r in replies)
         if result.connected < n:
@@ -317,13 +428,14 @@ def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -
         result.kb_per_conn = (system.rss() - rss_before) / 1024 / max(result.connected, 1)
 
         times = []
-        for _ in range(samples):
-            k += 1
-            sent = time.time()
-            system.publish([line(k)])
-            counts, last = load.wait([k], result.connected, timeout=60)
-            if counts.get(k, 0) >= result.connected:
-                times.append((last[k] - sent) * 1000)
+        with phase("single"):
+            for _ in range(samples):
+                k += 1
+                sent = time.time()
+                system.publish([line(k)])
+                counts, last = load.wait([k], result.connected, timeout=60)
+                if counts.get(k, 0) >= result.connected:
+                    times.append((last[k] - sent) * 1000)
         if times:
             result.p50_ms = statistics.median(times)
             result.p99_ms = statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
@@ -340,6 +452,7 @@ def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -
         audits = load.ask({"cmd": "audit", "keys": list(range(keys[-1] + 1 if keys else k + 1))})
         result.lost = sum(a["lost"] for a in audits)
         result.duplicated = sum(a["duplicated"] for a in audits)
+        result.corrupt = sum(r["corrupt"] for r in load.ask({"cmd": "stats"}))
         if result.lost or result.duplicated:
             result.notes.append(
                 f"{sum(a['clients_short'] for a in audits)} clients missed messages, "
@@ -357,6 +470,15 @@ def measure(system: System, n: int, *, loaders: int, burst: int, samples: int) -
         load.quit()
         system.stop()
     return result
+
+
+@contextlib.contextmanager
+def profiled(system: System, stem: Path) -> Any:
+    from bench.profiles import recording, summarize
+
+    with recording([proc.pid for proc in system.servers], stem) as paths:
+        yield
+    stem.with_name(stem.name + ".summary.txt").write_text(summarize(paths))
 
 
 def print_table(results: list[Result]) -> None:
@@ -407,25 +529,68 @@ def print_table(results: list[Result]) -> None:
 
 
 def print_ratios(results: list[Result]) -> None:
-    by_system = {r.system: r for r in results}
-    project = by_system.get("project")
-    if project is None:
+    """Each project row against each baseline of the same N."""
+    ours = [r for r in results if r.system.startswith("project")]
+    for project in ours:
+        for base in results:
+            if base in ours:
+                continue
+            parts = [
+                f"deliveries/s {project.deliveries_per_s / base.deliveries_per_s:.2f}x"
+                if base.deliveries_per_s
+                else "",
+                f"CPU/delivery {project.cpu_us_per_delivery / base.cpu_us_per_delivery:.2f}x"
+                if base.cpu_us_per_delivery
+                else "",
+                f"time to all (p50) {project.p50_ms / base.p50_ms:.2f}x" if base.p50_ms else "",
+                f"KB/conn {project.kb_per_conn / base.kb_per_conn:.2f}x" if base.kb_per_conn > 0 else "",
+                f"connects/s {project.connects_per_s / base.connects_per_s:.2f}x"
+                if base.connects_per_s
+                else "",
+            ]
+            print(f"  {project.system} / {base.system}: " + ", ".join(p for p in parts if p))
+
+
+def print_targets(results: list[Result]) -> None:
+    """The fan-out targets (docs/PERFORMANCE.md), each with its measured value and met / MISSED."""
+    rows = {(r.system, r.n): r for r in results}
+    one, two, peer = Project.label, ProjectWorkers.label, Broadcast.label
+    checks: list[tuple[str, float | None, str, float]] = []
+    for n in sorted({r.n for r in results}):
+        a, b, w = rows.get((one, n)), rows.get((two, n)), rows.get((peer, n))
+        if a and w and w.p50_ms:
+            checks.append((f"N={n}: time to all p50, 1 worker / {peer}", a.p50_ms / w.p50_ms, "<=", 1.0))
+        if b and w and w.p50_ms:
+            checks.append((f"N={n}: time to all p50, WORKERS=2 / {peer}", b.p50_ms / w.p50_ms, "<=", 0.7))
+        for r in (a, b):
+            if r and r.p50_ms:
+                checks.append((f"N={n}: p99 / p50, {r.system}", r.p99_ms / r.p50_ms, "<=", 1.3))
+        if a and n == 10_000:
+            checks.append((f"N={n}: KB per connection, 1 worker", a.kb_per_conn, "<=", 18.0))
+        if b and w and n == 5_000 and w.connects_per_s:
+            ratio = b.connects_per_s / w.connects_per_s
+            checks.append((f"N={n}: connects/s, WORKERS=2 / {peer}", ratio, ">=", 1.0))
+        for r in (a, b):
+            if r and w and w.deliveries_per_s:
+                ratio = r.deliveries_per_s / w.deliveries_per_s
+                checks.append((f"N={n}: burst deliveries/s, {r.system} / {peer}", ratio, ">=", 3.0))
+    if not checks:
         return
-    for name, base in by_system.items():
-        if name == "project":
-            continue
-        parts = [
-            f"deliveries/s {project.deliveries_per_s / base.deliveries_per_s:.2f}x"
-            if base.deliveries_per_s
-            else "",
-            f"CPU/delivery {project.cpu_us_per_delivery / base.cpu_us_per_delivery:.2f}x"
-            if base.cpu_us_per_delivery
-            else "",
-            f"time to all (p50) {project.p50_ms / base.p50_ms:.2f}x" if base.p50_ms else "",
-            f"KB/conn {project.kb_per_conn / base.kb_per_conn:.2f}x" if base.kb_per_conn > 0 else "",
-            f"connects/s {project.connects_per_s / base.connects_per_s:.2f}x" if base.connects_per_s else "",
-        ]
-        print(f"  project / {name}: " + ", ".join(p for p in parts if p))
+    print("\ntargets:")
+    for what, value, op, bound in checks:
+        met = value is not None and (value <= bound if op == "<=" else value >= bound)
+        print(f"  {'met   ' if met else 'MISSED'}  {what}: {value:.2f} (target {op} {bound:g})")
+
+
+def raise_open_files(want: int = 65_536) -> int:
+    """Open-file limit up to `want` (root may raise the hard limit; others get their hard
+    limit): a single-process server at N = 20,000 holds more sockets than a default 20,000."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+        return max(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[Any], str]:
@@ -454,10 +619,12 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[Any], str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", default="1000,5000,10000", help="comma-separated client counts")
+    parser.add_argument("--n", default="1000,5000,10000,20000", help="comma-separated client counts")
     parser.add_argument("--quick", action="store_true", help="small N and short runs (the test suite's mode)")
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS)
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated subset of: " + ", ".join(f"{k} ({cls.label})" for k, cls in SYSTEMS.items()),
     )
     parser.add_argument("--loaders", type=int, default=2, help="load-generator processes")
     parser.add_argument("--burst", type=int, default=20, help="messages in the burst")
@@ -466,18 +633,22 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument(
-        "--plot", type=Path, help="write a PNG plot of deliveries/s against N (needs matplotlib)"
+        "--plot", type=Path, help="write a PNG of time to all and deliveries/s against N (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record the project's servers with py-spy into this folder (bench/profiles)",
     )
     args = parser.parse_args()
+    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     if args.quick:
         args.n, args.burst, args.samples = "200", 5, 3
 
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = raise_open_files()
     ns = [int(x) for x in args.n.split(",")]
-    # The server process holds N sockets; each load process N / loaders.
-    if max(ns) + 200 > hard:
-        print(f"warning: open-file hard limit {hard}; N={max(ns)} needs about {max(ns) + 200} per process")
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"open-file limit {hard}; {args.loaders} load processes; burst {args.burst} x {MESSAGE_BYTES} B; "
@@ -490,7 +661,17 @@ def main() -> int:
     try:
         for n in ns:
             batch = []
-            for name in args.systems.split(","):
+            for key in args.systems.split(","):
+                cls = SYSTEMS[key]
+                if n > cls.max_n:
+                    why: str | None = f"skipped above N={cls.max_n:,}"
+                elif n // cls.workers + 200 > hard:
+                    why = f"{n // cls.workers:,} sockets in one process exceed the open-file limit {hard:,}"
+                else:
+                    why = cls.unavailable()
+                if why:
+                    print(f"note: {cls.label} at N={n}: {why}")
+                    continue
                 subprocess.run(
                     [
                         sys.executable,
@@ -502,11 +683,12 @@ def main() -> int:
                 )
                 batch.append(
                     measure(
-                        SYSTEMS[name](name, redis_url, workdir),
+                        cls(redis_url, workdir),
                         n,
                         loaders=args.loaders,
                         burst=args.burst,
                         samples=args.samples,
+                        profile=args.profile,
                     )
                 )
             print()
@@ -518,6 +700,7 @@ def main() -> int:
         redis_proc.kill()
         redis_proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+    print_targets(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
@@ -525,9 +708,12 @@ def main() -> int:
         from bench.plot import plot
 
         plot(results, args.plot)
-    failed = [r for r in results if r.lost or r.duplicated]
+    failed = [r for r in results if r.lost or r.duplicated or r.corrupt or r.connected < r.n]
     for r in failed:
-        print(f"FAILED: {r.system} at N={r.n}: {r.lost} lost, {r.duplicated} duplicated deliveries")
+        print(
+            f"FAILED: {r.system} at N={r.n}: {r.connected} connected, {r.lost} lost, "
+            f"{r.duplicated} duplicated deliveries, {r.corrupt} corrupt frames"
+        )
     return 1 if failed else 0
 
 

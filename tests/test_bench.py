@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.bench
 
 
 def test_quick_bench_runs_every_system_and_loses_nothing(tmp_path):
-    """All four systems connect 200 clients, deliver every message, and the table and ratios print."""
+    """Every system connects 200 clients and delivers every message, whole, once per client, and
+    the table, ratios and targets print. (Node's `ws` peer runs where node is on PATH.)"""
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
@@ -25,17 +27,17 @@ def test_quick_bench_runs_every_system_and_loses_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())
-    assert [(r["system"], r["n"], r["connected"], r["lost"], r["duplicated"]) for r in results] == [
-        ("project", 200, 200, 0, 0),
-        ("original (gather)", 200, 200, 0, 0),
-        ("websockets.broadcast()", 200, 200, 0, 0),
-        ("channels tutorial", 200, 200, 0, 0),
-    ]
+    systems = ["project", "project (WORKERS=2)", "original (gather)", "websockets.broadcast()"]
+    systems += ["node ws"] if shutil.which("node") else []
+    systems += ["channels tutorial (RedisPubSubChannelLayer)"]
+    rows = [(r["system"], r["n"], r["connected"], r["lost"], r["duplicated"], r["corrupt"]) for r in results]
+    assert rows == [(system, 200, 200, 0, 0, 0) for system in systems]
     for r in results:
         assert r["deliveries_per_s"] > 0 and r["connects_per_s"] > 0 and r["p50_ms"] > 0, r
         assert abs(r["single_per_s"] - 200 / (r["p50_ms"] / 1000)) < 1e-6, r
     assert "project / original (gather): deliveries/s " in done.stdout
-    assert "project / channels tutorial: deliveries/s " in done.stdout
+    assert "project (WORKERS=2) / channels tutorial (RedisPubSubChannelLayer): deliveries/s " in done.stdout
+    assert "N=200: time to all p50, WORKERS=2 / websockets.broadcast(): " in done.stdout
 
 
 def test_load_audit_counts_losses_and_duplicates_per_client():
@@ -48,6 +50,46 @@ def test_load_audit_counts_losses_and_duplicates_per_client():
     clients = [SimpleNamespace(seen=bytearray([1, 1, 0])), SimpleNamespace(seen=bytearray([1, 2, 1])),
                SimpleNamespace(seen=bytearray([1, 1]))]  # fmt: skip
     assert audit(clients, [0, 1, 2]) == {"lost": 2, "duplicated": 1, "clients_short": 2, "clients_doubled": 1}
+
+
+def frame(payload: bytes) -> bytes:
+    """An unmasked server text frame."""
+    if len(payload) < 126:
+        return bytes([0x81, len(payload)]) + payload
+    return bytes([0x81, 126]) + len(payload).to_bytes(2, "big") + payload
+
+
+@pytest.mark.parametrize("json_frames", [False, True])
+def test_load_client_counts_only_whole_messages(json_frames):
+    """A frame split over two reads counts once; a frame whose line is cut or altered counts as
+    corrupt, not delivered; a JSON `batch` frame counts each of its lines; a frame that is not
+    JSON counts as corrupt at a sampled client; a frame with a bad header stops the client."""
+    import asyncio
+    import json
+
+    from bench.load import LoadClient, Stats, line_bytes
+
+    loop = asyncio.new_event_loop()
+    try:
+        stats = Stats()
+        client = LoadClient(stats, b"", loop.create_future(), json_frames=json_frames, sample=True)
+        client.upgraded = True
+        if json_frames:
+            whole = frame(json.dumps({"type": "message", "text": line_bytes(3).decode()}).encode())
+            batch = frame(json.dumps({"type": "batch", "messages": [{"text": line_bytes(k).decode()}
+                                                                     for k in (5, 6)]}).encode())  # fmt: skip
+            client.data_received(batch)
+            client.data_received(frame(b"not json " + line_bytes(7)))
+        else:
+            whole = frame(line_bytes(3))
+        client.data_received(whole[:40])
+        client.data_received(whole[40:] + frame(line_bytes(4)[:-1]) + frame(b"{" + line_bytes(8)[1:]))
+        assert stats.counts == ({3: 1, 5: 1, 6: 1} if json_frames else {3: 1})
+        assert stats.corrupt == (2 if json_frames else 1)
+        client.data_received(bytes([0x81 | 0x40, 1, 0]))  # RSV1 set: no extension was negotiated
+        assert stats.corrupt == (3 if json_frames else 2)
+    finally:
+        loop.close()
 
 
 def test_drain_bench_moves_every_receiver_in_both_scenarios(tmp_path):
