@@ -434,7 +434,7 @@ def measure(
                 sent = time.time()
                 system.publish([line(k)])
                 counts, last = load.wait([k], result.connected, timeout=60)
-                if counts.get(k, 0) >= result.connected:
+                if result.connected and counts.get(k, 0) >= result.connected:
                     times.append((last[k] - sent) * 1000)
         if times:
             result.p50_ms = statistics.median(times)
