@@ -122,6 +122,7 @@ class Result:
     duplicated: int = 0
     corrupt: int = 0
     load_cpu_share: float = 0.0  # busiest load process's CPU use during the burst, of one core
+    times_ms: list[float] = field(default_factory=list)  # each single message's time to all, in order
     notes: list[str] = field(default_factory=list)
 
 
@@ -142,6 +143,7 @@ class System:
         self.ports: list[int] = []
         self.publisher: subprocess.Popen[Any] | None = None
         self.path = protocol.RECEIVER_PATH
+        self.logs: list[Path] = []
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_"))}
@@ -160,13 +162,30 @@ class System:
         port = free_port()
         endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog=4096"
         cmd = [PY, "-m", "daphne", *DAPHNE_OPTIONS, "-e", endpoint, app]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log())
         wait_port(port, proc)
         self.servers.append(proc)
         self.ports.append(port)
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def log(self) -> Any:
+        """A new file for one server process's log (warnings only, as set in env())."""
+        path = self.workdir / f"server-{len(self.logs)}.log"
+        self.logs.append(path)
+        return path.open("wb")
+
+    def log_notes(self) -> list[str]:
+        """What the servers' logs say about pauses (full garbage collections)."""
+        pauses = [
+            float(m.group(1))
+            for path in self.logs
+            for m in re.finditer(r"garbage collection paused the server for (\d+) ms", path.read_text())
+        ]
+        if not pauses:
+            return []
+        return [f"{len(pauses)} full garbage collections over 50 ms (longest {max(pauses):.0f} ms)"]
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -235,7 +254,7 @@ class ProjectWorkers(Project):
             cmd = [PY, "-m", "broadcaster.server.reuseport", "127.0.0.1", str(port), daphne, *DAPHNE_OPTIONS,
                    "--websocket_timeout", "-1", "broadcast_site.asgi:application"]  # fmt: skip
             self.servers.append(
-                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log())
             )
         wait_port(port, self.servers[0])
         wait_accepting(port, self.servers)
@@ -288,6 +307,7 @@ class Original(System):
 
 class Broadcast(Original):
     label = "websockets.broadcast()"
+    profiled = True
     mode = "broadcast"
 
 
@@ -436,9 +456,15 @@ def measure(
                 counts, last = load.wait([k], result.connected, timeout=60)
                 if result.connected and counts.get(k, 0) >= result.connected:
                     times.append((last[k] - sent) * 1000)
+        result.times_ms = [round(t, 1) for t in times]
         if times:
+            slowest = sorted(range(len(times)), key=times.__getitem__)[-3:]
+            result.notes.append("slowest single messages (#: ms): " + ", ".join(
+                f"#{i + 1}: {times[i]:.0f}" for i in reversed(slowest)))  # fmt: skip
             result.p50_ms = statistics.median(times)
-            result.p99_ms = statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
+            result.p99_ms = (
+                statistics.quantiles(times, n=100, method="inclusive")[98] if len(times) > 1 else times[0]
+            )
             result.single_per_s = result.connected / (result.p50_ms / 1000) if result.p50_ms > 0 else 0.0
 
         keys = list(range(k + 1, k + 1 + burst))
@@ -466,6 +492,7 @@ def measure(
             else 0.0
         )
         load.ask({"cmd": "close"})
+        result.notes += system.log_notes()
     finally:
         load.quit()
         system.stop()

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from broadcaster import metrics, protocol
 from broadcaster.fanout.delivery import Delivery
 from broadcaster.fanout.hub import get_hub
-from broadcaster.fanout.transport import SCOPE_LINK_KEY, AsgiLink
+from broadcaster.fanout.transport import AsgiLink, Link
 from broadcaster.history.kept import Entry
 from broadcaster.history.resume import catch_up, resume_point
 from broadcaster.log_throttle import Throttle
@@ -42,6 +42,13 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
 
     joined = False
 
+    def __init__(self, link: Link | None = None) -> None:
+        """`link`: how to write to this connection (the router picks it for the server);
+        None: through the ASGI `send`."""
+        super().__init__()
+        if link is not None:
+            self.link = link
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Runs the connection; refuses it with a named code when Redis is unreachable.
 
@@ -52,9 +59,8 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.base_send = send
-        self.link = scope.get(SCOPE_LINK_KEY) or AsgiLink(
-            send, max_unsent=settings.BROADCAST_MAX_UNSENT_BYTES
-        )
+        if not hasattr(self, "link"):
+            self.link = AsgiLink(send, max_unsent=settings.BROADCAST_MAX_UNSENT_BYTES)
         if drain.draining:
             await self._refuse(receive, CloseCode.SERVICE_RESTART, RESTARTING)
             return
@@ -121,6 +127,9 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
         await self.accept()
+        # The origin is checked and nothing reads the headers again.
+        self.scope["headers"] = []
+        self.link.shed_handshake()
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
         self.held = []

@@ -18,7 +18,7 @@ from django.conf import settings
 from broadcaster import protocol
 from broadcaster.fanout.consumers import ReceiverConsumer
 from broadcaster.fanout.origin import OriginCheck
-from broadcaster.fanout.transport import SCOPE_LINK_KEY, DirectLink, link_for
+from broadcaster.fanout.transport import DirectLink, link_for
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class Router:
         if isinstance(link, DirectLink):
             # Twisted leaves Nagle's algorithm on; with delayed ACKs it holds small frames back.
             link.transport.setTcpNoDelay(True)
-        # In place, not a copy: daphne builds a scope per connection and keeps no other use.
-        scope[SCOPE_LINK_KEY] = link
-        return ReceiverConsumer()(scope, receive, send)
+        return ReceiverConsumer(link)(scope, receive, send)
 
 
 async def _deny(receive: Any, send: Any) -> None:

@@ -33,12 +33,20 @@ logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-SCOPE_LINK_KEY = "broadcaster.link"
-
 # How long a client closed by the server has to read what is queued ahead of the close frame
 # (a slow consumer's megabyte) before the connection is dropped without it. autobahn's own
 # default is 1 s, which no slow reader can meet.
 CLOSE_GRACE = 30.0
+
+# Attributes of daphne's protocol (autobahn's, and daphne's own) that hold the opening handshake.
+_HANDSHAKE_LEFTOVERS: tuple[tuple[str, Any], ...] = (
+    ("http_request_data", b""),
+    ("http_response_data", b""),
+    ("http_headers", {}),
+    ("http_status_line", ""),
+    ("http_request_params", {}),
+    ("clean_headers", []),
+)
 
 # What the direct write path uses of Twisted's TCP transport and of autobahn's protocol.
 _TRANSPORT_NEEDS = ("socket", "dataBuffer", "offset", "_tempDataLen", "setTcpNoDelay")
@@ -133,6 +141,9 @@ class Link:
         this server (daphne allows only 1000 and 3000-4999), e.g. 1013."""
         raise NotImplementedError
 
+    def shed_handshake(self) -> None:
+        """Once the connection is open: drop what the server keeps of the opening handshake."""
+
 
 try:
     from twisted.internet.tcp import Connection as _TcpConnection
@@ -204,6 +215,19 @@ class TwistedLink(Link):
     def refuse(self, code: int, reason: str) -> None:
         # autobahn's own closing handshake, which takes any code (its sendClose checks them).
         self.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+
+    def shed_handshake(self) -> None:
+        # autobahn keeps the raw request and response and the parsed headers, and daphne its
+        # own copy of the headers (the scope's list), for the connection's whole life; neither
+        # reads them once it is open (daphne's logs read only request.path). About 2 KB per
+        # connection (docs/PERFORMANCE.md).
+        protocol = self.protocol
+        for name, empty in _HANDSHAKE_LEFTOVERS:
+            if hasattr(protocol, name):
+                setattr(protocol, name, empty)
+        request = getattr(protocol, "request", None)
+        if request is not None and hasattr(request, "headers"):
+            request.headers = {}
 
 
 class DirectLink(TwistedLink):
