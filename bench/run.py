@@ -471,7 +471,9 @@ def measure(
         cpu_before, load_cpu_before = system.cpu(), load.cpu_each()
         sent = time.time()
         system.publish([line(i) for i in keys])
-        counts, last = load.wait(keys, result.connected, timeout=30 + n * burst / 2000)
+        # Generous: a slow system is slow, not lossy (2x its own single-message time per message).
+        deadline = 30 + n * burst / 2000 + 2 * burst * result.p50_ms / 1000
+        counts, last = load.wait(keys, result.connected, timeout=deadline)
         cpu_after, load_cpu_after = system.cpu(), load.cpu_each()
         delivered = sum(min(counts.get(i, 0), result.connected) for i in keys)
         elapsed = max(last.values(), default=sent) - sent
