@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test lint format bench bench-drain stop-redis clean
+.PHONY: run serve test lint format bench bench-drain bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,13 +58,17 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
 	$(BIN)/pip install -q -r requirements-bench.txt
 	touch $@
 
-## bench: the full benchmark (N = 1,000, 5,000, 10,000; several minutes); BENCH_ARGS to change
+## bench: the full benchmark (N = 1,000 to 20,000, six systems; about 30 minutes); BENCH_ARGS to change
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS) --json bench/results/latest.json --plot docs/performance.png
 
 ## bench-drain: WORKERS=2 with 5,000 receivers: reconnects per 100 ms in a drain and after a kill -9
 bench-drain: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.drain $(BENCH_ARGS) --json bench/results/drain.json
+
+## bench-memory: where a receiver connection's memory goes (tracemalloc, per allocation site)
+bench-memory: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.memory $(BENCH_ARGS)
 
 ## stop-redis: shut down this checkout's embedded Redis
 stop-redis: $(VENV)/.installed
