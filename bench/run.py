@@ -667,7 +667,7 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="record the project's servers with py-spy into this folder (bench/profiles)",
+        help="record the servers of the project and websockets.broadcast() with py-spy here (bench/profiles)",
     )
     args = parser.parse_args()
     unknown = set(args.systems.split(",")) - set(SYSTEMS)
