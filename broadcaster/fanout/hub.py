@@ -49,8 +49,8 @@ from broadcaster.server import gc_policy
 logger = logging.getLogger(__name__)
 
 # A count update goes out to this many receivers per turn of the event loop: a broadcast that
-# arrives meanwhile waits for one slice (about 10 ms here), not for the whole push (a second
-# at 20,000 receivers on a busy core), which made the slowest broadcasts after a connect storm.
+# arrives meanwhile waits for one slice (about 10 ms here), not for the whole push (about a
+# third of a second at 20,000 receivers in one process here: docs/PERFORMANCE.md).
 COUNT_SLICE = 500
 
 

@@ -38,14 +38,15 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # default is 1 s, which no slow reader can meet.
 CLOSE_GRACE = 30.0
 
-# Attributes of daphne's protocol (autobahn's, and daphne's own) that hold the opening handshake.
-_HANDSHAKE_LEFTOVERS: tuple[tuple[str, Any], ...] = (
-    ("http_request_data", b""),
-    ("http_response_data", b""),
-    ("http_headers", {}),
-    ("http_status_line", ""),
-    ("http_request_params", {}),
-    ("clean_headers", []),
+# Attributes of daphne's protocol (autobahn's, and daphne's own) that hold the opening
+# handshake, each with the type whose empty value replaces it (a new one per connection).
+_HANDSHAKE_LEFTOVERS: tuple[tuple[str, type], ...] = (
+    ("http_request_data", bytes),
+    ("http_response_data", bytes),
+    ("http_headers", dict),
+    ("http_status_line", str),
+    ("http_request_params", dict),
+    ("clean_headers", list),
 )
 
 # What the direct write path uses of Twisted's TCP transport and of autobahn's protocol.
@@ -222,9 +223,9 @@ class TwistedLink(Link):
         # reads them once it is open (daphne's logs read only request.path). About 2 KB per
         # connection (docs/PERFORMANCE.md).
         protocol = self.protocol
-        for name, empty in _HANDSHAKE_LEFTOVERS:
+        for name, kind in _HANDSHAKE_LEFTOVERS:
             if hasattr(protocol, name):
-                setattr(protocol, name, empty)
+                setattr(protocol, name, kind())
         request = getattr(protocol, "request", None)
         if request is not None and hasattr(request, "headers"):
             request.headers = {}
