@@ -163,8 +163,8 @@ class System:
         endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog=4096"
         cmd = [PY, "-m", "daphne", *DAPHNE_OPTIONS, "-e", endpoint, app]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log())
-        wait_port(port, proc)
         self.servers.append(proc)
+        wait_port(port, proc)
         self.ports.append(port)
 
     def start(self) -> None:
@@ -283,19 +283,18 @@ class Original(System):
     mode = "gather"
 
     def start(self) -> None:
+        self.console_server(lambda port: [PY, "-m", "bench.baselines.original", "--port", str(port),
+                                          "--mode", self.mode], cwd=ROOT)  # fmt: skip
+
+    def console_server(self, command: Any, *, cwd: Path) -> None:
+        """Start the server `command(port)` that reads its own console (the publisher)."""
         port = free_port()
         self.path = "/"
-        proc = subprocess.Popen(
-            [PY, "-m", "bench.baselines.original", "--port", str(port), "--mode", self.mode],
-            cwd=ROOT,
-            env=self.env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        wait_port(port, proc)
+        proc = subprocess.Popen(command(port), cwd=cwd, env=self.env(), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL)  # fmt: skip
         self.servers.append(proc)
+        wait_port(port, proc)
         self.ports.append(port)
-        self.publisher = None
 
     def publish(self, lines: list[str]) -> None:
         # The original reads its own console: the server process is the publisher.
@@ -317,17 +316,7 @@ class NodeWs(Original):
     label = "node ws"
 
     def start(self) -> None:
-        port = free_port()
-        self.path = "/"
-        proc = subprocess.Popen(
-            ["node", str(NODE_WS / "server.js"), str(port)],
-            cwd=NODE_WS,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        wait_port(port, proc)
-        self.servers.append(proc)
-        self.ports.append(port)
+        self.console_server(lambda port: ["node", str(NODE_WS / "server.js"), str(port)], cwd=NODE_WS)
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -419,7 +408,6 @@ def measure(
     system: System, n: int, *, loaders: int, burst: int, samples: int, profile: Path | None = None
 ) -> Result:
     result = Result(system=system.name, n=n)
-    system.start()
     load = Load(loaders)
 
     def phase(name: str) -> contextlib.AbstractContextManager[Any]:
@@ -430,6 +418,8 @@ def measure(
         return profiled(system, profile / f"{slug}-{n}-{name}")
 
     try:
+        # Inside the try: servers already started are stopped if a later one fails to start.
+        system.start()
         rss_before = system.rss()
         share = [n // loaders + (1 if i < n % loaders else 0) for i in range(loaders)]
         targets = [["127.0.0.1", port, system.path] for port in system.ports]
