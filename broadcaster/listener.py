@@ -1,7 +1,8 @@
 """The terminal receiver behind `manage.py listen` (the original client.py, done properly).
 
-Prints each broadcast with its time and each count change, and reconnects with
-exponential backoff and jitter whenever the connection is lost.
+Prints each broadcast with its time (and its level, unless info) and each count change, says
+when one is retracted, reports each printed message seen, and reconnects with exponential
+backoff and jitter whenever the connection is lost.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,9 +37,14 @@ def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> 
 class FrameReader:
     """Turns frames into lines, remembering the last seq seen so a reconnect resumes there."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.seq: int | None = None
         self.epoch: str | None = None
+        # Ids of the messages printed by the last render (to report them seen).
+        self.printed: list[str] = []
+        # The newest messages' texts by id, to say what a retraction takes back.
+        self._texts: dict[str, str] = {}
+        self._clock = clock
 
     def url(self, base: str) -> str:
         """`base` with the resume point, once something has been seen."""
@@ -48,6 +55,7 @@ class FrameReader:
 
     def render(self, frame: str) -> list[str]:
         """The lines to print for one frame from the server (a batch holds several)."""
+        self.printed = []
         try:
             obj = json.loads(frame)
         except ValueError:
@@ -56,13 +64,18 @@ class FrameReader:
 
     def _render(self, obj: Any) -> list[str]:
         kind = obj.get("type") if isinstance(obj, dict) else None
-        if kind == protocol.FRAME_MESSAGE:
+        if kind in (protocol.FRAME_MESSAGE, protocol.FRAME_RETRACT):
             seq, epoch = obj.get("seq"), obj.get("epoch")
             if isinstance(seq, int):
                 if epoch == self.epoch and self.seq is not None and seq <= self.seq:
                     return []  # seen already
                 self.seq, self.epoch = seq, epoch
-            return [f"[{_local_time(obj.get('time'))}] {obj.get('text', '')}"]
+        if kind == protocol.FRAME_MESSAGE:
+            return [self._message(obj)]
+        if kind == protocol.FRAME_RETRACT:
+            text = self._texts.pop(str(obj.get("id")), None)
+            taken_back = f": {text!r}" if text is not None else f" (id {obj.get('id')})"
+            return [f"[{_local_time(obj.get('time'))}] (Retracted{taken_back})"]
         if kind == protocol.FRAME_BATCH:
             return [line for item in obj.get("messages", []) for line in self._render(item)]
         if kind == protocol.FRAME_COUNT:
@@ -77,6 +90,35 @@ class FrameReader:
             self.seq, self.epoch = None, obj.get("epoch")
             return ["(Some messages were missed: they are no longer kept.)"]
         return []
+
+    def _message(self, obj: dict[str, Any]) -> str:
+        """One message's line: its time, its level unless info, `(expired)` if it has."""
+        id, text = str(obj.get("id", "")), str(obj.get("text", ""))
+        prefix = ""
+        level = obj.get("level", protocol.LEVEL_INFO)
+        if level != protocol.LEVEL_INFO:
+            prefix += f"{str(level).upper()}: "
+        if _expired(obj.get("expires"), now=self._clock()):
+            prefix = "(expired) " + prefix
+        elif id:
+            self.printed.append(id)
+        self._texts[id] = text
+        while len(self._texts) > REMEMBER_TEXTS:
+            del self._texts[next(iter(self._texts))]
+        return f"[{_local_time(obj.get('time'))}] {prefix}{text}"
+
+
+# How many of the newest messages' texts `listen` keeps, to print what a retraction took back.
+REMEMBER_TEXTS = 256
+
+
+def _expired(iso: object, *, now: float) -> bool:
+    if not isinstance(iso, str):
+        return False
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() <= now
+    except ValueError:
+        return False
 
 
 def render(frame: str) -> list[str]:
@@ -110,6 +152,9 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
                         status(f"Connected to {url}")
                     for line in receiver.render(frame if isinstance(frame, str) else frame.decode()):
                         out(line)
+                    # Printed is shown: the server counts it in the message's reach.
+                    for id in receiver.printed:
+                        await ws.send(protocol.dumps({"type": protocol.FRAME_SEEN, "id": id}))
                 reason = f"closed by the server (code {ws.close_code})"
         except InvalidURI as exc:
             raise ValueError(f"Not a WebSocket URL: {exc}") from exc

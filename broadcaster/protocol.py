@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import json
+import re
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 # Where receivers connect.
@@ -26,11 +28,21 @@ FRAME_COUNT = "count"
 FRAME_PONG = "pong"
 FRAME_STATUS = "status"
 FRAME_ERROR = "error"
+# A numbered frame that takes back an earlier message (its `id`).
+FRAME_RETRACT = "retract"
 
 # Frame types a client may send.
 FRAME_PING = "ping"
+# "This message was shown to a person": counted in the broadcast's reach report.
+FRAME_SEEN = "seen"
 
-# The largest frame a client may send, in bytes (the one client message, a ping, is 15); a
+# A broadcast's level, in rising urgency; receivers style each distinctly.
+LEVEL_INFO = "info"
+LEVEL_WARNING = "warning"
+LEVEL_CRITICAL = "critical"
+LEVELS = (LEVEL_INFO, LEVEL_WARNING, LEVEL_CRITICAL)
+
+# The largest frame a client may send, in bytes (a ping is 15, a seen 53); a
 # message in several frames is held to daphne's 1 MiB.
 MAX_CLIENT_FRAME = 4096
 
@@ -52,6 +64,7 @@ class CloseCode(enum.IntEnum):
     OVER_CAPACITY = 1013  # RFC 6455's "Try Again Later": the process is at its connection ceiling.
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
     SLOW_CONSUMER = 4408  # The client read too slowly; too much output was queued for it.
+    ACK_FLOOD = 4429  # The client sent `seen` frames that count for nothing faster than allowed.
     TRY_AGAIN_LATER = 4503  # Redis is unreachable; reconnect with backoff.
 
 
@@ -71,13 +84,34 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_frame(*, seq: int, epoch: str, id: str, text: str, time: str) -> str:
-    """The frame every receiver gets for one broadcast."""
-    return dumps({"type": FRAME_MESSAGE, "seq": seq, "epoch": epoch, "id": id, "text": text, "time": time})
+def message_frame(*, seq: int, epoch: str, id: str, text: str, time: str, level: str = LEVEL_INFO,
+                  expires: str | None = None) -> str:  # fmt: skip
+    """The frame every receiver gets for one broadcast; `expires` (ISO 8601 UTC) only if it does.
+
+    `id` comes first after the numbering: `entry_id` finds it there without decoding."""
+    frame: dict[str, Any] = {"type": FRAME_MESSAGE, "seq": seq, "epoch": epoch, "id": id, "level": level,
+                             "text": text, "time": time}  # fmt: skip
+    if expires is not None:
+        frame["expires"] = expires
+    return dumps(frame)
+
+
+def retract_frame(*, seq: int, epoch: str, id: str, time: str) -> str:
+    """The numbered frame that takes back message `id` (kept in history like a message)."""
+    return dumps({"type": FRAME_RETRACT, "seq": seq, "epoch": epoch, "id": id, "time": time})
 
 
 # In a frame from message_frame(seq=0, epoch=""): where history.py's script puts the real ones.
 SEQ_PLACEHOLDER = '"seq":0,"epoch":""'
+
+_ID_FIELD = '"id":"'
+
+
+def entry_id(frame: str) -> str:
+    """The `id` of a numbered frame built here (message: its own; retract: the message it takes
+    back), without decoding it: it is the first `"id":"` (seq and epoch hold no quotes)."""
+    start = frame.index(_ID_FIELD) + len(_ID_FIELD)
+    return frame[start : frame.index('"', start)]
 
 
 def reset_frame(*, epoch: str | None, seq: int) -> str:
@@ -171,14 +205,37 @@ def broadcast_event(*, frame: str, seq: int, epoch: str, published: float) -> Br
     return {"type": BROADCAST_EVENT, "frame": frame, "seq": seq, "epoch": epoch, "published": published}
 
 
-def parse_client_frame(text: str | None) -> str | None:
-    """Return the type of a client frame the protocol defines, or None for anything else."""
+# A message id as the server makes them: 32 lowercase hex digits (uuid4().hex).
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_message_id(value: object) -> bool:
+    """Whether `value` has the shape of a broadcast's id."""
+    return isinstance(value, str) and _MESSAGE_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    """A frame a client may send: `ping`, or `seen` with the id of a message."""
+
+    type: str
+    id: str = ""
+
+
+def parse_client_frame(text: str | None) -> ClientFrame | None:
+    """The client frame the protocol defines, or None for anything else (a `seen` must name
+    an id of the right shape; whether it is a known one is the server's business)."""
     if text is None:
         return None
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
-    if isinstance(obj, dict) and obj.get("type") == FRAME_PING:
-        return FRAME_PING
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("type")
+    if kind == FRAME_PING:
+        return ClientFrame(FRAME_PING)
+    if kind == FRAME_SEEN and is_message_id(obj.get("id")):
+        return ClientFrame(FRAME_SEEN, obj["id"])
     return None

@@ -19,6 +19,8 @@ urlpatterns = [
     path("health/ready/", views.ready, name="ready"),
     path("metrics", views.metrics_view, name="metrics"),
     path("api/broadcasts/", api.broadcasts, name="api-broadcasts"),
+    path("api/broadcasts/<str:id>/", api.broadcast, name="api-broadcast"),
     path("operator/", operator_page.operator_page, name="operator"),
     path("operator/status/", operator_page.operator_status, name="operator-status"),
+    path("operator/retract/", operator_page.operator_retract, name="operator-retract"),
 ]

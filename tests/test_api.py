@@ -42,7 +42,7 @@ async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
     response = await post({"text": "from billing"}, secret=secret)
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "seq", "time", "clients"}
+    assert set(body) == {"id", "seq", "time", "clients", "level", "expires"}
     assert (body["seq"], body["clients"]) == (1, 0)
     assert sub.texts(1) == ["from billing"]
     record = await BroadcastRecord.objects.aget(seq=1)

@@ -72,7 +72,7 @@ async def _publish(n: int, start: int) -> list[Entry]:
     ]
 
 
-def test_send_entries_sends_an_entry_that_comes_twice_once():
+async def test_send_entries_sends_an_entry_that_comes_twice_once():
     """Backlog and held overlapping ([4, 5] twice): each goes out once, in order."""
     link = RecordingLink(max_unsent=1 << 20)
     consumer = _consumer(link)

@@ -35,8 +35,8 @@ async def test_connect_gets_count_then_broadcast_frame():
     assert json.loads(await comm.receive_from(timeout=5)) == {"type": "count", "clients": 1}
     sent = await publish(text="hello", sender="test")
     frame = json.loads(await comm.receive_from(timeout=5))
-    assert frame == {"type": "message", "seq": 1, "epoch": sent.epoch, "id": sent.id, "text": "hello",
-                     "time": sent.time}  # fmt: skip
+    assert frame == {"type": "message", "seq": 1, "epoch": sent.epoch, "id": sent.id, "level": "info",
+                     "text": "hello", "time": sent.time}  # fmt: skip
     await comm.disconnect()
     await get_hub().stop()
 

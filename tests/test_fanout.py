@@ -67,7 +67,7 @@ async def test_consumers_in_one_process_take_the_fast_path():
             while frame["type"] == "count":
                 frame = json.loads(await comm.receive_from(timeout=5))
             assert frame == {"type": "message", "seq": sent.seq, "epoch": sent.epoch, "id": sent.id,
-                             "text": "fast", "time": sent.time}  # fmt: skip
+                             "level": "info", "text": "fast", "time": sent.time}  # fmt: skip
         for comm in comms:
             await comm.disconnect()
         await hub.stop()

@@ -30,7 +30,7 @@ async def test_append_numbers_from_one_and_frames_carry_seq_and_epoch(redis):
     second = await history.append(id="b", text="two", time="t2")
     assert (first.seq, second.seq, first.epoch == second.epoch) == (1, 2, True)
     assert json.loads(first.frame) == {"type": "message", "seq": 1, "epoch": first.epoch, "id": "a",
-                                       "text": 'say "hi"', "time": "t1"}  # fmt: skip
+                                       "level": "info", "text": 'say "hi"', "time": "t1"}  # fmt: skip
     kept = await history.since(0)
     assert (kept.last, kept.epoch, [e.frame for e in kept.entries]) == (
         2,

@@ -28,6 +28,7 @@ from broadcaster.history.kept import Entry
 from broadcaster.history.resume import catch_up, resume_point
 from broadcaster.log_throttle import Throttle
 from broadcaster.protocol import CloseCode
+from broadcaster.reach import REMEMBER
 from broadcaster.server.admission import admission
 from broadcaster.server.drain import drain
 
@@ -35,12 +36,22 @@ logger = logging.getLogger(__name__)
 
 RESTARTING = "server restarting; reconnect now"
 
+# `seen` frames that count for nothing (an unknown id, a repeat, one never sent here): a
+# connection may send this many at once, and this many more per second after that.
+IGNORED_ACKS_BURST = 20
+IGNORED_ACKS_PER_S = 1.0
+
 
 class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
     """One receiver: joins the broadcast group and gets every message and count update (what
     it is sent, and how: broadcaster/fanout/delivery.py)."""
 
     joined = False
+    # Ids this connection reported seen (None until its first), and its allowance of `seen`
+    # frames that count for nothing (class defaults: no memory per connection until used).
+    acked: set[str] | None = None
+    ack_budget: float = IGNORED_ACKS_BURST
+    ack_budget_at: float = 0.0
 
     def __init__(self, link: Link | None = None) -> None:
         """`link`: how to write to this connection (the router picks it for the server);
@@ -180,21 +191,51 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         logger.info("Receiver disconnected: %s (code %s)", self._peer(), code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Called with each frame the client sends; only `ping` is defined."""
-        if protocol.parse_client_frame(text_data) == protocol.FRAME_PING:
+        """Called with each frame the client sends: `ping` or `seen` (docs/PROTOCOL.md)."""
+        frame = protocol.parse_client_frame(text_data)
+        if frame is not None and frame.type == protocol.FRAME_PING:
             self.write(protocol.send_event(protocol.pong_frame()), None, [])
+            return
+        if frame is not None and frame.type == protocol.FRAME_SEEN:
+            self._seen(frame.id)
             return
         shown = (text_data or repr(bytes_data))[:80]
         logger.warning("Closing receiver %s: unsupported frame %r", self._peer(), shown)
-        code = CloseCode.UNSUPPORTED_FRAME
-        self._send(protocol.send_event(protocol.error_frame(code=code, reason="unsupported frame")), None)
+        self._close_for_protocol_error(CloseCode.UNSUPPORTED_FRAME, "unsupported frame")
+
+    def _seen(self, id: str) -> None:
+        """Count message `id` as seen on this connection, once, if it was sent on it; an ack
+        that counts for nothing (unknown, repeated, never sent here) is ignored, and more of
+        those than the allowance closes the connection with ACK_FLOOD."""
+        hub = get_hub()
+        where = hub.reach.known.get(id)
+        acked = self.acked
+        if where is not None and self.was_sent(*where) and (acked is None or id not in acked):
+            if acked is None:
+                acked = self.acked = set()
+            elif len(acked) >= REMEMBER:
+                acked.intersection_update(hub.reach.known)  # older ids can no longer count
+            acked.add(id)
+            hub.reach.seen(id)
+            return
+        now = asyncio.get_running_loop().time()
+        budget = min(IGNORED_ACKS_BURST, self.ack_budget + (now - self.ack_budget_at) * IGNORED_ACKS_PER_S)
+        self.ack_budget, self.ack_budget_at = budget - 1, now
+        if budget < 1:
+            logger.warning("Closing receiver %s: too many seen frames that count for nothing", self._peer())
+            reason = "too many seen frames for unknown or repeated ids"
+            self._close_for_protocol_error(CloseCode.ACK_FLOOD, reason)
+
+    def _close_for_protocol_error(self, code: CloseCode, reason: str) -> None:
+        self._send(protocol.send_event(protocol.error_frame(code=code, reason=reason)), None)
         self._close_now(code)
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
         """Called for each broadcast (layer event `broadcast.message`) when the configured
         layer has no fast path for the hub."""
         entry = Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"])
-        self.write(protocol.send_event(entry.frame), None, [entry])
+        if self.write(protocol.send_event(entry.frame), None, [entry]):
+            get_hub().reach.delivered([entry], 1)
 
     def _close_now(self, code: CloseCode) -> None:
         """Close with `code`; the client gets it after what is already queued for it. From

@@ -39,8 +39,9 @@ class Delivery:
     link: Link
     # Live messages that arrived while the catch-up was being sent; None once live.
     held: list[Entry] | None = None
-    # (epoch, seq) of the last message sent to this client.
+    # (epoch, seq) of the last message sent to this client, and of the point it started after.
     sent: tuple[str | None, int] = (None, 0)
+    start: tuple[str | None, int] = (None, 0)
     catching_up: asyncio.Task[None] | None = None
     # The newest count update that came while catching up: (message, frame).
     deferred: tuple[dict[str, Any], bytes | None] | None = None
@@ -66,7 +67,7 @@ class Delivery:
         it fits in half the slow-consumer bound now; else send the reset only, return False."""
         if backlog.reset:
             self._write_reset(epoch=backlog.epoch, last=backlog.last)
-        self.sent = (backlog.epoch, backlog.after)
+        self.sent = self.start = (backlog.epoch, backlog.after)
         held = self.held or []
         if backlog.more or self.held_dropped or _size([*backlog.entries, *held]) > self.max_unsent // 2:
             return False
@@ -161,31 +162,45 @@ class Delivery:
                 fresh.append(e)
                 epoch, last = e.epoch, e.seq
         start = 0
+        reach = get_hub().reach
         for frame, count in protocol.batch_frames([e.frame for e in fresh]):
             if self._send(protocol.send_event(frame), text_frame(frame.encode())):
                 metrics.tally.deliveries += count
+                reach.delivered(fresh[start : start + count], 1)
             start += count
             self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
 
-    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:
-        """Called by the hub for each frame; never waits for the client.
+    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> bool:
+        """Called by the hub for each frame; never waits for the client. True if the frame
+        went out whole now (the hub counts those for the reach report).
 
         A client that stops reading is closed with SLOW_CONSUMER once the server holds more
         than BROADCAST_MAX_UNSENT_BYTES unsent for it, so it cannot grow memory without bound.
         """
         if self.closing:
-            return
+            return False
         if self.held is not None:
             self._hold(message, frame, entries)
-            return
+            return False
         if entries:
             epoch, last = self.sent
             if entries[0].seq <= last and entries[0].epoch == epoch:
                 self._send_entries(entries)  # some were sent already (from history): not twice
-                return
+                return False
             self.sent = (entries[-1].epoch, entries[-1].seq)
-        if self._send(message, frame) and entries:
+        if not self._send(message, frame):
+            return False
+        if entries:
             metrics.tally.deliveries += len(entries)
+        return True
+
+    def was_sent(self, epoch: str, seq: int) -> bool:
+        """Whether message (epoch, seq) was sent on this connection (for its `seen` frames)."""
+        sent_epoch, last = self.sent
+        if epoch != sent_epoch or seq > last:
+            return False
+        start_epoch, after = self.start
+        return start_epoch != epoch or seq > after
 
     def _send(self, message: dict[str, Any], frame: bytes | None) -> bool:
         """Every frame to this client goes through here: the link refuses it when the client

@@ -3,8 +3,9 @@
 Once per BROADCAST_COUNT_INTERVAL it reports how many receivers this process counts to
 `Presence` (at once after a change, else every third of BROADCAST_PRESENCE_TTL, so a crashed
 process stops counting by itself), hands the global number to the hub to push, checks that
-the hub is in step with history, and keeps the metrics' connection gauge. When the last
-receiver has gone it withdraws this process from the count and stops.
+the hub is in step with history, flushes the reach counts (broadcaster/reach.py), and keeps
+the metrics' connection gauge. When the last receiver has gone it withdraws this process from
+the count and stops.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ class Heartbeat:
         with contextlib.suppress(RedisError):
             withdraw_now(self._reported_to, server_id=self.hub.server_id)
 
+    async def _flush_reach(self) -> None:
+        """The reach counts since the last beat, to Redis in one round trip (kept for the next
+        beat if Redis fails)."""
+        try:
+            await self.hub.reach.flush(redis_client.shared_client())
+        except (RedisError, OSError) as exc:
+            logger.debug("Reach counts kept for the next beat: %s", exc)
+
     async def _run(self) -> None:
         hub = self.hub
         interval: float = settings.BROADCAST_COUNT_INTERVAL
@@ -91,6 +100,7 @@ class Heartbeat:
                     if hub.fast_path:
                         with contextlib.suppress(RedisError):
                             await hub.check_history()
+                await self._flush_reach()
                 if not hub.receivers:
                     # (With Redis lost, the report's TTL withdraws this process soon enough.)
                     if hub.redis.up:

@@ -44,6 +44,7 @@ from broadcaster.history.kept import Entry, group_history
 from broadcaster.history.recent import RecentBroadcasts
 from broadcaster.history.resume import Backlog, ResumePoint
 from broadcaster.presence import group_presence
+from broadcaster.reach import ReachTally
 from broadcaster.server import gc_policy
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,13 @@ class Recipient(Protocol):
 
     channel_name: str
 
-    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> None:
+    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> bool:
         """Queue one ASGI send message for the client without waiting.
 
         `frame` is the same text already framed as WebSocket bytes, for a direct write;
-        `entries` are the numbered messages it carries (none for a count update).
+        `entries` are the numbered messages it carries (none for a count update). True if
+        it went out whole now (False: held for later, partly sent already, or refused; what
+        goes out later is counted where it goes out).
         """
 
 
@@ -95,6 +98,8 @@ class Hub:
         # (`live` only those that were told `delayed`).
         self.redis = RedisLink(on_change=self._redis_changed)
         self._told_delayed: set[Recipient] = set()
+        # Delivered and seen per broadcast, flushed to Redis by the heartbeat (broadcaster/reach.py).
+        self.reach = ReachTally()
 
     def add(self, receiver: Recipient) -> None:
         """Called when a receiver has joined the broadcast group."""
@@ -250,11 +255,14 @@ class Hub:
         message = protocol.send_event(frame)
         framed = text_frame(frame.encode())
         numbered = entries or []
+        written = 0
         for receiver in receivers:
             try:
-                receiver.write(message, framed, numbered)
+                written += receiver.write(message, framed, numbered)
             except Exception:
                 logger.exception("Could not write to receiver %s", receiver.channel_name)
+        if numbered:
+            self.reach.delivered(numbered, written)
 
     def slow_consumer_dropped(self) -> int:
         """Called when a receiver is closed for reading too slowly; returns how many so far."""

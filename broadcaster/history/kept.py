@@ -24,14 +24,18 @@ Keys (built only in `_keys`):
 from __future__ import annotations
 
 import functools
+import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from broadcaster import protocol
+from broadcaster.history import current
 from broadcaster.protocol import BROADCAST_GROUP
 
 # Shared by the scripts: the time now in ms (ARGV[n] when given: tests drive the clock; else
@@ -152,21 +156,32 @@ end
 )
 
 # KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[6] acked; ARGV[1] max age ms,
-# ARGV[2] now ms or "".
-# Returns {last seq, epoch or false, the newest kept frame if not older than ARGV[1] or false,
-# its seq or false}: a new client's backlog, without reading the rest of the history.
+# ARGV[2] now ms or "", ARGV[3] the most entries to look at.
+# Returns {last seq, epoch or false, young (1 if the newest message is not older than ARGV[1]),
+# then seq and frame of the newest kept entries, newest first, down to the newest message}:
+# what a new client's backlog is chosen from (history/current.py), without reading the rest.
 _NEWEST = (
     _NOW
     + """
 local now = now_ms(ARGV[2])
 local last, epoch = numbering()
-local newest = redis.call('ZREVRANGEBYSCORE', KEYS[3], last, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-if #newest == 0 then return {last, epoch, false, false} end
-local published = redis.call('ZSCORE', KEYS[4], newest[2])
-if not published or tonumber(published) < now - tonumber(ARGV[1]) then
-  return {last, epoch, false, false}
+local result = {last, epoch, 0}
+local offset = 0
+while offset < tonumber(ARGV[3]) do
+  local slice = redis.call('ZREVRANGEBYSCORE', KEYS[3], last, '-inf', 'WITHSCORES', 'LIMIT', offset, 16)
+  if #slice == 0 then return result end
+  for k = 1, #slice, 2 do
+    table.insert(result, slice[k + 1])
+    table.insert(result, slice[k])
+    if string.sub(slice[k], 1, 17) == '{"type":"message"' then
+      local published = redis.call('ZSCORE', KEYS[4], slice[k + 1])
+      if published and tonumber(published) >= now - tonumber(ARGV[1]) then result[3] = 1 end
+      return result
+    end
+  end
+  offset = offset + 16
 end
-return {last, epoch, newest[1], newest[2]}
+return result
 """
 )
 
@@ -211,6 +226,26 @@ class Entry:
     def size(self) -> int:
         """The frame's size in bytes as sent (UTF-8), computed once per entry."""
         return len(self.frame.encode())
+
+    @functools.cached_property
+    def kind(self) -> str:
+        """`message`, or `retract` (a numbered frame that takes back message `id`)."""
+        return protocol.frame_type(self.frame)
+
+    @functools.cached_property
+    def id(self) -> str:
+        """The message's id (for a retraction: the id of the message it takes back)."""
+        return protocol.entry_id(self.frame)
+
+    @functools.cached_property
+    def expires(self) -> float | None:
+        """When the message expires (UNIX time), or None if it does not."""
+        if '"expires":' not in self.frame:
+            return None
+        try:
+            return datetime.fromisoformat(json.loads(self.frame)["expires"]).timestamp()
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -257,20 +292,28 @@ class History:
     def _now(self) -> str:
         return "" if self._clock is None else str(self._clock())
 
-    async def append(self, *, id: str, text: str, time: str) -> Entry:
+    async def append(self, *, id: str, text: str, time: str, level: str = protocol.LEVEL_INFO,
+                     expires: str | None = None) -> Entry:  # fmt: skip
         """Number and keep a message; return it with its seq, epoch and final frame."""
-        args = [*self._append_args(id, text, time), "1"]
+        template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
+                                          expires=expires)  # fmt: skip
+        return await self.append_frame(template=template, key=id)
+
+    async def append_frame(self, *, template: str, key: str) -> Entry:
+        """Number and keep a frame built with seq 0 and epoch "" (protocol.message_frame or
+        retract_frame); `key` makes it idempotent (the same key again gets its first seq back)."""
+        args = [*self._append_args(template, key), "1"]
         seq, epoch, frame = await self._append(keys=self._keys, args=args)
         return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
 
-    async def append_replicated(self, *, id: str, text: str, time: str, replicas: int, wait: float
+    async def append_replicated(self, *, template: str, key: str, replicas: int, wait: float
                                 ) -> tuple[Entry, int, int]:  # fmt: skip
-        """`append()`, then wait up to `wait` seconds until `replicas` replicas have it, or all
-        of them if fewer are connected. Return it, how many replicas have it and how many were
-        waited for. (Redis WAIT counts the writes of its own connection: all of this runs on
-        one connection.)"""
+        """`append_frame()`, then wait up to `wait` seconds until `replicas` replicas have it,
+        or all of them if fewer are connected. Return it, how many replicas have it and how many
+        were waited for. (Redis WAIT counts the writes of its own connection: all of this runs
+        on one connection.)"""
         async with self._redis.client() as conn:
-            args = [*self._append_args(id, text, time), "0"]
+            args = [*self._append_args(template, key), "0"]
             seq, epoch, frame = await self._append(keys=self._keys, args=args, client=conn)
             # The replicas of the server that took the write (after a failover, the new master).
             role = await conn.execute_command("ROLE")
@@ -286,10 +329,9 @@ class History:
         """Make the next seq of `epoch` at least `floor` + 1; True if it was lower."""
         return bool(await self._raise_floor(keys=self._keys, args=[epoch, floor]))
 
-    def _append_args(self, id: str, text: str, time: str) -> list[Any]:
-        template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time)
+    def _append_args(self, template: str, key: str) -> list[Any]:
         return [template, self._count, self._age_ms, secrets.token_hex(4), protocol.SEQ_PLACEHOLDER,
-                self._now(), id]  # fmt: skip
+                self._now(), key]  # fmt: skip
 
     async def since(self, seq: int, *, max_age: float | None = None, max_bytes: int = UNLIMITED) -> Since:
         """Kept entries with a seq above `seq` (and younger than `max_age` s), in order: all of
@@ -306,11 +348,16 @@ class History:
         return Since(last=int(last), epoch=numbering, entries=entries, more=bool(more))
 
     async def newest(self, *, max_age: float) -> Since:
-        """The newest kept entry if it is younger than `max_age` s (a new client's backlog)."""
-        last, epoch, frame, seq = await self._newest(keys=self._keys, args=[int(max_age * 1000), self._now()])
+        """The current announcement (history/current.py) if it is younger than `max_age` s: a
+        new client's backlog."""
+        args = [int(max_age * 1000), self._now(), current.LOOK_BACK]
+        last, epoch, young, *flat = await self._newest(keys=self._keys, args=args)
         numbering = _text(epoch) if epoch else None
-        entries = [Entry(seq=int(seq), epoch=numbering or "", frame=_text(frame))] if frame else []
-        return Since(last=int(last), epoch=numbering, entries=entries)
+        newest_first = [Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
+                        for k in range(0, len(flat), 2)]  # fmt: skip
+        now = time.time() if self._clock is None else self._clock() / 1000
+        announcement = current.announcement(newest_first, now=now) if young else None
+        return Since(last=int(last), epoch=numbering, entries=[announcement] if announcement else [])
 
 
 def _text(value: bytes | str) -> str:

@@ -21,6 +21,8 @@ from datetime import datetime
 
 from django.conf import settings
 
+from broadcaster import protocol
+from broadcaster.history import current
 from broadcaster.history.kept import Entry, Since
 
 # At most this many messages (and never more than BROADCAST_HISTORY_COUNT).
@@ -76,9 +78,19 @@ class MemorySource:
         if not self.kept:
             # Nothing was ever published; else memory does not know the newest message.
             return Since(last=0, epoch=self.epoch, entries=[]) if self.last == 0 else None
-        entry, published = self.kept[-1]
-        young = time.time() - published <= max_age
-        return Since(last=self.last, epoch=self.epoch, entries=[entry] if young else [])
+        if not any(entry.kind == protocol.FRAME_MESSAGE for entry, _ in self.kept):
+            return None  # only retractions: the message before them is older than memory
+        now = time.time()
+        chosen = current.announcement((entry for entry, _ in reversed(self.kept)), now=now)
+        if chosen is None or now - self._published(chosen) > max_age:
+            return Since(last=self.last, epoch=self.epoch, entries=[])
+        return Since(last=self.last, epoch=self.epoch, entries=[chosen])
+
+    def _published(self, chosen: Entry) -> float:
+        for entry, published in reversed(self.kept):
+            if entry is chosen:
+                return published
+        return float("-inf")
 
     async def since(self, seq: int, *, max_bytes: int) -> Since | None:
         if self.kept is None or self.epoch is None:

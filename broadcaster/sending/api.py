@@ -1,27 +1,34 @@
-"""POST /api/broadcasts/: the publish API for other services (docs/API.md)."""
+"""The publish API for other services (docs/API.md): POST /api/broadcasts/ sends; GET
+/api/broadcasts/<id>/ reports a broadcast's reach; DELETE /api/broadcasts/<id>/ retracts it."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
+from broadcaster import protocol, reach
 from broadcaster.backend import redis_client
-from broadcaster.models import PublishToken, hash_secret
+from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from broadcaster.sending import ratelimit
 from broadcaster.sending.publish import (
     BrokerUnavailable,
     EmptyMessage,
+    InvalidOptions,
     InvalidText,
     MessageTooLong,
+    UnknownBroadcast,
     publish,
+    retract,
     validate,
+    validate_options,
 )
 
 logger = logging.getLogger(__name__)
@@ -106,10 +113,25 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(400, 'Send a JSON object with a string "text".')
     try:
         validate(text)
-    except (EmptyMessage, InvalidText) as exc:
+        level, expires_in = validate_options(level=body.get("level", protocol.LEVEL_INFO),
+                                             expires_in=body.get("expires_in"))  # fmt: skip
+    except (EmptyMessage, InvalidText, InvalidOptions) as exc:
         return error(400, str(exc))
     except MessageTooLong as exc:
         return error(413, str(exc))
+    limited = await _over_send_limit(token)
+    if limited is not None:
+        return limited
+    try:
+        sent = await publish(text=text, sender=token.sender, level=level, expires_in=expires_in)
+    except BrokerUnavailable as exc:
+        return error(503, str(exc), **{"Retry-After": "1"})
+    return JsonResponse({"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients,
+                         "level": sent.level, "expires": sent.expires}, status=201)  # fmt: skip
+
+
+async def _over_send_limit(token: PublishToken) -> JsonResponse | None:
+    """429 once this token has sent (or retracted) BROADCAST_API_RATE_LIMIT times in the window."""
     try:
         verdict = await ratelimit.hit(
             redis_client.shared_client(),
@@ -118,13 +140,59 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
             window=settings.BROADCAST_API_RATE_WINDOW,
         )
     except (RedisError, OSError):
-        verdict = None  # Redis is down: publish() reports it and records the broadcast as failed.
-    if verdict is not None and not verdict.allowed:
+        return None  # Redis is down: publish() reports it and records the broadcast as failed.
+    if not verdict.allowed:
         return error(429, "Too many broadcasts; retry later.", **{"Retry-After": str(verdict.retry_after)})
+    return None
+
+
+@csrf_exempt  # bearer-token API: no cookies, so no CSRF
+async def broadcast(request: HttpRequest, id: str) -> HttpResponse:
+    """GET: the broadcast and its reach; DELETE: retract it (204). 404 for an unknown id."""
+    if request.method not in ("GET", "DELETE"):
+        return error(405, "Use GET or DELETE.", Allow="GET, DELETE")
+    token = await _token(request)
+    if isinstance(token, JsonResponse):
+        return token
+    if request.method == "DELETE":
+        limited = await _over_send_limit(token)
+        if limited is not None:
+            return limited
+        try:
+            await retract(id=id, sender=token.sender)
+        except UnknownBroadcast as exc:
+            return error(404, str(exc))
+        except BrokerUnavailable as exc:
+            return error(503, str(exc), **{"Retry-After": "1"})
+        return HttpResponse(status=204)
+    record = await BroadcastRecord.objects.filter(message_id=id, status=BroadcastRecord.SENT).afirst()
+    if record is None:
+        return error(404, f"No broadcast with id {id!r} went out.")
     try:
-        sent = await publish(text=text, sender=token.sender)
-    except BrokerUnavailable as exc:
-        return error(503, str(exc), **{"Retry-After": "1"})
-    return JsonResponse(
-        {"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients}, status=201
-    )
+        found = (await reach.read(redis_client.shared_client(), [id]))[id]
+    except (RedisError, OSError):
+        return error(503, "Cannot reach Redis: the reach report is unavailable. Try again in a moment.",
+                     **{"Retry-After": "1"})  # fmt: skip
+    return JsonResponse(report(record, found))
+
+
+def report(record: BroadcastRecord, found: reach.Reach) -> dict[str, object]:
+    """A sent broadcast as the API and the operator page show it."""
+    return {
+        "id": record.message_id,
+        "seq": record.seq,
+        "time": _iso(record.created),
+        "sender": record.sender,
+        "text": record.text,
+        "level": record.level,
+        "expires": _iso(record.expires),
+        "retracted": _iso(record.retracted),
+        "retracted_by": record.retracted_by or None,
+        "clients": record.clients,
+        "delivered": found.delivered,
+        "seen": found.seen,
+    }
+
+
+def _iso(moment: datetime.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
-from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish
+from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish, retract
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,14 @@ PROMPT = "broadcast> "
 
 class ConsoleError(Exception):
     """The console cannot go on; the text is for the operator."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every line of a run is sent with (checked by publish.validate_options)."""
+
+    level: str = "info"
+    expires_in: float | None = None
 
 
 @dataclass
@@ -108,12 +116,25 @@ def line_reader(stdin: IO[str], *, interactive: bool) -> Callable[[], Awaitable[
     return read
 
 
-async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | None) -> Tally:
+async def take_back(*, id: str, sender: str) -> str:
+    """Retract broadcast `id`; return what to tell the operator."""
+    await check_redis()
+    try:
+        done = await retract(id=id, sender=sender)
+    except PublishError as exc:
+        raise ConsoleError(f"Not retracted: {exc}") from exc
+    if not done.seq:
+        return f"Retracted already, by {done.by} at {done.time}."
+    return f"Retracted (retraction #{done.seq})."
+
+
+async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | None,
+              options: Options = Options()) -> Tally:  # fmt: skip
     """Publish `message`, or every line of `stdin` until EOF; return what was done."""
     await check_redis()
     tally = Tally()
     if message is not None:
-        await _send(message, screen=screen, sender=sender, tally=tally, stop_on_outage=True)
+        await _send(message, screen=screen, sender=sender, tally=tally, stop_on_outage=True, options=options)
         return tally
     read = line_reader(stdin, interactive=screen.interactive)
     watcher = asyncio.create_task(watch_count(screen)) if screen.interactive else None
@@ -130,9 +151,8 @@ async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | Non
                 continue
             if not line.strip():
                 continue
-            await _send(
-                line, screen=screen, sender=sender, tally=tally, stop_on_outage=not screen.interactive
-            )
+            await _send(line, screen=screen, sender=sender, tally=tally,
+                        stop_on_outage=not screen.interactive, options=options)  # fmt: skip
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -140,9 +160,10 @@ async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | Non
     return tally
 
 
-async def _send(text: str, *, screen: Screen, sender: str, tally: Tally, stop_on_outage: bool) -> None:
+async def _send(text: str, *, screen: Screen, sender: str, tally: Tally, stop_on_outage: bool,
+                options: Options) -> None:  # fmt: skip
     try:
-        await publish(text=text, sender=sender)
+        await publish(text=text, sender=sender, level=options.level, expires_in=options.expires_in)
     except BrokerUnavailable as exc:
         if stop_on_outage:
             raise ConsoleError(f"Not sent: {exc}") from exc

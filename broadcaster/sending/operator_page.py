@@ -6,7 +6,9 @@ Who may do what:
     staff                                        -> the count and the recent broadcasts
     staff with broadcaster.send_broadcast        -> also the send form; others' POSTs get 403
 
-The count and the list refresh by polling `operator_status` (JSON, staff only). Polling keeps
+Each sent broadcast in the list shows its level, expiry, reach (delivered, seen) and, for
+those who may send, a Retract button (confirmed first). The count and the list refresh by
+polling `operator_status` (JSON, staff only). Polling keeps
 every operator endpoint behind the same session and staff check as the admin itself; the
 receiver WebSocket stays free of auth middleware and of operator data.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,10 +32,20 @@ from django.urls import reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from broadcaster import reach
 from broadcaster.backend import redis_client
 from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
-from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish, validate
+from broadcaster.protocol import LEVELS
+from broadcaster.sending.publish import (
+    BrokerUnavailable,
+    PublishError,
+    UnknownBroadcast,
+    publish,
+    retract,
+    validate,
+    validate_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +75,38 @@ async def _clients() -> tuple[int | None, str]:
         return None, "Redis unreachable"
 
 
-def _recent_rows() -> list[dict[str, Any]]:
-    return [
-        {
-            "time": record.created.isoformat(timespec="seconds"),
-            "sender": record.sender,
-            "status": record.status,
-            "clients": record.clients,
-            "text": record.text,
-            "error": record.error,
-        }
-        for record in BroadcastRecord.objects.all()[:RECENT]
-    ]
+async def _recent() -> list[tuple[BroadcastRecord, reach.Reach | None]]:
+    """The newest broadcasts, each with its reach (None when failed, or Redis did not answer)."""
+    records = [record async for record in BroadcastRecord.objects.all()[:RECENT]]
+    ids = [r.message_id for r in records if r.status == BroadcastRecord.SENT and r.message_id]
+    try:
+        found = await reach.read(redis_client.shared_client(), ids)
+    except (RedisError, OSError):
+        found = {}
+    return [(record, found.get(record.message_id)) for record in records]
+
+
+def _iso(moment: datetime.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")
+
+
+def _row(record: BroadcastRecord, reached: reach.Reach | None) -> dict[str, Any]:
+    return {
+        "id": record.message_id,
+        "seq": record.seq,
+        "time": _iso(record.created),
+        "sender": record.sender,
+        "status": record.status,
+        "level": record.level,
+        "expires": _iso(record.expires),
+        "retracted": _iso(record.retracted),
+        "retracted_by": record.retracted_by,
+        "clients": record.clients,
+        "delivered": None if reached is None else reached.delivered,
+        "seen": None if reached is None else reached.seen,
+        "text": record.text,
+        "error": record.error,
+    }
 
 
 def _send_key(send_id: str) -> str:
@@ -115,7 +148,7 @@ async def operator_status(request: HttpRequest) -> JsonResponse:
     if await _staff(request) is None:
         return JsonResponse({"error": "Staff only: log in to the admin."}, status=403)
     clients, redis = await _clients()
-    recent = await sync_to_async(_recent_rows)()
+    recent = [_row(record, reached) for record, reached in await _recent()]
     return JsonResponse({"clients": clients, "redis": redis, "recent": recent})
 
 
@@ -134,44 +167,101 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied(f"Sending needs the {SEND_PERMISSION} permission.")
     # Browsers send a textarea's line breaks as CRLF; receivers and the limit count LF.
     text = request.POST.get("text", "").replace("\r\n", "\n")
+    form = Form(
+        level=request.POST.get("level", "info"), expires_in=request.POST.get("expires_in", "").strip()
+    )
     try:
         validate(text)
+        level, expires_in = validate_options(level=form.level, expires_in=_seconds(form.expires_in))
     except PublishError as exc:
-        return await _page(request, can_send=True, text=text, error=str(exc), status=400)
+        return await _page(request, can_send=True, text=text, error=str(exc), status=400, form=form)
     send_id = request.POST.get("send_id", "")
     if not send_id:
-        return await _page(request, can_send=True, text=text, error=OUT_OF_DATE, status=400)
+        return await _page(request, can_send=True, text=text, error=OUT_OF_DATE, status=400, form=form)
     if await _sent_already(send_id):
         return _told_sent_already(request)
     repeat = request.POST.get("repeat") == "yes"
     if not repeat:
         earlier = await _same_text_sent_lately(user.get_username(), text)
         if earlier is not None:
-            return await _page(request, can_send=True, text=text, repeat_of=earlier, status=409)
+            return await _page(request, can_send=True, text=text, repeat_of=earlier, status=409, form=form)
     count = await _clients()
     clients = count[0]
     threshold: int = settings.BROADCAST_CONFIRM_ABOVE
     if clients is not None and clients > threshold and request.POST.get("confirmed") != "yes":
         # The JS confirm() used the last polled count; this asks again with the count now.
         return await _page(request, can_send=True, text=text, confirm=clients, status=409, count=count,
-                           repeat=repeat)  # fmt: skip
+                           repeat=repeat, form=form)  # fmt: skip
     if not await _first_send(send_id):
         return _told_sent_already(request)
     try:
-        sent = await publish(text=text, sender=user.get_username())
+        sent = await publish(text=text, sender=user.get_username(), level=level, expires_in=expires_in)
     except BrokerUnavailable as exc:
-        return await _page(request, can_send=True, text=text, error=str(exc), status=503)
+        return await _page(request, can_send=True, text=text, error=str(exc), status=503, form=form)
     noun = "client" if sent.clients == 1 else "clients"
     messages.success(request, f"Sent to {sent.clients} {noun} (broadcast #{sent.seq}).")
     return HttpResponseRedirect(reverse("broadcaster:operator"), status=303)
 
 
+async def operator_retract(request: HttpRequest) -> HttpResponse:
+    """POST {id, confirmed}: retract a broadcast (the send permission); without `confirmed`,
+    the page asks first (the page's script asks in a dialog and sets it)."""
+    user = await _staff(request)
+    if user is None:
+        return redirect_to_login(reverse("broadcaster:operator"), reverse("admin:login"))
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    if not await user.ahas_perm(SEND_PERMISSION):
+        logger.warning("Operator %s tried to retract without %s", user.get_username(), SEND_PERMISSION)
+        raise PermissionDenied(f"Retracting needs the {SEND_PERMISSION} permission.")
+    id = request.POST.get("id", "")
+    if request.POST.get("confirmed") != "yes":
+        record = await BroadcastRecord.objects.filter(message_id=id, status=BroadcastRecord.SENT).afirst()
+        if record is None:
+            return await _page(
+                request, can_send=True, error=f"No broadcast with id {id!r} went out.", status=404
+            )
+        return await _page(request, can_send=True, retract_confirm=record, status=409)
+    try:
+        done = await retract(id=id, sender=user.get_username())
+    except UnknownBroadcast as exc:
+        return await _page(request, can_send=True, error=str(exc), status=404)
+    except BrokerUnavailable as exc:
+        return await _page(request, can_send=True, error=str(exc), status=503)
+    if done.seq:
+        messages.success(request, f"Retracted: every client was told (retraction #{done.seq}).")
+    else:
+        messages.info(request, f"That broadcast was retracted already, by {done.by}.")
+    return HttpResponseRedirect(reverse("broadcaster:operator"), status=303)
+
+
+@dataclass(frozen=True)
+class Form:
+    """The send form's level and expiry as typed (kept when the page is shown again)."""
+
+    level: str = "info"
+    expires_in: str = ""
+
+
+def _seconds(typed: str) -> float | str | None:
+    """The expiry field: blank is none; a number of seconds; anything else goes to validation."""
+    if not typed:
+        return None
+    try:
+        return float(typed)
+    except ValueError:
+        return typed
+
+
 async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: str = "",
                 confirm: int | None = None, status: int = 200,
                 count: tuple[int | None, str] | None = None,
-                repeat_of: BroadcastRecord | None = None, repeat: bool = False) -> HttpResponse:  # fmt: skip
+                repeat_of: BroadcastRecord | None = None, repeat: bool = False,
+                form: Form = Form(), retract_confirm: BroadcastRecord | None = None
+                ) -> HttpResponse:  # fmt: skip
     """Render the page; `count` is _clients()'s answer when the caller has just asked."""
     clients, redis = count or await _clients()
+    recent = await _recent()
 
     def build() -> HttpResponse:
         context = {
@@ -179,7 +269,10 @@ async def _page(request: HttpRequest, *, can_send: bool, text: str = "", error: 
             "title": "Operator",
             "clients": clients,
             "redis": redis,
-            "recent": BroadcastRecord.objects.all()[:RECENT],
+            "recent": [_row(record, reached) for record, reached in recent],
+            "levels": LEVELS,
+            "form": form,
+            "retract_confirm": retract_confirm,
             "can_send": can_send,
             # The admin's log of every broadcast, for those it lets in (broadcaster/admin.py).
             "log_url": reverse("admin:broadcaster_broadcastrecord_changelist")

@@ -9,7 +9,7 @@ import logging
 import time as clock
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import protocol
 from broadcaster.backend import redis_client
-from broadcaster.history.kept import group_history
+from broadcaster.history.kept import Entry, group_history
 from broadcaster.log_throttle import Throttle
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
@@ -60,6 +60,18 @@ class BrokerUnavailable(PublishError):
     """Redis could not be reached; nothing was sent."""
 
 
+class InvalidOptions(PublishError):
+    """The level or the expiry is not one a broadcast can have."""
+
+
+class UnknownBroadcast(PublishError):
+    """No broadcast that went out has this id (retraction)."""
+
+
+# The longest expiry a broadcast may have, in seconds (30 days).
+MAX_EXPIRES_IN = 30 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class Published:
     """A message that went out: its number, id and time as the receivers see them."""
@@ -70,6 +82,19 @@ class Published:
     text: str
     time: str
     clients: int
+    level: str = protocol.LEVEL_INFO
+    expires: str | None = None
+
+
+@dataclass(frozen=True)
+class Retracted:
+    """A retraction: the message it took back, the retraction's own number (0 when the
+    message was retracted already and nothing new was sent), who took it back and when."""
+
+    id: str
+    seq: int
+    by: str
+    time: str
 
 
 def validate(text: str) -> str:
@@ -88,7 +113,25 @@ def validate(text: str) -> str:
     return text
 
 
-async def publish(*, text: str, sender: str) -> Published:
+def validate_options(*, level: object, expires_in: object) -> tuple[str, float | None]:
+    """The level and expiry every sending path accepts, or InvalidOptions saying what is wrong."""
+    if level not in protocol.LEVELS:
+        raise InvalidOptions(f"The level must be one of {', '.join(protocol.LEVELS)}; got {level!r}.")
+    if expires_in is None:
+        return str(level), None
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not expires_in > 0:
+        raise InvalidOptions(f"expires_in must be a number of seconds above 0; got {expires_in!r}.")
+    if expires_in > MAX_EXPIRES_IN:
+        raise InvalidOptions(f"expires_in may be at most {MAX_EXPIRES_IN} seconds (30 days).")
+    return str(level), float(expires_in)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
+                  expires_in: float | None = None) -> Published:  # fmt: skip
     """Send `text` to every connected receiver, on every server process.
 
     Two steps, in this order: number and keep it (one atomic Lua script), then send it live.
@@ -97,32 +140,82 @@ async def publish(*, text: str, sender: str) -> Published:
     The frame is encoded here, once; server processes pass it through unchanged.
     """
     validate(text)
+    level, expires_in = validate_options(level=level, expires_in=expires_in)
     id = uuid.uuid4().hex
-    time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = datetime.now(UTC)
+    time = _iso(now)
+    expires = _iso(now + timedelta(seconds=expires_in)) if expires_in is not None else None
+    template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
+                                      expires=expires)  # fmt: skip
+    failed = {"sender": sender, "text": text, "level": level}
+    entry, clients = await _number_and_send(template=template, key=id, sender=sender, failed=failed)
+    logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
+    until = now + timedelta(seconds=expires_in) if expires_in is not None else None
+    await _record(sender=sender, text=text, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq,
+                  message_id=id, level=level, created=now, expires=until)  # fmt: skip
+    return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time, clients=clients,
+                     level=level, expires=expires)  # fmt: skip
+
+
+async def retract(*, id: str, sender: str) -> Retracted:
+    """Take back broadcast `id`: every receiver is sent a numbered `retract` frame (kept in
+    history, so resuming clients learn it), and it is never again a new client's current
+    announcement. Retracting one that was retracted already sends nothing new."""
+    record = await _sent_record(id)
+    if record is None:
+        raise UnknownBroadcast(f"No broadcast with id {id!r} went out.")
+    if record.retracted is not None:
+        return Retracted(id=id, seq=0, by=record.retracted_by, time=_iso(record.retracted))
+    now = datetime.now(UTC)
+    template = protocol.retract_frame(seq=0, epoch="", id=id, time=_iso(now))
+    entry, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender, failed=None)
+    logger.info("Broadcast %s retracted by %s (seq %d)", id, sender, entry.seq)
+    try:
+        await BroadcastRecord.objects.filter(pk=record.pk, retracted__isnull=True).aupdate(
+            retracted=now, retracted_by=sender
+        )
+    except DatabaseError as exc:
+        logger.error("Retraction of %s by %s was not recorded in the log: %s", id, sender, exc)
+    return Retracted(id=id, seq=entry.seq, by=sender, time=_iso(now))
+
+
+async def _sent_record(id: str) -> BroadcastRecord | None:
+    """The log's record of broadcast `id` if it went out."""
+    if not protocol.is_message_id(id):
+        return None
+    return await BroadcastRecord.objects.filter(message_id=id, status=BroadcastRecord.SENT).afirst()
+
+
+async def _number_and_send(*, template: str, key: str, sender: str, failed: dict[str, Any] | None
+                           ) -> tuple[Entry, int]:  # fmt: skip
+    """Number and keep a frame (message or retraction), then send it live; return it and the
+    client count before it. `failed`: what to log as a failed broadcast if it does not go out."""
     redis = redis_client.shared_client()
     try:
         clients = await group_presence(redis).total()
         history, replicas = group_history(redis), settings.BROADCAST_MIN_REPLICAS
         if replicas:
             entry, copies, needed = await history.append_replicated(
-                id=id, text=text, time=time, replicas=replicas, wait=REPLICA_WAIT
+                template=template, key=key, replicas=replicas, wait=REPLICA_WAIT
             )
         else:
-            entry, copies, needed = await history.append(id=id, text=text, time=time), 0, 0
+            entry, copies, needed = await history.append_frame(template=template, key=key), 0, 0
     except (RedisError, OSError) as exc:
         # Where Redis is and what it said go to the server log only; senders (API clients, the
         # page, the log in the admin) are told what failed and what to do.
         logger.warning("Broadcast from %s failed: Redis at %s unreachable: %s",
                        sender, redis_client.display_url(), exc)  # fmt: skip
-        await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=UNREACHABLE)
+        if failed is not None:
+            await _record(**failed, status=BroadcastRecord.FAILED, error=UNREACHABLE)
         raise BrokerUnavailable(UNREACHABLE) from exc
     if needed < replicas and _few_replicas.due():
         logger.warning("Redis has %d replica(s) connected, fewer than BROADCAST_MIN_REPLICAS (%d): "
                        "broadcasts are acknowledged once those have them", needed, replicas)  # fmt: skip
     if copies < needed:
         logger.warning("Broadcast %s from %s (seq %d) not acknowledged: %d of %d replicas had it "
-                       "after %.1f s", id, sender, entry.seq, copies, needed, REPLICA_WAIT)  # fmt: skip
-        await _record(sender=sender, text=text, status=BroadcastRecord.FAILED, error=NOT_REPLICATED)
+                       "after %.1f s", key, sender, entry.seq, copies, needed, REPLICA_WAIT)  # fmt: skip
+        if failed is not None:
+            await _record(**failed, status=BroadcastRecord.FAILED, error=NOT_REPLICATED)
         raise BrokerUnavailable(NOT_REPLICATED)
     try:
         await get_channel_layer().group_send(
@@ -134,11 +227,8 @@ async def publish(*, text: str, sender: str) -> Published:
     except (RedisError, OSError) as exc:
         # It is kept: server processes compare with history every second and send it then.
         logger.warning("Broadcast %s kept as seq %d but not sent live (%s); servers will catch up",
-                       id, entry.seq, exc)  # fmt: skip
-    logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
-    await _record(sender=sender, text=text, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq,
-                  message_id=id)  # fmt: skip
-    return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time, clients=clients)
+                       key, entry.seq, exc)  # fmt: skip
+    return entry, clients
 
 
 async def _record(**fields: Any) -> None:

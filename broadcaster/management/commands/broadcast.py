@@ -10,7 +10,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from broadcaster import protocol
 from broadcaster.sending import console
+from broadcaster.sending.publish import PublishError, validate_options
 
 
 class Command(BaseCommand):
@@ -25,6 +27,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--message", "-m", help="Send this one message and exit.")
+        parser.add_argument(
+            "--level",
+            choices=protocol.LEVELS,
+            default=protocol.LEVEL_INFO,
+            help="How urgent every message of this run is; receivers style each level distinctly.",
+        )
+        parser.add_argument(
+            "--expires-in",
+            type=float,
+            metavar="SECONDS",
+            help="Receivers hide each message this many seconds after it is sent.",
+        )
+        parser.add_argument(
+            "--retract",
+            metavar="ID",
+            help="Take back the broadcast with this id (from the log, the API or the page) and exit.",
+        )
         parser.add_argument(
             "--sender",
             default=None,
@@ -46,10 +65,20 @@ class Command(BaseCommand):
         stdin = options.get("stdin") or sys.stdin
         screen = console.Screen(self.stdout, self.stderr, interactive=console.is_interactive(stdin))
         sender = options["sender"] or f"console:{getpass.getuser()}"
+        if options["retract"] is not None:
+            try:
+                self.stdout.write(asyncio.run(console.take_back(id=options["retract"], sender=sender)))
+            except console.ConsoleError as exc:
+                raise CommandError(str(exc)) from exc
+            return
         try:
-            tally = asyncio.run(
-                console.run(stdin=stdin, screen=screen, sender=sender, message=options["message"])
-            )
+            level, expires_in = validate_options(level=options["level"], expires_in=options["expires_in"])
+        except PublishError as exc:
+            raise CommandError(str(exc)) from exc
+        run_options = console.Options(level=level, expires_in=expires_in)
+        try:
+            tally = asyncio.run(console.run(stdin=stdin, screen=screen, sender=sender,
+                                            message=options["message"], options=run_options))  # fmt: skip
         except console.ConsoleError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:

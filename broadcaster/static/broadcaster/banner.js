@@ -1,9 +1,10 @@
 // The announcement banner ({% broadcast_banner %}): the current announcement and each new one,
-// on any page. It lives in a shadow root with its own stylesheet, so the host page's styles do
+// on any page, styled by level; it goes away when the announcement expires or is retracted. It lives in a shadow root with its own stylesheet, so the host page's styles do
 // not reach it and its styles do not reach the page. Text is inserted with textContent only.
 (function () {
   "use strict";
   var DISMISSED_KEY = "broadcaster.dismissed";
+  var LEVEL_LABELS = { warning: "Warning:", critical: "Critical:" };
 
   function start(host) {
     var root = host.attachShadow({ mode: "open" });
@@ -19,6 +20,9 @@
     text.setAttribute("role", "status");
     text.setAttribute("aria-live", "polite");
     text.setAttribute("aria-label", "Announcement");
+    var label = document.createElement("strong");
+    label.className = "level";
+    var words = document.createElement("span");
     var time = document.createElement("time");
     time.className = "time";
     var dismiss = document.createElement("button");
@@ -32,6 +36,7 @@
     root.appendChild(style);
     root.appendChild(box);
     var shownId = null;
+    var connection = null;
 
     // Shown or hidden with an inline style as well as `hidden` (set through the CSSOM, which a
     // Content-Security-Policy allows): a page rule such as `div { display: block }` would
@@ -43,27 +48,62 @@
 
     function hide() {
       setVisible(false);
+      if (shownId) connection.hidden(shownId);
       try { sessionStorage.setItem(DISMISSED_KEY, shownId || ""); } catch (e) { /* storage off */ }
     }
 
+    // The announcement on show is no longer true (expired, retracted): no banner until a new one.
+    function withdraw(id) {
+      if (id !== shownId) return;
+      connection.hidden(id);
+      shownId = null;
+      host.dataset.id = "";
+      text.textContent = "";
+      setVisible(false);
+    }
+
     function show(frame) {
+      if (window.BroadcastConnection.expired(frame)) {
+        withdraw(shownId);  // the newest expired while this tab was away: nothing is current
+        return;
+      }
       var dismissed = null;
       try { dismissed = sessionStorage.getItem(DISMISSED_KEY); } catch (e) { /* storage off */ }
       shownId = frame.id || null;
       time.dateTime = frame.time || "";
       time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
       host.dataset.id = frame.id || "";
+      var level = LEVEL_LABELS[frame.level] ? frame.level : "info";
+      box.dataset.level = level;
+      var levelWord = LEVEL_LABELS[level] || "";
+      // Critical interrupts a screen reader; the others wait for a pause.
+      text.setAttribute("aria-live", level === "critical" ? "assertive" : "polite");
       // One the person dismissed stays dismissed across page loads of this tab.
       var visible = !(frame.id && frame.id === dismissed);
       if (visible && host.hidden) {
         // A live region's change is announced only while it is displayed: show it, then fill it.
-        text.textContent = "";
+        fill("", "");
         setVisible(true);
-        setTimeout(function () { if (shownId === (frame.id || null)) text.textContent = frame.text; }, 50);
+        setTimeout(function () {
+          if (shownId === (frame.id || null)) fill(levelWord, frame.text);
+        }, 50);
       } else {
-        text.textContent = frame.text;
+        fill(levelWord, frame.text);
         setVisible(visible);
       }
+      window.BroadcastConnection.whenExpired(frame, function () { withdraw(frame.id); });
+      if (visible) connection.shown(frame.id);
+    }
+
+    // The live region holds the level's word and the text, so both are announced.
+    function fill(levelWord, message) {
+      text.textContent = "";
+      if (levelWord) {
+        label.textContent = levelWord + " ";
+        text.appendChild(label);
+      }
+      words.textContent = message;
+      text.appendChild(words);
     }
 
     setVisible(false);
@@ -72,7 +112,11 @@
     box.addEventListener("keydown", function (event) {
       if (event.key === "Escape") hide();
     });
-    new window.BroadcastConnection(host.dataset.receiverPath, { message: show }).connect();
+    connection = new window.BroadcastConnection(host.dataset.receiverPath, {
+      message: show,
+      retract: function (frame) { withdraw(frame.id); },
+    });
+    connection.connect();
   }
 
   var hosts = document.querySelectorAll(".broadcast-banner[data-receiver-path]");

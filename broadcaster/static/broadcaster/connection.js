@@ -1,16 +1,20 @@
 // The receiver protocol in the browser (docs/PROTOCOL.md), shared by the receiver page and the
 // announcement banner: connect, resume after a reconnect with ?since=&epoch=, drop messages
 // seen already, back off between attempts, and retry at once when the browser comes back
-// online or the tab comes back into view. What to show is the caller's business.
+// online or the tab comes back into view, and report each message the caller has shown to a
+// person (`seen`, once per message per connection, only while the tab is visible). What to show
+// is the caller's business.
 (function () {
   "use strict";
   var BACKOFF_FIRST_MS = 500;
   var BACKOFF_MAX_MS = 30000;
   var RESTART = 1012;
   var RESTART_JITTER_MS = 1000;
+  // setTimeout takes at most 2^31 - 1 ms; a later expiry is waited for in steps.
+  var LONGEST_TIMER_MS = 0x7fffffff;
 
   // handlers (all optional): message(frame) for each new numbered message, in order;
-  // count(clients); status(broadcasts) ("delayed" | "live"); reset(frame) (messages were
+  // retract(frame) when message frame.id is taken back; count(clients); status(broadcasts) ("delayed" | "live"); reset(frame) (messages were
   // missed and are no longer kept); open() on the server's first frame; closed(retryAt, attempt)
   // when the connection is lost (retryAt: Date.now() of the next try); connecting().
   function BroadcastConnection(path, handlers) {
@@ -21,32 +25,76 @@
     // The last message seen, to resume from after a reconnect (docs/PROTOCOL.md, "Resuming").
     this.lastSeq = null;
     this.epoch = null;
+    // The open socket, ids reported seen on it, and ids shown while the tab was hidden.
+    this.ws = null;
+    this.reported = {};
+    this.unseen = [];
     var self = this;
     window.addEventListener("online", function () { self.attempt = 0; self.retryNow(); });
     document.addEventListener("visibilitychange", function () {
-      if (document.visibilityState === "visible") self.retryNow();
+      if (document.visibilityState !== "visible") return;
+      self.retryNow();
+      var waiting = self.unseen;
+      self.unseen = [];
+      waiting.forEach(self.shown, self);
     });
   }
+
+  // Whether a message frame has expired (its `expires`, ISO 8601 UTC, has passed).
+  BroadcastConnection.expired = function (frame) {
+    return typeof frame.expires === "string" && Date.parse(frame.expires) <= Date.now();
+  };
+
+  // Call then() when the message expires (never for one that does not).
+  BroadcastConnection.whenExpired = function (frame, then) {
+    if (typeof frame.expires !== "string") return;
+    var wait = Date.parse(frame.expires) - Date.now();
+    if (!(wait > 0)) { then(); return; }
+    setTimeout(function () { BroadcastConnection.whenExpired(frame, then); }, Math.min(wait, LONGEST_TIMER_MS));
+  };
+
+  // The caller showed message `id` to the person: report it now if the tab is visible, else
+  // the moment it becomes visible. Once per message per connection; a message shown before
+  // this connection opened is not this connection's to report.
+  BroadcastConnection.prototype.shown = function (id) {
+    if (!id || this.reported[id]) return;
+    if (document.visibilityState !== "visible") {
+      if (this.unseen.indexOf(id) < 0) this.unseen.push(id);
+      return;
+    }
+    if (this.ws === null || this.ws.readyState !== WebSocket.OPEN) return;
+    this.reported[id] = true;
+    this.ws.send(JSON.stringify({ type: "seen", id: id }));
+  };
+
+  // The caller stopped showing message `id` (dismissed, retracted, expired) before the person
+  // could see it: a tab that becomes visible later does not report it.
+  BroadcastConnection.prototype.hidden = function (id) {
+    var at = this.unseen.indexOf(id);
+    if (at >= 0) this.unseen.splice(at, 1);
+  };
 
   BroadcastConnection.prototype.call = function (name, arg, extra) {
     var handler = this.handlers[name];
     if (handler) handler(arg, extra);
   };
 
-  BroadcastConnection.prototype.onMessage = function (frame) {
+  // A numbered frame: a message, or a retraction of one (alone or in a batch).
+  BroadcastConnection.prototype.onNumbered = function (frame) {
     if (typeof frame.seq === "number") {
       if (frame.epoch === this.epoch && this.lastSeq !== null && frame.seq <= this.lastSeq) return;
       this.lastSeq = frame.seq;
       this.epoch = frame.epoch;
     }
-    this.call("message", frame);
+    if (frame.type === "message") this.call("message", frame);
+    else if (frame.type === "retract") this.call("retract", frame);
   };
 
   BroadcastConnection.prototype.onFrame = function (data) {
     var frame;
     try { frame = JSON.parse(data); } catch (e) { return; }
-    if (frame.type === "message") this.onMessage(frame);
-    else if (frame.type === "batch") frame.messages.forEach(this.onMessage, this);
+    if (frame.type === "message" || frame.type === "retract") this.onNumbered(frame);
+    else if (frame.type === "batch") frame.messages.forEach(this.onNumbered, this);
     else if (frame.type === "count") this.call("count", frame.clients);
     else if (frame.type === "status") this.call("status", frame.broadcasts);
     else if (frame.type === "reset") {
@@ -84,6 +132,9 @@
     var resume = this.lastSeq === null ? "" :
       "?since=" + this.lastSeq + (this.epoch ? "&epoch=" + encodeURIComponent(this.epoch) : "");
     var ws = new WebSocket(this.url + resume);
+    this.ws = ws;
+    this.reported = {};
+    this.unseen = [];
     var taken = false;
     ws.onmessage = function (event) {
       if (!taken) {
@@ -95,7 +146,10 @@
       }
       self.onFrame(event.data);
     };
-    ws.onclose = function (event) { self.scheduleRetry(event.code); };
+    ws.onclose = function (event) {
+      if (self.ws === ws) self.ws = null;
+      self.scheduleRetry(event.code);
+    };
   };
 
   window.BroadcastConnection = BroadcastConnection;

@@ -7,6 +7,8 @@
   var refreshMs = Number(root.dataset.refreshMs);
   var maxLength = Number(root.dataset.maxLength);
   var confirmAbove = Number(root.dataset.confirmAbove);
+  // Where Retract buttons post (empty for staff who may not send: no buttons).
+  var retractUrl = root.dataset.retractUrl;
   var count = document.getElementById("count");
   var redis = document.getElementById("redis");
   var tbody = document.querySelector("#recent tbody");
@@ -50,7 +52,7 @@
 
   // Times in the browser's zone, as on the receiver page.
   function localTime(iso) { return new Date(iso).toLocaleString(); }
-  document.querySelectorAll("#recent time").forEach(function (t) {
+  document.querySelectorAll("#recent time, #recent .expires time").forEach(function (t) {
     t.textContent = localTime(t.dateTime);
   });
 
@@ -62,28 +64,82 @@
     return td;
   }
 
+  function number(n) { return n === null || n === undefined ? "–" : String(n); }
+
+  function retractForm(id) {
+    var form = document.createElement("form");
+    form.method = "post";
+    form.action = retractUrl;
+    form.className = "retract-form";
+    [["csrfmiddlewaretoken", csrfToken()], ["id", id], ["confirmed", ""]].forEach(function (field) {
+      var input = document.createElement("input");
+      input.type = "hidden";
+      input.name = field[0];
+      input.value = field[1];
+      form.appendChild(input);
+    });
+    var button = document.createElement("button");
+    button.type = "submit";
+    button.className = "retract";
+    button.textContent = "Retract";
+    form.appendChild(button);
+    return form;
+  }
+
+  function csrfToken() {
+    var input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
   function showRecent(records) {
     var rows = records.map(function (r) {
       var row = document.createElement("tr");
       row.className = r.status;
+      row.dataset.id = r.id || "";
+      row.dataset.level = r.level;
+      if (r.retracted) row.dataset.retracted = r.retracted;
       var time = document.createElement("time");
       time.dateTime = r.time;
       time.textContent = localTime(r.time);
       cell(row, "time", "").appendChild(time);
       cell(row, "sender", r.sender);
-      cell(row, "clients", r.clients === null ? "–" : String(r.clients));
-      cell(row, "status", r.status).title = r.error;
-      cell(row, "text", r.text);
+      cell(row, "level", r.level);
+      cell(row, "clients", number(r.clients));
+      cell(row, "delivered", number(r.delivered));
+      cell(row, "seen", number(r.seen));
+      cell(row, "status", r.retracted ? "retracted by " + r.retracted_by : r.status).title = r.error;
+      var text = cell(row, "text", r.text);
+      if (r.expires) {
+        var expires = document.createElement("small");
+        expires.className = "expires";
+        expires.textContent = " (expires " + localTime(r.expires) + ")";
+        text.appendChild(expires);
+      }
+      var actions = cell(row, "actions", "");
+      if (retractUrl && r.status === "sent" && !r.retracted && r.id) actions.appendChild(retractForm(r.id));
       return row;
     });
     if (rows.length === 0) {
       var empty = document.createElement("tr");
       empty.className = "empty";
-      cell(empty, "", "Nothing sent yet.").colSpan = 5;
+      cell(empty, "", "Nothing sent yet.").colSpan = 9;
       rows.push(empty);
     }
     tbody.replaceChildren.apply(tbody, rows);
   }
+
+  // Retract asks first; the server asks again on its own page if this script did not run.
+  tbody.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.classList.contains("retract-form")) return;
+    var row = form.closest("tr");
+    var text = row.querySelector("td.text").firstChild.textContent;
+    if (!window.confirm("Retract this broadcast from every client?\n\n" + text.slice(0, 200))) {
+      event.preventDefault();
+      return;
+    }
+    form.elements.confirmed.value = "yes";
+  });
 
   function refresh() {
     fetch(statusUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })

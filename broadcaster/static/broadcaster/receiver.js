@@ -1,5 +1,6 @@
-// The receiver page: every message, the connection state and the live count (frames and
-// resuming: connection.js, docs/PROTOCOL.md). Messages are inserted with textContent, never as HTML.
+// The receiver page: every message (styled by level, hidden once expired, struck through once
+// retracted), the connection state and the live count (frames and resuming: connection.js,
+// docs/PROTOCOL.md). Messages are inserted with textContent, never as HTML.
 (function () {
   "use strict";
   var list = document.getElementById("messages");
@@ -12,6 +13,8 @@
   // counts down, and "Retry now", coming back online or back to the tab retries at once.
   var retryAt = 0;
   var ticker = null;
+  var LEVEL_LABELS = { warning: "Warning", critical: "Critical" };
+  var connection = null;
 
   function setState(name, text) {
     state.dataset.state = name;
@@ -23,19 +26,60 @@
     setState("closed", "reconnecting in " + left + " s");
   }
 
+  // The "No messages yet" line shows while no message is on view (all hidden as expired).
+  function updateEmpty() {
+    empty.hidden = list.querySelector("li:not([hidden])") !== null;
+  }
+
+  function expire(item) {
+    item.dataset.state = "expired";
+    item.hidden = true;
+    connection.hidden(item.dataset.id);
+    updateEmpty();
+  }
+
   function showMessage(frame) {
     var item = document.createElement("li");
     item.dataset.id = frame.id || "";
+    var level = LEVEL_LABELS[frame.level] ? frame.level : "info";
+    item.dataset.level = level;
     var time = document.createElement("time");
     time.dateTime = frame.time || "";
     time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
+    item.appendChild(time);
+    if (LEVEL_LABELS[level]) {
+      // Said in words, not only in colour.
+      var label = document.createElement("strong");
+      label.className = "level";
+      label.textContent = LEVEL_LABELS[level] + ":";
+      item.appendChild(label);
+    }
     var text = document.createElement("span");
     text.className = "text";
     text.textContent = frame.text;
-    item.appendChild(time);
     item.appendChild(text);
+    if (level === "critical") item.setAttribute("role", "alert");
     list.insertBefore(item, list.firstChild);
-    empty.hidden = true;
+    if (window.BroadcastConnection.expired(frame)) {
+      expire(item);  // a resumed message that expired meanwhile: kept in order, not shown
+      return;
+    }
+    updateEmpty();
+    window.BroadcastConnection.whenExpired(frame, function () { expire(item); });
+    connection.shown(frame.id);
+  }
+
+  function retractMessage(frame) {
+    var items = list.querySelectorAll("li");
+    for (var i = 0; i < items.length; i++) {
+      if (items[i].dataset.id !== frame.id || items[i].dataset.state === "retracted") continue;
+      items[i].dataset.state = "retracted";
+      var note = document.createElement("em");
+      note.className = "retracted";
+      note.textContent = " (retracted)";
+      items[i].appendChild(note);
+      connection.hidden(frame.id);
+    }
   }
 
   // The server lost its message broker (Redis): still connected, but broadcasts wait until it
@@ -48,8 +92,9 @@
     else count.removeAttribute("title");
   }
 
-  var connection = new window.BroadcastConnection(document.body.dataset.receiverPath, {
+  connection = new window.BroadcastConnection(document.body.dataset.receiverPath, {
     message: showMessage,
+    retract: retractMessage,
     count: function (clients) { count.textContent = String(clients); },
     status: showStatus,
     reset: function () {

@@ -1,0 +1,36 @@
+"""Which kept broadcast is the current announcement: what a new client is sent first.
+
+The newest message, unless a later retraction takes it back or it has expired: then there is
+none (an older message does not come back), which is what a connected tab shows too when the
+newest is retracted or expires. One rule for both sources of a backlog, history in Redis
+(history/kept.py) and a server process's memory (history/recent.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from broadcaster import protocol
+
+if TYPE_CHECKING:
+    from broadcaster.history.kept import Entry
+
+# At most this many of the newest entries are looked at (retractions after the newest message
+# included); more retractions in a row than that mean no current announcement.
+LOOK_BACK = 64
+
+
+def announcement(newest_first: Iterable[Entry], *, now: float) -> Entry | None:
+    """The current announcement among entries given newest first, or None. `now`: UNIX time."""
+    retracted: set[str] = set()
+    for looked, entry in enumerate(newest_first):
+        if looked >= LOOK_BACK:
+            return None
+        if entry.kind == protocol.FRAME_RETRACT:
+            retracted.add(entry.id)
+            continue
+        if entry.id in retracted or (entry.expires is not None and entry.expires <= now):
+            return None
+        return entry
+    return None
