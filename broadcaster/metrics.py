@@ -61,14 +61,21 @@ PUBLISH_LAG = Histogram("broadcaster_publish_lag_seconds", "From publish time to
 SLOW_CONSUMERS = Counter("broadcaster_slow_consumer_disconnects", "Receivers closed for not reading")
 RESUMES = Counter("broadcaster_resumes", "Reconnects with `since`", ["result"])
 REDIS_ERRORS = Counter("broadcaster_redis_errors", "Failed Redis operations")
+SEEN = Counter("broadcaster_seen_frames", "`seen` frames from receivers: counted, or ignored (not countable)",
+               ["result"])  # fmt: skip
+REACH_COMMANDS = Counter("broadcaster_reach_redis_commands", "Redis commands the reach flushes sent")
 for _result in ("replayed", "reset"):
     RESUMES.labels(result=_result)
+for _result in ("counted", "ignored"):
+    SEEN.labels(result=_result)
 
 
 class Tally:
     """Counts kept in plain integers on hot paths, added to the counters by `flush()`."""
 
     deliveries = 0
+    seen_counted = 0
+    seen_ignored = 0
 
 
 tally = Tally()
@@ -85,6 +92,12 @@ def flush() -> None:
     if tally.deliveries:
         DELIVERIES.inc(tally.deliveries)
         tally.deliveries = 0
+    if tally.seen_counted:
+        SEEN.labels(result="counted").inc(tally.seen_counted)
+        tally.seen_counted = 0
+    if tally.seen_ignored:
+        SEEN.labels(result="ignored").inc(tally.seen_ignored)
+        tally.seen_ignored = 0
 
 
 def exposition() -> bytes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from broadcaster import protocol
+from broadcaster import metrics, protocol
 from broadcaster.history.kept import Entry
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class ReachTally:
     def seen(self, id: str) -> None:
         """One more connection showed message `id` (the consumer checked it counts)."""
         self._seen[id] = self._seen.get(id, 0) + 1
+        metrics.tally.seen_counted += 1
 
     def pending(self) -> bool:
         return bool(self._delivered or self._seen)
@@ -102,6 +103,7 @@ class ReachTally:
             raise
         self.flushes += 1
         self.commands += commands
+        metrics.REACH_COMMANDS.inc(commands)
 
 
 async def read(redis: aioredis.Redis, ids: list[str]) -> dict[str, Reach]:

@@ -218,6 +218,7 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
             acked.add(id)
             hub.reach.seen(id)
             return
+        metrics.tally.seen_ignored += 1
         now = asyncio.get_running_loop().time()
         budget = min(IGNORED_ACKS_BURST, self.ack_budget + (now - self.ack_budget_at) * IGNORED_ACKS_PER_S)
         self.ack_budget, self.ack_budget_at = budget - 1, now
