@@ -192,6 +192,8 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called with each frame the client sends: `ping` or `seen` (docs/PROTOCOL.md)."""
+        if self.closing:
+            return  # closed for a protocol error or as a slow consumer: nothing more counts
         frame = protocol.parse_client_frame(text_data)
         if frame is not None and frame.type == protocol.FRAME_PING:
             self.write(protocol.send_event(protocol.pong_frame()), None, [])
