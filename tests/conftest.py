@@ -33,6 +33,30 @@ async def browser() -> AsyncIterator[Any]:
         await browser.close()
 
 
+OPERATORS = """
+from django.contrib.auth.models import Permission, User
+send = Permission.objects.get(codename="send_broadcast")
+for name, staff, can_send in (("ann", True, True), ("bob", True, False), ("carl", False, True)):
+    user, _ = User.objects.get_or_create(username=name)
+    user.is_staff = staff
+    user.set_password("pw-" + name)
+    user.save()
+    if can_send:
+        user.user_permissions.add(send)
+"""
+
+
+@pytest.fixture(scope="module")
+def operators(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ann: staff who may send; bob: staff who may not; carl: not staff (has the permission).
+    Log in with support.log_in."""
+    from tests.support import manage
+
+    env = base_env(redis_server.url, tmp_path_factory.mktemp("var"))
+    done = manage(["shell", "-c", OPERATORS], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="session", autouse=True)
 def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One migrated SQLite file that every subprocess of the project (console, daphne) uses."""

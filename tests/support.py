@@ -546,6 +546,18 @@ CHROMIUM_ARGS = [
 ]
 
 
+async def log_in(page: Any, base: str, username: str) -> None:
+    """Open the operator page; being anonymous, fill in the admin login it redirects to (the
+    users are conftest's `operators`; each one's password is pw-<name>)."""
+    from playwright.async_api import expect
+
+    await page.goto(base + "/operator/")
+    await expect(page).to_have_url(base + "/admin/login/?next=/operator/")
+    await page.fill("#id_username", username)
+    await page.fill("#id_password", "pw-" + username)
+    await page.click("input[type=submit]")
+
+
 async def open_tab(browser: Any, url: str, dialogs: list[str]) -> Any:
     """A new tab on `url`, once its receiver says it is connected."""
     from playwright.async_api import expect

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.support import manage, open_tab, raw_receiver
+from tests.support import log_in, manage, open_tab, raw_receiver
 
 pytestmark = pytest.mark.browser
 
@@ -176,37 +176,6 @@ async def test_tab_too_far_behind_shows_reset_notice(browser, daphne, env_for, r
 
 
 # --- The operator page ------------------------------------------------------------------
-
-OPERATORS = """
-from django.contrib.auth.models import Permission, User
-send = Permission.objects.get(codename="send_broadcast")
-for name, staff, can_send in (("ann", True, True), ("bob", True, False), ("carl", False, True)):
-    user, _ = User.objects.get_or_create(username=name)
-    user.is_staff = staff
-    user.set_password("pw-" + name)
-    user.save()
-    if can_send:
-        user.user_permissions.add(send)
-"""
-
-
-@pytest.fixture(scope="module")
-def operators(redis_server, tmp_path_factory) -> None:
-    """ann: staff who may send; bob: staff who may not; carl: not staff (has the permission)."""
-    from tests.support import base_env
-
-    env = base_env(redis_server.url, tmp_path_factory.mktemp("var"))
-    done = manage(["shell", "-c", OPERATORS], env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
-
-
-async def log_in(page: Page, base: str, username: str) -> None:
-    """Open the operator page; being anonymous, fill in the admin login it redirects to."""
-    await page.goto(base + "/operator/")
-    await expect(page).to_have_url(base + "/admin/login/?next=/operator/")
-    await page.fill("#id_username", username)
-    await page.fill("#id_password", "pw-" + username)
-    await page.click("input[type=submit]")
 
 
 async def test_operator_sends_to_two_tabs_and_the_log_shows_it(browser, daphne, operators):
