@@ -41,3 +41,16 @@ def test_bad_frame_gets_its_close_code_and_one_warning(daphne, env_for, redis_ur
     assert manage(["broadcast", "-m", "still here"], env=env_for(redis_url)).returncode == 0
     assert b"still here" in read_frames(bystander, until="still here", timeout=10)[-1][1]
     bystander.close()
+
+
+def test_client_frames_the_protocol_defines():
+    """`ping`, and `seen` with an id of the server's shape; anything else is not a frame."""
+    from broadcaster.protocol import ClientFrame, parse_client_frame
+
+    id = "0123456789abcdef" * 2
+    assert parse_client_frame('{"type": "ping"}') == ClientFrame("ping")
+    assert parse_client_frame(f'{{"type": "seen", "id": "{id}"}}') == ClientFrame("seen", id)
+    for text in ('{"type": "seen"}', '{"type": "seen", "id": 5}', '{"type": "seen", "id": "x"}',
+                 f'{{"type": "seen", "id": "{id.upper()}"}}', f'{{"type": "seen", "id": "{id}0"}}',
+                 '{"type": "pong"}', "[]", "seen", None):  # fmt: skip
+        assert parse_client_frame(text) is None, text

@@ -10,6 +10,7 @@ import redis
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
+from broadcaster import protocol
 from broadcaster.backend import redis_client
 from broadcaster.fanout.consumers import ReceiverConsumer
 from broadcaster.fanout.hub import get_hub
@@ -112,3 +113,49 @@ async def test_in_step_process_answers_connecting_clients_without_reading_histor
     assert (
         calls.get("cmdstat_evalsha", {}).get("calls", 0) + calls.get("cmdstat_eval", {}).get("calls", 0) < 10
     )
+
+
+async def test_current_announcement_is_the_same_from_memory_and_from_redis():
+    """A new client's current announcement: the newest message unless a later retraction takes
+    it back or it has expired (then none: an older one does not come back). Memory and Redis
+    agree at every step; memory holding only retractions defers to Redis."""
+    history = group_history(redis_client.shared_client())
+    recent = RecentBroadcasts()
+
+    async def appended(entry: Entry) -> Entry:
+        recent.remember(entry)
+        return entry
+
+    async def message(id: str, *, expires: str | None = None) -> Entry:
+        return await appended(await history.append(id=id, text=id, time=now(), expires=expires))
+
+    async def retraction(id: str) -> Entry:
+        template = protocol.retract_frame(seq=0, epoch="", id=id, time=now())
+        return await appended(await history.append_frame(template=template, key=f"retract:{id}"))
+
+    async def current() -> list[str]:
+        from_redis = await catch_up(None)
+        last = from_redis.last
+        from_memory = await backlog(None, recent.source(epoch=from_redis.epoch, last=last))
+        assert from_memory == from_redis
+        return [json.loads(e.frame)["text"] for e in from_redis.entries]
+
+    await message("a" * 32)
+    assert await current() == ["a" * 32]
+    await message("b" * 32)
+    await retraction("a" * 32)  # an older one's retraction: the newest stays current
+    assert await current() == ["b" * 32]
+    await retraction("b" * 32)
+    assert await current() == []  # not "a": it was retracted too, and no older one comes back
+    await message("c" * 32, expires="2000-01-01T00:00:00.000Z")
+    assert await current() == []  # expired
+    await message("d" * 32, expires="2999-01-01T00:00:00.000Z")
+    assert await current() == ["d" * 32]
+    await retraction("d" * 32)
+    assert await current() == []
+
+    # Memory that starts after a message, with only its retraction (seq 7), cannot tell.
+    only_retractions = RecentBroadcasts()
+    only_retractions.remember((await history.since(6)).entries[0])
+    epoch = (await catch_up(None)).epoch
+    assert await backlog(None, only_retractions.source(epoch=epoch, last=7)) is None
