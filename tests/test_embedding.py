@@ -200,6 +200,42 @@ def test_checks_name_what_a_host_forgot(host: Host) -> None:
     assert (result.returncode, found) == (1, ["E004", "W003", "W004"]), result.stderr
 
 
+async def test_banner_styles_levels_and_goes_when_retracted_or_expired(
+    served: HostServer, browser: object
+) -> None:
+    """The banner says a critical announcement's level in words and in its colours, interrupts
+    a screen reader for it, and goes away when it is retracted, or when one expires."""
+    from playwright.async_api import expect
+
+    host, base = served.host, f"http://127.0.0.1:{served.port}"
+    page = await browser.new_page()  # type: ignore[attr-defined]
+    await page.goto(base + "/")
+    banner = page.locator(".broadcast-banner")
+    status = page.get_by_role("status", name="Announcement")
+    assert host.manage("broadcast", "-m", "Plain news").returncode == 0
+    await expect(status).to_have_text("Plain news", timeout=15_000)
+    box = "e => getComputedStyle(e.shadowRoot.querySelector('.banner')).backgroundColor"
+    plain = await banner.evaluate(box)
+
+    sent = host.manage("broadcast", "--level", "critical", "-m", "Evacuate floor 3")
+    assert sent.returncode == 0, sent.stderr
+    await expect(status).to_have_text("Critical: Evacuate floor 3", timeout=15_000)
+    await expect(status).to_have_attribute("aria-live", "assertive")
+    assert await banner.evaluate(box) != plain
+    id = await banner.get_attribute("data-id")
+    retracted = host.manage("broadcast", "--retract", str(id))
+    assert retracted.returncode == 0, retracted.stderr
+    await expect(banner).to_be_hidden(timeout=15_000)
+
+    sent = host.manage("broadcast", "--level", "warning", "--expires-in", "3", "-m", "Coffee in the kitchen")
+    assert sent.returncode == 0, sent.stderr
+    await expect(status).to_have_text("Warning: Coffee in the kitchen", timeout=15_000)
+    await expect(status).to_have_attribute("aria-live", "polite")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_be_hidden(timeout=15_000)  # on its timer
+    await page.close()
+
+
 async def test_banner_shows_the_hosts_console_broadcasts(served: HostServer, browser: object) -> None:
     """A host page with {% broadcast_banner %} (strict CSP) shows what the host's `manage.py
     broadcast` sends, resumes after the server restarts, and leaves the host's pages and admin working."""
@@ -286,7 +322,7 @@ def test_host_commands_and_api_work_unchanged(served: HostServer) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             assert (response.status, sorted(json.loads(response.read()))) == (
                 201,
-                ["clients", "id", "seq", "time"],
+                ["clients", "expires", "id", "level", "seq", "time"],
             )
         lines.wait_for(lambda line: line.endswith("From the host's API"), timeout=15, what="the broadcast")
     finally:
