@@ -42,7 +42,7 @@ LEVEL_WARNING = "warning"
 LEVEL_CRITICAL = "critical"
 LEVELS = (LEVEL_INFO, LEVEL_WARNING, LEVEL_CRITICAL)
 
-# The largest frame a client may send, in bytes (a ping is 15, a seen 53); a
+# The largest frame a client may send, in bytes (a ping is 15, a seen 55); a
 # message in several frames is held to daphne's 1 MiB.
 MAX_CLIENT_FRAME = 4096
 

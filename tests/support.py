@@ -374,17 +374,21 @@ class Subscriber:
         self.pubsub.subscribe(f"asgi__group__{BROADCAST_GROUP}")
 
     def texts(self, n: int, timeout: float = 10) -> list[str]:
+        return [frame["text"] for frame in self.frames(n, timeout)]
+
+    def frames(self, n: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """The next `n` published frames (messages and retractions), decoded."""
         import json
 
-        got: list[str] = []
+        got: list[dict[str, Any]] = []
 
         def more() -> bool:
             msg = self.pubsub.get_message(timeout=0.1)
             if msg is not None:
-                got.append(json.loads(self.layer.deserialize(msg["data"])["frame"])["text"])
+                got.append(json.loads(self.layer.deserialize(msg["data"])["frame"]))
             return len(got) >= n
 
-        wait_until(more, timeout=timeout, what=f"{n} published messages", poll=0)
+        wait_until(more, timeout=timeout, what=f"{n} published frames", poll=0)
         return got
 
 

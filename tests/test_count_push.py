@@ -17,8 +17,9 @@ class Recorder:
         self.i = i
         self.log = log
 
-    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Any]) -> None:
+    def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Any]) -> bool:
         self.log.append((json.loads(message["text"])["type"], self.i))
+        return True
 
 
 def test_a_count_push_yields_to_the_loop_between_slices_and_a_newer_count_replaces_it():

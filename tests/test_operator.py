@@ -242,3 +242,49 @@ def admin_client_for_links():
     client = Client()
     client.force_login(User.objects.create_user("sam", password="pw", is_staff=True))
     return client
+
+
+async def test_level_and_expiry_go_out_and_bad_ones_are_refused_with_the_form_kept(redis_url):
+    """The form's level and expiry reach the frame and the log; a bad expiry is refused (400)
+    and the page keeps the text, level and expiry as typed."""
+    sub = Subscriber(redis_url)
+    client = await client_for("ida", can_send=True)
+    refused = await post_form(client, {"text": "Deploy", "level": "critical", "expires_in": "soon"})
+    assert refused.status_code == 400
+    page = refused.content.decode()
+    assert "expires_in must be a number of seconds above 0; got &#x27;soon&#x27;." in page
+    assert '<option value="critical" selected>' in page and 'value="soon"' in page
+    assert await kept_seqs() == []
+    sent = await post_form(client, {"text": "Deploy", "level": "critical", "expires_in": "90"})
+    assert sent.status_code == 303
+    [frame] = sub.frames(1)
+    assert (frame["level"], frame["text"]) == ("critical", "Deploy")
+    record = await BroadcastRecord.objects.aget(message_id=frame["id"])
+    assert (record.level, round((record.expires - record.created).total_seconds())) == ("critical", 90)
+
+
+async def test_retract_asks_first_then_retracts_and_needs_the_permission(redis_url):
+    """Without `confirmed` the page asks (409, nothing sent); confirmed, it retracts and the log
+    says who; staff without the permission get 403; an unknown id is 404."""
+    sub = Subscriber(redis_url)
+    ida = await client_for("ida", can_send=True)
+    assert (await post_form(ida, {"text": "Oops"})).status_code == 303
+    [message] = sub.frames(1)
+    asked = await ida.post("/operator/retract/", {"id": message["id"]})
+    assert asked.status_code == 409
+    assert "Retract broadcast #1 (“Oops”)?" in asked.content.decode()
+    assert await kept_seqs() == [1]
+    watcher = await client_for("walt")
+    assert (
+        await watcher.post("/operator/retract/", {"id": message["id"], "confirmed": "yes"})
+    ).status_code == 403
+    gone = await ida.post("/operator/retract/", {"id": "0" * 32, "confirmed": "yes"})
+    assert gone.status_code == 404
+    done = await ida.post("/operator/retract/", {"id": message["id"], "confirmed": "yes"})
+    assert (done.status_code, done["Location"]) == (303, PAGE)
+    [retraction] = sub.frames(1)
+    assert (retraction["type"], retraction["id"], retraction["seq"]) == ("retract", message["id"], 2)
+    record = await BroadcastRecord.objects.aget(message_id=message["id"])
+    assert record.retracted_by == "ida" and record.retracted is not None
+    status = (await ida.get(STATUS)).json()["recent"][0]
+    assert (status["retracted_by"], status["delivered"], status["seen"]) == ("ida", 0, 0)
