@@ -36,10 +36,11 @@ class PublishTokenAdmin(admin.ModelAdmin):
 
 @admin.register(BroadcastRecord)
 class BroadcastRecordAdmin(admin.ModelAdmin):
-    """The broadcast log: read-only, searchable, filterable by date, sender and status."""
+    """The broadcast log: read-only, searchable, filterable by date, sender, status and level;
+    it shows who retracted what, and when."""
 
-    list_display = ["sent_at", "sender", "status", "clients", "seq", "text"]
-    list_filter = ["status", "created", "sender"]
+    list_display = ["sent_at", "sender", "status", "level", "clients", "seq", "text", "retraction"]
+    list_filter = ["status", "level", "created", "sender"]
     search_fields = ["text", "sender"]
     date_hierarchy = "created"
 
@@ -47,6 +48,13 @@ class BroadcastRecordAdmin(admin.ModelAdmin):
     def sent_at(self, record: BroadcastRecord) -> str:
         """To the second: two sends in one minute can be told apart."""
         return f"{record.created:%Y-%m-%d %H:%M:%S}"
+
+    @admin.display(description="retracted", ordering="retracted")
+    def retraction(self, record: BroadcastRecord) -> str:
+        """Who took it back, and when."""
+        if record.retracted is None:
+            return ""
+        return f"{record.retracted:%Y-%m-%d %H:%M:%S} by {record.retracted_by}"
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Whoever may send may read the whole log of what was sent.

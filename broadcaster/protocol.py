@@ -137,23 +137,37 @@ MAX_BATCH_BYTES = 512 * 1024
 MAX_MESSAGE_LENGTH = 150_000
 
 
+_RETRACT_START = f'{{"type":"{FRAME_RETRACT}"'
+
+
 def batch_frames(frames: list[str], *, limit: int = MAX_BATCH_BYTES) -> list[tuple[str, int]]:
-    """Message frames packed in order into as few frames as fit in `limit` bytes each: pairs
-    of (frame, how many messages it carries). A lone message frame is sent as it is."""
+    """Numbered frames packed in order into as few frames as fit in `limit` bytes each: pairs
+    of (frame, how many numbered frames it carries). A lone frame is sent as it is, and a
+    `retract` always alone: a batch holds only messages (clients written before retractions
+    existed treat every item of a batch as a message)."""
     packed: list[tuple[str, int]] = []
     group: list[str] = []
     empty = len(batch_frame([]))
     size = empty
+
+    def close() -> None:
+        if group:
+            packed.append((group[0] if len(group) == 1 else batch_frame(group), len(group)))
+
     for frame in frames:
+        if frame.startswith(_RETRACT_START):
+            close()
+            packed.append((frame, 1))
+            group, size = [], empty
+            continue
         # Each frame adds its bytes, and a comma after the first.
         grown = size + len(frame.encode()) + (1 if group else 0)
         if group and grown > limit:
-            packed.append((group[0] if len(group) == 1 else batch_frame(group), len(group)))
+            close()
             group, grown = [], empty + len(frame.encode())
         group.append(frame)
         size = grown
-    if group:
-        packed.append((group[0] if len(group) == 1 else batch_frame(group), len(group)))
+    close()
     return packed
 
 

@@ -3,8 +3,8 @@
 `delivered` counts connections a message was written to; `seen` counts distinct connections
 whose client reported it shown to a person (a `seen` frame). Each server process tallies both
 in memory and its heartbeat flushes them to Redis once per BROADCAST_COUNT_INTERVAL, in one
-pipelined round trip: two HINCRBY and one EXPIRE per broadcast that changed, however many
-acks came in. 10,000 tabs acknowledging one message cost a few commands per second, not 10,000.
+round trip (one MULTI/EXEC): two HINCRBY and one EXPIRE per broadcast that changed, however
+many acks came in. 10,000 tabs acknowledging one message cost a few commands per second, not 10,000.
 
 Keys (built only in `_key`):
     broadcaster:reach:<message id>   hash: delivered, seen (kept REACH_TTL after the last change)
@@ -83,7 +83,8 @@ class ReachTally:
             return
         delivered, self._delivered = self._delivered, {}
         seen, self._seen = self._seen, {}
-        pipe = redis.pipeline(transaction=False)
+        # MULTI/EXEC: all of it is added or none (a failed flush is retried whole next beat).
+        pipe = redis.pipeline(transaction=True)
         commands = 0
         for id in delivered.keys() | seen.keys():
             key = _key(id)

@@ -5,6 +5,8 @@ tabs, delivered and seen on the operator page, and a hidden tab not counted unti
 from __future__ import annotations
 
 import asyncio
+import getpass
+import re
 import time
 import uuid
 from typing import Any
@@ -46,7 +48,7 @@ async def test_levels_expiry_and_live_reach_on_the_operator_page(browser, daphne
     tab = await open_tab(browser, server.http + "/", [])
     operator = await operator_page(browser, server.http)
     await send(operator, "Disk almost full", level="warning")
-    await send(operator, "Deploy at 17:00", level="critical", expires_in="4")
+    await send(operator, "Release train leaves at 17:00", level="critical", expires_in="4")
 
     items = tab.locator("#messages li")
     await expect(items).to_have_count(2, timeout=15_000)
@@ -61,7 +63,7 @@ async def test_levels_expiry_and_live_reach_on_the_operator_page(browser, daphne
     ]
     assert colours[0] != colours[1]  # styled apart, not only labelled
 
-    row = operator.locator("#recent tbody tr", has_text="Deploy at 17:00")
+    row = operator.locator("#recent tbody tr", has_text="Release train leaves at 17:00")
     await expect(row.locator("td.level")).to_have_text("critical")
     await expect(row.locator("td.delivered")).to_have_text("1", timeout=15_000)
     await expect(row.locator("td.seen")).to_have_text("1", timeout=15_000)
@@ -110,6 +112,12 @@ async def test_retraction_reaches_connected_and_resuming_tabs(browser, daphne, o
     await expect(fresh.locator("#count")).to_have_text("2", timeout=15_000)  # its backlog came first
     await expect(fresh.locator("#messages li")).to_have_count(0)
     await expect(fresh.locator("#empty")).to_be_visible()
+
+    # The broadcast log says who retracted what.
+    await operator.click("#log-link")
+    for text, who in (("Lunch is free today", "ann"), ("Fire drill at 3", f"console:{getpass.getuser()}")):
+        logged = operator.locator("#result_list tbody tr", has_text=text)
+        await expect(logged.locator(".field-retraction")).to_have_text(re.compile(rf"^\d{{4}}-.* by {who}$"))
 
 
 # Chromium under Playwright reports every page visible, always (playwright#2286: no API makes

@@ -154,3 +154,13 @@ def test_text_frame_matches_websockets_serializer(size):
 
     payload = b"a" * size
     assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def test_a_retraction_is_never_batched():
+    """Messages around a retraction are batched; the retraction goes alone, in its place."""
+    message = [protocol.message_frame(seq=i, epoch="e", id=str(i), text=f"m{i}", time="t") for i in range(4)]
+    retract = protocol.retract_frame(seq=9, epoch="e", id="1", time="t")
+    packed = protocol.batch_frames([message[0], message[1], retract, message[2], message[3]])
+    assert [(json.loads(frame)["type"], count) for frame, count in packed] == [
+        ("batch", 2), ("retract", 1), ("batch", 2)]  # fmt: skip
+    assert protocol.batch_frames([retract, retract]) == [(retract, 1), (retract, 1)]

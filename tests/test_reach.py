@@ -159,3 +159,17 @@ async def test_reach_counts_delivered_and_seen_exactly_in_few_commands(daphne, e
     assert calls < acks / 10
     for tab in tabs:
         await tab.close()
+
+
+def test_a_connection_counts_each_message_once_over_a_long_life():
+    """A connection's record of what it acked stays bounded, and a repeat of a message acked
+    long ago still counts as a repeat; a new epoch starts the record again."""
+    from broadcaster.fanout.consumers import ReceiverConsumer
+    from broadcaster.reach import REMEMBER
+
+    consumer = ReceiverConsumer()
+    assert consumer._first_ack("e", 1) and not consumer._first_ack("e", 1)
+    assert all(consumer._first_ack("e", seq) for seq in range(2, 5 * REMEMBER))
+    assert consumer.acked is not None and len(consumer.acked) <= REMEMBER
+    assert not any(consumer._first_ack("e", seq) for seq in (1, REMEMBER, 5 * REMEMBER - 1))
+    assert consumer._first_ack("e2", 1)

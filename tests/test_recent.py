@@ -117,8 +117,9 @@ async def test_in_step_process_answers_connecting_clients_without_reading_histor
 
 async def test_current_announcement_is_the_same_from_memory_and_from_redis():
     """A new client's current announcement: the newest message unless a later retraction takes
-    it back or it has expired (then none: an older one does not come back). Memory and Redis
-    agree at every step; memory holding only retractions defers to Redis."""
+    it back or it has expired (then none: an older one does not come back), sent with the
+    retractions after it so the client's numbering has no hole. Memory and Redis agree at every
+    step; memory holding only retractions defers to Redis."""
     history = group_history(redis_client.shared_client())
     recent = RecentBroadcasts()
 
@@ -133,24 +134,27 @@ async def test_current_announcement_is_the_same_from_memory_and_from_redis():
         template = protocol.retract_frame(seq=0, epoch="", id=id, time=now())
         return await appended(await history.append_frame(template=template, key=f"retract:{id}"))
 
-    async def current() -> list[str]:
+    async def current() -> list[tuple[str, str]]:
         from_redis = await catch_up(None)
         last = from_redis.last
         from_memory = await backlog(None, recent.source(epoch=from_redis.epoch, last=last))
         assert from_memory == from_redis
-        return [json.loads(e.frame)["text"] for e in from_redis.entries]
+        # Whole numbering: what it is sent runs without a gap up to history's newest.
+        seqs = [e.seq for e in from_redis.entries]
+        assert seqs == list(range(from_redis.after + 1, last + 1))
+        return [(e.kind, e.id[0]) for e in from_redis.entries]
 
     await message("a" * 32)
-    assert await current() == ["a" * 32]
+    assert await current() == [("message", "a")]
     await message("b" * 32)
     await retraction("a" * 32)  # an older one's retraction: the newest stays current
-    assert await current() == ["b" * 32]
+    assert await current() == [("message", "b"), ("retract", "a")]
     await retraction("b" * 32)
     assert await current() == []  # not "a": it was retracted too, and no older one comes back
     await message("c" * 32, expires="2000-01-01T00:00:00.000Z")
     assert await current() == []  # expired
     await message("d" * 32, expires="2999-01-01T00:00:00.000Z")
-    assert await current() == ["d" * 32]
+    assert await current() == [("message", "d")]
     await retraction("d" * 32)
     assert await current() == []
 

@@ -47,9 +47,14 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
     it is sent, and how: broadcaster/fanout/delivery.py)."""
 
     joined = False
-    # Ids this connection reported seen (None until its first), and its allowance of `seen`
-    # frames that count for nothing (class defaults: no memory per connection until used).
-    acked: set[str] | None = None
+    # Closed by a drain (1012): its last `seen` frames still count, unlike after a protocol error.
+    restarting = False
+    # Seqs of the messages this connection reported seen (None until its first; the newest
+    # REMEMBER of them, any at or below `acked_floor` count as repeats), and its allowance of
+    # `seen` frames that count for nothing (class defaults: no memory per connection until used).
+    acked: set[int] | None = None
+    acked_floor = 0
+    acked_epoch = ""
     ack_budget: float = IGNORED_ACKS_BURST
     ack_budget_at: float = 0.0
 
@@ -121,7 +126,7 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         reconnects to another worker and resumes from the last message it got."""
         if self.closing:
             return
-        self.closing = True
+        self.closing = self.restarting = True
         self._stop_catching_up()
         get_hub().discard(self)
         self.link.refuse(int(CloseCode.SERVICE_RESTART), RESTARTING)
@@ -192,7 +197,7 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called with each frame the client sends: `ping` or `seen` (docs/PROTOCOL.md)."""
-        if self.closing:
+        if self.closing and not self.restarting:
             return  # closed for a protocol error or as a slow consumer: nothing more counts
         frame = protocol.parse_client_frame(text_data)
         if frame is not None and frame.type == protocol.FRAME_PING:
@@ -211,13 +216,7 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         those than the allowance closes the connection with ACK_FLOOD."""
         hub = get_hub()
         where = hub.reach.known.get(id)
-        acked = self.acked
-        if where is not None and self.was_sent(*where) and (acked is None or id not in acked):
-            if acked is None:
-                acked = self.acked = set()
-            elif len(acked) >= REMEMBER:
-                acked.intersection_update(hub.reach.known)  # older ids can no longer count
-            acked.add(id)
+        if where is not None and self.was_sent(*where) and self._first_ack(*where):
             hub.reach.seen(id)
             return
         metrics.tally.seen_ignored += 1
@@ -228,6 +227,22 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
             logger.warning("Closing receiver %s: too many seen frames that count for nothing", self._peer())
             reason = "too many seen frames for unknown or repeated ids"
             self._close_for_protocol_error(CloseCode.ACK_FLOOD, reason)
+
+    def _first_ack(self, epoch: str, seq: int) -> bool:
+        """Record an ack of message (epoch, seq), one sent on this connection; False if it was
+        acked already. (A new epoch, after Redis lost its data, starts the record again.)"""
+        acked = self.acked
+        if acked is None or epoch != self.acked_epoch:
+            acked, self.acked_floor, self.acked_epoch = set(), 0, epoch
+            self.acked = acked
+        if seq <= self.acked_floor or seq in acked:
+            return False
+        acked.add(seq)
+        if len(acked) > REMEMBER:
+            # A sliding window: the oldest half is forgotten, and anything at or below it is a repeat.
+            self.acked_floor = sorted(acked)[len(acked) // 2]
+            acked.difference_update([s for s in acked if s <= self.acked_floor])
+        return True
 
     def _close_for_protocol_error(self, code: CloseCode, reason: str) -> None:
         self._send(protocol.send_event(protocol.error_frame(code=code, reason=reason)), None)

@@ -21,16 +21,20 @@ if TYPE_CHECKING:
 LOOK_BACK = 64
 
 
-def announcement(newest_first: Iterable[Entry], *, now: float) -> Entry | None:
-    """The current announcement among entries given newest first, or None. `now`: UNIX time."""
+def announcement(newest_first: Iterable[Entry], *, now: float) -> list[Entry]:
+    """What a new client is sent, oldest first, from the newest entries given newest first:
+    the current announcement and the retractions (of older messages) that follow it, so the
+    client's numbering has no hole; nothing if there is no current announcement. `now`: UNIX time."""
     retracted: set[str] = set()
+    later: list[Entry] = []
     for looked, entry in enumerate(newest_first):
         if looked >= LOOK_BACK:
-            return None
+            return []
         if entry.kind == protocol.FRAME_RETRACT:
             retracted.add(entry.id)
+            later.append(entry)
             continue
         if entry.id in retracted or (entry.expires is not None and entry.expires <= now):
-            return None
-        return entry
-    return None
+            return []
+        return [entry, *reversed(later)]
+    return []

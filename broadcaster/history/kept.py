@@ -348,16 +348,16 @@ class History:
         return Since(last=int(last), epoch=numbering, entries=entries, more=bool(more))
 
     async def newest(self, *, max_age: float) -> Since:
-        """The current announcement (history/current.py) if it is younger than `max_age` s: a
-        new client's backlog."""
+        """The current announcement (history/current.py) if it is younger than `max_age` s, and
+        the retractions after it: a new client's backlog."""
         args = [int(max_age * 1000), self._now(), current.LOOK_BACK]
         last, epoch, young, *flat = await self._newest(keys=self._keys, args=args)
         numbering = _text(epoch) if epoch else None
         newest_first = [Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
                         for k in range(0, len(flat), 2)]  # fmt: skip
         now = time.time() if self._clock is None else self._clock() / 1000
-        announcement = current.announcement(newest_first, now=now) if young else None
-        return Since(last=int(last), epoch=numbering, entries=[announcement] if announcement else [])
+        return Since(last=int(last), epoch=numbering,
+                     entries=current.announcement(newest_first, now=now) if young else [])  # fmt: skip
 
 
 def _text(value: bytes | str) -> str:

@@ -81,10 +81,10 @@ class MemorySource:
         if not any(entry.kind == protocol.FRAME_MESSAGE for entry, _ in self.kept):
             return None  # only retractions: the message before them is older than memory
         now = time.time()
-        chosen = current.announcement((entry for entry, _ in reversed(self.kept)), now=now)
-        if chosen is None or now - self._published(chosen) > max_age:
+        owed = current.announcement((entry for entry, _ in reversed(self.kept)), now=now)
+        if not owed or now - self._published(owed[0]) > max_age:
             return Since(last=self.last, epoch=self.epoch, entries=[])
-        return Since(last=self.last, epoch=self.epoch, entries=[chosen])
+        return Since(last=self.last, epoch=self.epoch, entries=owed)
 
     def _published(self, chosen: Entry) -> float:
         for entry, published in reversed(self.kept):

@@ -65,12 +65,13 @@ def resume_point(query_string: bytes) -> ResumePoint | None:
     return ResumePoint(since=since, epoch=query.get("epoch", [None])[0] or None)
 
 
-def newest_backlog(newest: Entry | None, *, epoch: str | None, last: int) -> Backlog:
-    """A new client's backlog: `newest`, the newest message if it is young enough (the caller
-    checked BROADCAST_LATEST_AGE), else nothing; `last` is history's newest seq."""
-    if newest is None:
+def newest_backlog(owed: list[Entry], *, epoch: str | None, last: int) -> Backlog:
+    """A new client's backlog: `owed`, the current announcement and the retractions after it
+    (history/current.py; the caller checked BROADCAST_LATEST_AGE), or nothing; `last` is
+    history's newest seq."""
+    if not owed:
         return Backlog(entries=[], epoch=epoch, last=last, after=last)
-    return Backlog(entries=[newest], epoch=epoch, last=last, after=newest.seq - 1)
+    return Backlog(entries=owed, epoch=epoch, last=last, after=owed[0].seq - 1)
 
 
 class Source(Protocol):
@@ -78,7 +79,8 @@ class Source(Protocol):
     cannot tell (memory that does not reach back far enough) answers None."""
 
     async def newest(self, *, max_age: float) -> Since | None:
-        """The newest kept entry if it is younger than `max_age` s, and history's newest seq."""
+        """The current announcement if it is younger than `max_age` s, with the retractions
+        after it (history/current.py), and history's newest seq."""
 
     async def since(self, seq: int, *, max_bytes: int) -> Since | None:
         """Kept entries after `seq`, in order, as many as fit in `max_bytes` (at least one)."""
@@ -91,9 +93,7 @@ async def backlog(point: ResumePoint | None, source: Source) -> Backlog | None:
         newest = await source.newest(max_age=settings.BROADCAST_LATEST_AGE)
         if newest is None:
             return None
-        return newest_backlog(
-            newest.entries[0] if newest.entries else None, epoch=newest.epoch, last=newest.last
-        )
+        return newest_backlog(newest.entries, epoch=newest.epoch, last=newest.last)
     kept = await source.since(point.since, max_bytes=PAGE_BYTES)
     if kept is None:
         return None

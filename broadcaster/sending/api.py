@@ -113,7 +113,7 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(400, 'Send a JSON object with a string "text".')
     try:
         validate(text)
-        level, expires_in = validate_options(level=body.get("level", protocol.LEVEL_INFO),
+        level, expires_in = validate_options(level=_or_default(body.get("level"), protocol.LEVEL_INFO),
                                              expires_in=body.get("expires_in"))  # fmt: skip
     except (EmptyMessage, InvalidText, InvalidOptions) as exc:
         return error(400, str(exc))
@@ -128,6 +128,11 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(503, str(exc), **{"Retry-After": "1"})
     return JsonResponse({"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients,
                          "level": sent.level, "expires": sent.expires}, status=201)  # fmt: skip
+
+
+def _or_default(value: object, default: str) -> object:
+    """An optional field: absent and null both mean the default."""
+    return default if value is None else value
 
 
 async def _over_send_limit(token: PublishToken) -> JsonResponse | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, models
 from redis.exceptions import RedisError
 
 from broadcaster import protocol
@@ -147,7 +147,7 @@ async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
     expires = _iso(now + timedelta(seconds=expires_in)) if expires_in is not None else None
     template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
                                       expires=expires)  # fmt: skip
-    failed = {"sender": sender, "text": text, "level": level}
+    failed = {"sender": sender, "text": text, "level": level, "message_id": id}
     entry, clients = await _number_and_send(template=template, key=id, sender=sender, failed=failed)
     logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
     until = now + timedelta(seconds=expires_in) if expires_in is not None else None
@@ -168,22 +168,33 @@ async def retract(*, id: str, sender: str) -> Retracted:
         return Retracted(id=id, seq=0, by=record.retracted_by, time=_iso(record.retracted))
     now = datetime.now(UTC)
     template = protocol.retract_frame(seq=0, epoch="", id=id, time=_iso(now))
+    # Idempotent by key: two retractions at once get the same number, and one frame goes out.
     entry, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender, failed=None)
-    logger.info("Broadcast %s retracted by %s (seq %d)", id, sender, entry.seq)
     try:
-        await BroadcastRecord.objects.filter(pk=record.pk, retracted__isnull=True).aupdate(
+        claimed = await BroadcastRecord.objects.filter(pk=record.pk, retracted__isnull=True).aupdate(
             retracted=now, retracted_by=sender
         )
     except DatabaseError as exc:
         logger.error("Retraction of %s by %s was not recorded in the log: %s", id, sender, exc)
+        claimed = 1
+    if not claimed:  # another retraction of it got there first: it is the one in the log
+        await record.arefresh_from_db(fields=["retracted", "retracted_by"])
+        assert record.retracted is not None
+        return Retracted(id=id, seq=0, by=record.retracted_by, time=_iso(record.retracted))
+    logger.info("Broadcast %s retracted by %s (seq %d)", id, sender, entry.seq)
     return Retracted(id=id, seq=entry.seq, by=sender, time=_iso(now))
 
 
 async def _sent_record(id: str) -> BroadcastRecord | None:
-    """The log's record of broadcast `id` if it went out."""
+    """The log's record of broadcast `id` if it went out, or may have (a send refused as not
+    replicated in time can still reach receivers from history)."""
     if not protocol.is_message_id(id):
         return None
-    return await BroadcastRecord.objects.filter(message_id=id, status=BroadcastRecord.SENT).afirst()
+    return await (
+        BroadcastRecord.objects.filter(message_id=id)
+        .filter(models.Q(status=BroadcastRecord.SENT) | models.Q(error=NOT_REPLICATED))
+        .afirst()
+    )
 
 
 async def _number_and_send(*, template: str, key: str, sender: str, failed: dict[str, Any] | None

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ SHARED_PORT_ENV = "BROADCAST_REUSEPORT"
 DRAIN_STEP = 0.1
 # How long closed receivers get to finish their closing handshake before the process exits.
 CLOSE_WAIT = 5.0
+# ... and the reach counts of the last second get this long to reach Redis.
+REACH_FLUSH_WAIT = 2.0
 
 
 class Drain:
@@ -109,10 +112,22 @@ class Drain:
             await asyncio.sleep(DRAIN_STEP)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(admission.none_open.wait(), CLOSE_WAIT)
+        await _flush_reach(hub)
         logger.warning("Drained %d receiver(s) in %.1f s (%d still open); stopping", len(receivers),
                        time.monotonic() - (self.started_at or 0), admission.open)  # fmt: skip
         if reactor is not None:
             reactor.stop()
+
+
+async def _flush_reach(hub: Any) -> None:
+    """What this process counted for reach reports since the heartbeat's last flush (the
+    clients' last `seen` frames included), to Redis before the process stops."""
+    from broadcaster.backend import redis_client
+
+    try:
+        await asyncio.wait_for(hub.reach.flush(redis_client.shared_client()), REACH_FLUSH_WAIT)
+    except (TimeoutError, RedisError, OSError) as exc:
+        logger.warning("Reach counts of the last second not saved: %r", exc)
 
 
 def _reactor() -> Any:

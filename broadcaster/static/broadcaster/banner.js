@@ -69,6 +69,8 @@
       }
       var dismissed = null;
       try { dismissed = sessionStorage.getItem(DISMISSED_KEY); } catch (e) { /* storage off */ }
+      // A newer one replaces it before the person could see it (one batch, one catch-up).
+      if (shownId && shownId !== frame.id) connection.hidden(shownId);
       shownId = frame.id || null;
       time.dateTime = frame.time || "";
       time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";

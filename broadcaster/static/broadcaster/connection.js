@@ -29,6 +29,7 @@
     this.ws = null;
     this.reported = {};
     this.unseen = [];
+    this.justShown = [];
     var self = this;
     window.addEventListener("online", function () { self.attempt = 0; self.retryNow(); });
     document.addEventListener("visibilitychange", function () {
@@ -36,7 +37,7 @@
       self.retryNow();
       var waiting = self.unseen;
       self.unseen = [];
-      waiting.forEach(self.shown, self);
+      waiting.forEach(self.reportNow, self);
     });
   }
 
@@ -53,11 +54,25 @@
     setTimeout(function () { BroadcastConnection.whenExpired(frame, then); }, Math.min(wait, LONGEST_TIMER_MS));
   };
 
-  // The caller showed message `id` to the person: report it now if the tab is visible, else
-  // the moment it becomes visible. Once per message per connection; a message shown before
-  // this connection opened is not this connection's to report.
+  // The caller showed message `id` to the person: report it if it is still shown once the
+  // frames that arrived with it are handled (a batch or catch-up of several announcements, or a
+  // message and its retraction, leave only what is really on view), now if the tab is visible,
+  // else the moment it becomes visible. Once per message per connection; a message shown
+  // before this connection opened is not this connection's to report.
   BroadcastConnection.prototype.shown = function (id) {
-    if (!id || this.reported[id]) return;
+    if (!id || this.reported[id] || this.justShown.indexOf(id) >= 0) return;
+    this.justShown.push(id);
+    if (this.justShown.length === 1) setTimeout(this.report.bind(this), 0);
+  };
+
+  BroadcastConnection.prototype.report = function () {
+    var ids = this.justShown;
+    this.justShown = [];
+    ids.forEach(this.reportNow, this);
+  };
+
+  BroadcastConnection.prototype.reportNow = function (id) {
+    if (this.reported[id]) return;
     if (document.visibilityState !== "visible") {
       if (this.unseen.indexOf(id) < 0) this.unseen.push(id);
       return;
@@ -67,11 +82,13 @@
     this.ws.send(JSON.stringify({ type: "seen", id: id }));
   };
 
-  // The caller stopped showing message `id` (dismissed, retracted, expired) before the person
-  // could see it: a tab that becomes visible later does not report it.
+  // The caller stopped showing message `id` (replaced, dismissed, retracted, expired) before
+  // it was reported: it is not reported (a tab that becomes visible later does not see it).
   BroadcastConnection.prototype.hidden = function (id) {
-    var at = this.unseen.indexOf(id);
-    if (at >= 0) this.unseen.splice(at, 1);
+    [this.justShown, this.unseen].forEach(function (ids) {
+      var at = ids.indexOf(id);
+      if (at >= 0) ids.splice(at, 1);
+    });
   };
 
   BroadcastConnection.prototype.call = function (name, arg, extra) {
