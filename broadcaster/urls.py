@@ -6,7 +6,7 @@ Names are namespaced: `reverse("broadcaster:operator")`. The receiver WebSocket 
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 
 from broadcaster import views
 from broadcaster.sending import api, operator_page
@@ -18,8 +18,10 @@ urlpatterns = [
     path("health/", views.health, name="health"),
     path("health/ready/", views.ready, name="ready"),
     path("metrics", views.metrics_view, name="metrics"),
-    path("api/broadcasts/", api.broadcasts, name="api-broadcasts"),
-    path("api/broadcasts/<str:id>/", api.broadcast, name="api-broadcast"),
+    # The API answers with and without the trailing slash: Django's APPEND_SLASH cannot redirect
+    # a POST or DELETE (under DEBUG it raises, a 500), and API clients do not follow redirects.
+    re_path(r"^api/broadcasts/?$", api.broadcasts, name="api-broadcasts"),
+    re_path(r"^api/broadcasts/(?P<id>[^/]+)/?$", api.broadcast, name="api-broadcast"),
     path("operator/", operator_page.operator_page, name="operator"),
     path("operator/status/", operator_page.operator_status, name="operator-status"),
     path("operator/retract/", operator_page.operator_retract, name="operator-retract"),

@@ -52,9 +52,14 @@ def api_body_limit() -> int:
     return limit if upload is None else min(limit, upload)
 
 
+def _is_api(route: bytes) -> bool:
+    """Whether `route` is the publish API's (it answers with and without the trailing slash)."""
+    return _api_path is not None and route.rstrip(b"/") == _api_path.rstrip(b"/")
+
+
 def body_limit(route: bytes) -> int | None:
     """The body limit for a request path (None: no limit)."""
-    if route == _api_path:
+    if _is_api(route):
         return api_body_limit()
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE if _limit_others else None
 
@@ -98,7 +103,7 @@ def _limited_request_class() -> type | None:
             route = _route(self)
             self.limit = body_limit(route)
             method = getattr(self.channel, "_command", None)
-            if route == _api_path and method == b"POST" and not _has_bearer_token(self):
+            if _is_api(route) and method == b"POST" and not _has_bearer_token(self):
                 self._refuse(401, "Unauthorized", ASK_FOR_BEARER, {"WWW-Authenticate": "Bearer"})
             elif length is not None and self.limit is not None and length > self.limit:
                 self._refuse_size(f"{length:,} bytes")
