@@ -72,6 +72,7 @@ async def test_levels_expiry_and_live_reach_on_the_operator_page(browser, daphne
     await expect(critical).to_be_hidden(timeout=15_000)  # on its timer, without a new frame
     await expect(critical).to_have_attribute("data-state", "expired")
     await expect(warning).to_be_visible()
+    await expect(row.locator("td.status")).to_have_text("expired", timeout=15_000)  # polled, no reload
 
 
 async def test_retraction_reaches_connected_and_resuming_tabs(browser, daphne, operators):

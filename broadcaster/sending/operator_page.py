@@ -99,6 +99,7 @@ def _row(record: BroadcastRecord, reached: reach.Reach | None) -> dict[str, Any]
         "status": record.status,
         "level": record.level,
         "expires": _iso(record.expires),
+        "expired": record.expires is not None and record.expires <= timezone.now(),
         "retracted": _iso(record.retracted),
         "retracted_by": record.retracted_by,
         "clients": record.clients,

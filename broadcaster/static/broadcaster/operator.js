@@ -107,7 +107,8 @@
       cell(row, "clients", number(r.clients));
       cell(row, "delivered", number(r.delivered));
       cell(row, "seen", number(r.seen));
-      cell(row, "status", r.retracted ? "retracted by " + r.retracted_by : r.status).title = r.error;
+      var status = r.retracted ? "retracted by " + r.retracted_by : (r.expired ? "expired" : r.status);
+      cell(row, "status", status).title = r.error;
       var text = cell(row, "text", r.text);
       if (r.expires) {
         var expires = document.createElement("small");
