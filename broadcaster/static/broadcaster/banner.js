@@ -1,6 +1,7 @@
 // The announcement banner ({% broadcast_banner %}): the current announcement and each new one,
-// on any page, styled by level; it goes away when the announcement expires or is retracted. It lives in a shadow root with its own stylesheet, so the host page's styles do
-// not reach it and its styles do not reach the page. Text is inserted with textContent only.
+// on any page, styled by level; it goes away when the announcement expires or is retracted.
+// It lives in a shadow root with its own stylesheet, so the host page's styles do not reach it
+// and its styles do not reach the page. Text is inserted with textContent only.
 (function () {
   "use strict";
   var DISMISSED_KEY = "broadcaster.dismissed";

@@ -14,9 +14,10 @@
   var LONGEST_TIMER_MS = 0x7fffffff;
 
   // handlers (all optional): message(frame) for each new numbered message, in order;
-  // retract(frame) when message frame.id is taken back; count(clients); status(broadcasts) ("delayed" | "live"); reset(frame) (messages were
-  // missed and are no longer kept); open() on the server's first frame; closed(retryAt, attempt)
-  // when the connection is lost (retryAt: Date.now() of the next try); connecting().
+  // retract(frame) when message frame.id is taken back; count(clients); status(broadcasts)
+  // ("delayed" | "live"); reset(frame) (messages were missed and are no longer kept); open() on
+  // the server's first frame; closed(retryAt, attempt) when the connection is lost (retryAt:
+  // Date.now() of the next try); connecting().
   function BroadcastConnection(path, handlers) {
     this.url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
     this.handlers = handlers;
@@ -51,7 +52,8 @@
     if (typeof frame.expires !== "string") return;
     var wait = Date.parse(frame.expires) - Date.now();
     if (!(wait > 0)) { then(); return; }
-    setTimeout(function () { BroadcastConnection.whenExpired(frame, then); }, Math.min(wait, LONGEST_TIMER_MS));
+    var step = Math.min(wait, LONGEST_TIMER_MS);
+    setTimeout(function () { BroadcastConnection.whenExpired(frame, then); }, step);
   };
 
   // The caller showed message `id` to the person: report it if it is still shown once the
