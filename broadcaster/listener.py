@@ -37,14 +37,13 @@ def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> 
 class FrameReader:
     """Turns frames into lines, remembering the last seq seen so a reconnect resumes there."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self) -> None:
         self.seq: int | None = None
         self.epoch: str | None = None
         # Ids of the messages printed by the last render (to report them seen).
         self.printed: list[str] = []
         # The newest messages' texts by id, to say what a retraction takes back.
         self._texts: dict[str, str] = {}
-        self._clock = clock
 
     def url(self, base: str) -> str:
         """`base` with the resume point, once something has been seen."""
@@ -98,7 +97,8 @@ class FrameReader:
         level = obj.get("level", protocol.LEVEL_INFO)
         if level != protocol.LEVEL_INFO:
             prefix += f"{str(level).upper()}: "
-        if _expired(obj.get("expires"), now=self._clock()):
+        expires = protocol.parse_time(obj.get("expires"))
+        if expires is not None and expires <= time.time():
             prefix = "(expired) " + prefix
         elif id:
             self.printed.append(id)
@@ -110,15 +110,6 @@ class FrameReader:
 
 # How many of the newest messages' texts `listen` keeps, to print what a retraction took back.
 REMEMBER_TEXTS = 256
-
-
-def _expired(iso: object, *, now: float) -> bool:
-    if not isinstance(iso, str):
-        return False
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() <= now
-    except ValueError:
-        return False
 
 
 def render(frame: str) -> list[str]:

@@ -8,7 +8,7 @@ import secrets
 from django.db import models
 from django.utils import timezone
 
-from broadcaster.protocol import LEVELS
+from broadcaster.protocol import LEVEL_INFO, LEVELS
 
 # Who may broadcast from the operator page (defined on PublishToken's Meta below).
 SEND_PERMISSION = "broadcaster.send_broadcast"
@@ -67,7 +67,7 @@ class BroadcastRecord(models.Model):
     seq = models.PositiveBigIntegerField(null=True, help_text="Its number in the broadcast history.")
     message_id = models.CharField(max_length=32, blank=True, db_index=True)
     error = models.TextField(blank=True)
-    level = models.CharField(max_length=10, default="info", choices=[(v, v) for v in LEVELS])
+    level = models.CharField(max_length=10, default=LEVEL_INFO, choices=[(v, v) for v in LEVELS])
     expires = models.DateTimeField(null=True, blank=True, help_text="When receivers stop showing it.")
     retracted = models.DateTimeField(null=True, blank=True, help_text="When it was taken back.")
     retracted_by = models.CharField(max_length=150, blank=True, help_text="Who took it back.")

@@ -9,6 +9,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 # Where receivers connect.
@@ -79,6 +80,21 @@ class BroadcastEvent(TypedDict):
     published: float
 
 
+def iso_time(moment: datetime) -> str:
+    """A time as frames carry it (`time`, `expires`): ISO 8601 UTC with milliseconds and Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: object) -> float | None:
+    """A frame's time (ISO 8601) as UNIX time, or None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def dumps(obj: dict[str, Any]) -> str:
     """Encode a frame compactly; non-ASCII text stays as UTF-8 rather than \\u escapes."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -137,9 +153,6 @@ MAX_BATCH_BYTES = 512 * 1024
 MAX_MESSAGE_LENGTH = 150_000
 
 
-_RETRACT_START = f'{{"type":"{FRAME_RETRACT}"'
-
-
 def batch_frames(frames: list[str], *, limit: int = MAX_BATCH_BYTES) -> list[tuple[str, int]]:
     """Numbered frames packed in order into as few frames as fit in `limit` bytes each: pairs
     of (frame, how many numbered frames it carries). A lone frame is sent as it is, and a
@@ -155,7 +168,7 @@ def batch_frames(frames: list[str], *, limit: int = MAX_BATCH_BYTES) -> list[tup
             packed.append((group[0] if len(group) == 1 else batch_frame(group), len(group)))
 
     for frame in frames:
-        if frame.startswith(_RETRACT_START):
+        if frame_type(frame) == FRAME_RETRACT:
             close()
             packed.append((frame, 1))
             group, size = [], empty

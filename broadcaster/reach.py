@@ -15,12 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from broadcaster import metrics, protocol
 from broadcaster.history.kept import Entry
+
+if TYPE_CHECKING:
+    from broadcaster.models import BroadcastRecord
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +54,6 @@ class ReachTally:
         self.known: dict[str, tuple[str, int]] = {}
         self._delivered: dict[str, int] = {}
         self._seen: dict[str, int] = {}
-        # Flushes done and Redis commands they sent (the metrics and the reach test read these).
-        self.flushes = 0
-        self.commands = 0
 
     def delivered(self, entries: Iterable[Entry], connections: int) -> None:
         """`entries` were written to `connections` more connections (retractions not counted)."""
@@ -102,9 +103,26 @@ class ReachTally:
             for id, n in seen.items():
                 self._seen[id] = self._seen.get(id, 0) + n
             raise
-        self.flushes += 1
-        self.commands += commands
         metrics.REACH_COMMANDS.inc(commands)
+
+
+def report(record: BroadcastRecord, reached: Reach | None) -> dict[str, object]:
+    """A broadcast from the log with its reach, as the API and the operator page show it
+    (delivered and seen None when its reach is not known)."""
+    return {
+        "id": record.message_id,
+        "seq": record.seq,
+        "time": protocol.iso_time(record.created),
+        "sender": record.sender,
+        "text": record.text,
+        "level": record.level,
+        "expires": None if record.expires is None else protocol.iso_time(record.expires),
+        "retracted": None if record.retracted is None else protocol.iso_time(record.retracted),
+        "retracted_by": record.retracted_by or None,
+        "clients": record.clients,
+        "delivered": None if reached is None else reached.delivered,
+        "seen": None if reached is None else reached.seen,
+    }
 
 
 async def read(redis: aioredis.Redis, ids: list[str]) -> dict[str, Reach]:

@@ -60,14 +60,6 @@ class Heartbeat:
         with contextlib.suppress(RedisError):
             withdraw_now(self._reported_to, server_id=self.hub.server_id)
 
-    async def _flush_reach(self) -> None:
-        """The reach counts since the last beat, to Redis in one round trip (kept for the next
-        beat if Redis fails)."""
-        try:
-            await self.hub.reach.flush(redis_client.shared_client())
-        except (RedisError, OSError) as exc:
-            logger.debug("Reach counts kept for the next beat: %s", exc)
-
     async def _run(self) -> None:
         hub = self.hub
         interval: float = settings.BROADCAST_COUNT_INTERVAL
@@ -100,7 +92,7 @@ class Heartbeat:
                     if hub.fast_path:
                         with contextlib.suppress(RedisError):
                             await hub.check_history()
-                await self._flush_reach()
+                await hub.flush_reach()
                 if not hub.receivers:
                     # (With Redis lost, the report's TTL withdraws this process soon enough.)
                     if hub.redis.up:

@@ -264,6 +264,16 @@ class Hub:
         if numbered:
             self.reach.delivered(numbered, written)
 
+    async def flush_reach(self) -> bool:
+        """The reach counts since the last flush, to Redis in one round trip; False if Redis
+        failed (they are kept for the next flush)."""
+        try:
+            await self.reach.flush(redis_client.shared_client())
+        except (RedisError, OSError) as exc:
+            logger.debug("Reach counts kept for the next flush: %s", exc)
+            return False
+        return True
+
     def slow_consumer_dropped(self) -> int:
         """Called when a receiver is closed for reading too slowly; returns how many so far."""
         metrics.SLOW_CONSUMERS.inc()

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 LOOK_BACK = 64
 
 
-def announcement(newest_first: Iterable[Entry], *, now: float) -> list[Entry]:
+def announcement(newest_first: Iterable[Entry], *, now: float) -> list[Entry] | None:
     """What a new client is sent, oldest first, from the newest entries given newest first:
-    the current announcement and the retractions (of older messages) that follow it, so the
-    client's numbering has no hole; nothing if there is no current announcement. `now`: UNIX time."""
+    the current announcement and every entry after it (retractions of older messages), so the
+    client's numbering has no hole; [] if there is no current announcement; None if the entries
+    given hold no message at all (they do not reach back far enough to tell). `now`: UNIX time."""
     retracted: set[str] = set()
     later: list[Entry] = []
     for looked, entry in enumerate(newest_first):
@@ -37,4 +38,4 @@ def announcement(newest_first: Iterable[Entry], *, now: float) -> list[Entry]:
         if entry.id in retracted or (entry.expires is not None and entry.expires <= now):
             return []
         return [entry, *reversed(later)]
-    return []
+    return None

@@ -29,7 +29,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -242,10 +241,7 @@ class Entry:
         """When the message expires (UNIX time), or None if it does not."""
         if '"expires":' not in self.frame:
             return None
-        try:
-            return datetime.fromisoformat(json.loads(self.frame)["expires"]).timestamp()
-        except (ValueError, KeyError, TypeError):
-            return None
+        return protocol.parse_time(json.loads(self.frame).get("expires"))
 
 
 @dataclass(frozen=True)
@@ -356,8 +352,9 @@ class History:
         newest_first = [Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
                         for k in range(0, len(flat), 2)]  # fmt: skip
         now = time.time() if self._clock is None else self._clock() / 1000
-        return Since(last=int(last), epoch=numbering,
-                     entries=current.announcement(newest_first, now=now) if young else [])  # fmt: skip
+        # (No message in history at all, None, is no announcement here: Redis holds everything kept.)
+        owed = current.announcement(newest_first, now=now) if young else None
+        return Since(last=int(last), epoch=numbering, entries=owed or [])
 
 
 def _text(value: bytes | str) -> str:

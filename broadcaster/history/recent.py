@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from datetime import datetime
 
 from django.conf import settings
 
@@ -31,10 +30,8 @@ KEEP = 256
 
 def _published(entry: Entry) -> float:
     """When `entry` was published (its frame's `time`), in seconds since the epoch."""
-    try:
-        return datetime.fromisoformat(json.loads(entry.frame)["time"]).timestamp()
-    except (ValueError, KeyError, TypeError):
-        return time.time()
+    published = protocol.parse_time(json.loads(entry.frame).get("time"))
+    return time.time() if published is None else published
 
 
 class RecentBroadcasts:
@@ -78,19 +75,14 @@ class MemorySource:
         if not self.kept:
             # Nothing was ever published; else memory does not know the newest message.
             return Since(last=0, epoch=self.epoch, entries=[]) if self.last == 0 else None
-        if not any(entry.kind == protocol.FRAME_MESSAGE for entry, _ in self.kept):
-            return None  # only retractions: the message before them is older than memory
         now = time.time()
         owed = current.announcement((entry for entry, _ in reversed(self.kept)), now=now)
-        if not owed or now - self._published(owed[0]) > max_age:
+        if owed is None:
+            return None  # only retractions: the message before them is older than memory
+        # `owed` is the newest entries, the announcement first: its publish time is kept there.
+        if not owed or now - self.kept[-len(owed)][1] > max_age:
             return Since(last=self.last, epoch=self.epoch, entries=[])
         return Since(last=self.last, epoch=self.epoch, entries=owed)
-
-    def _published(self, chosen: Entry) -> float:
-        for entry, published in reversed(self.kept):
-            if entry is chosen:
-                return published
-        return float("-inf")
 
     async def since(self, seq: int, *, max_bytes: int) -> Since | None:
         if self.kept is None or self.epoch is None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import logging
@@ -178,26 +177,4 @@ async def broadcast(request: HttpRequest, id: str) -> HttpResponse:
     except (RedisError, OSError):
         return error(503, "Cannot reach Redis: the reach report is unavailable. Try again in a moment.",
                      **{"Retry-After": "1"})  # fmt: skip
-    return JsonResponse(report(record, found))
-
-
-def report(record: BroadcastRecord, found: reach.Reach) -> dict[str, object]:
-    """A sent broadcast as the API and the operator page show it."""
-    return {
-        "id": record.message_id,
-        "seq": record.seq,
-        "time": _iso(record.created),
-        "sender": record.sender,
-        "text": record.text,
-        "level": record.level,
-        "expires": _iso(record.expires),
-        "retracted": _iso(record.retracted),
-        "retracted_by": record.retracted_by or None,
-        "clients": record.clients,
-        "delivered": found.delivered,
-        "seen": found.seen,
-    }
-
-
-def _iso(moment: datetime.datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return JsonResponse(reach.report(record, found))

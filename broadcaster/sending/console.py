@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.management.base import OutputWrapper
 from redis.exceptions import RedisError
 
+from broadcaster import protocol
 from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
 from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish, retract
@@ -36,7 +37,7 @@ class ConsoleError(Exception):
 class Options:
     """What every line of a run is sent with (checked by publish.validate_options)."""
 
-    level: str = "info"
+    level: str = protocol.LEVEL_INFO
     expires_in: float | None = None
 
 

@@ -36,13 +36,14 @@ from broadcaster import reach
 from broadcaster.backend import redis_client
 from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
-from broadcaster.protocol import LEVELS
+from broadcaster.protocol import LEVEL_INFO, LEVELS
 from broadcaster.sending.publish import (
     BrokerUnavailable,
     PublishError,
     UnknownBroadcast,
     publish,
     retract,
+    retractable_record,
     validate,
     validate_options,
 )
@@ -86,26 +87,12 @@ async def _recent() -> list[tuple[BroadcastRecord, reach.Reach | None]]:
     return [(record, found.get(record.message_id)) for record in records]
 
 
-def _iso(moment: datetime.datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="seconds")
-
-
 def _row(record: BroadcastRecord, reached: reach.Reach | None) -> dict[str, Any]:
+    """The API's report of it, and what the log adds: whether it went out, expired, and why not."""
     return {
-        "id": record.message_id,
-        "seq": record.seq,
-        "time": _iso(record.created),
-        "sender": record.sender,
+        **reach.report(record, reached),
         "status": record.status,
-        "level": record.level,
-        "expires": _iso(record.expires),
         "expired": record.expires is not None and record.expires <= timezone.now(),
-        "retracted": _iso(record.retracted),
-        "retracted_by": record.retracted_by,
-        "clients": record.clients,
-        "delivered": None if reached is None else reached.delivered,
-        "seen": None if reached is None else reached.seen,
-        "text": record.text,
         "error": record.error,
     }
 
@@ -169,7 +156,7 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
     # Browsers send a textarea's line breaks as CRLF; receivers and the limit count LF.
     text = request.POST.get("text", "").replace("\r\n", "\n")
     form = Form(
-        level=request.POST.get("level", "info"), expires_in=request.POST.get("expires_in", "").strip()
+        level=request.POST.get("level", LEVEL_INFO), expires_in=request.POST.get("expires_in", "").strip()
     )
     try:
         validate(text)
@@ -217,7 +204,7 @@ async def operator_retract(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied(f"Retracting needs the {SEND_PERMISSION} permission.")
     id = request.POST.get("id", "")
     if request.POST.get("confirmed") != "yes":
-        record = await BroadcastRecord.objects.filter(message_id=id, status=BroadcastRecord.SENT).afirst()
+        record = await retractable_record(id)
         if record is None:
             return await _page(
                 request, can_send=True, error=f"No broadcast with id {id!r} went out.", status=404
@@ -240,7 +227,7 @@ async def operator_retract(request: HttpRequest) -> HttpResponse:
 class Form:
     """The send form's level and expiry as typed (kept when the page is shown again)."""
 
-    level: str = "info"
+    level: str = LEVEL_INFO
     expires_in: str = ""
 
 

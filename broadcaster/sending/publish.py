@@ -126,10 +126,6 @@ def validate_options(*, level: object, expires_in: object) -> tuple[str, float |
     return str(level), float(expires_in)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
                   expires_in: float | None = None) -> Published:  # fmt: skip
     """Send `text` to every connected receiver, on every server process.
@@ -143,14 +139,13 @@ async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
     level, expires_in = validate_options(level=level, expires_in=expires_in)
     id = uuid.uuid4().hex
     now = datetime.now(UTC)
-    time = _iso(now)
-    expires = _iso(now + timedelta(seconds=expires_in)) if expires_in is not None else None
+    until = now + timedelta(seconds=expires_in) if expires_in is not None else None
+    time, expires = protocol.iso_time(now), protocol.iso_time(until) if until is not None else None
     template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
                                       expires=expires)  # fmt: skip
     failed = {"sender": sender, "text": text, "level": level, "message_id": id}
     entry, clients = await _number_and_send(template=template, key=id, sender=sender, failed=failed)
     logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
-    until = now + timedelta(seconds=expires_in) if expires_in is not None else None
     await _record(sender=sender, text=text, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq,
                   message_id=id, level=level, created=now, expires=until)  # fmt: skip
     return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time, clients=clients,
@@ -161,13 +156,13 @@ async def retract(*, id: str, sender: str) -> Retracted:
     """Take back broadcast `id`: every receiver is sent a numbered `retract` frame (kept in
     history, so resuming clients learn it), and it is never again a new client's current
     announcement. Retracting one that was retracted already sends nothing new."""
-    record = await _sent_record(id)
+    record = await retractable_record(id)
     if record is None:
         raise UnknownBroadcast(f"No broadcast with id {id!r} went out.")
     if record.retracted is not None:
-        return Retracted(id=id, seq=0, by=record.retracted_by, time=_iso(record.retracted))
+        return Retracted(id=id, seq=0, by=record.retracted_by, time=protocol.iso_time(record.retracted))
     now = datetime.now(UTC)
-    template = protocol.retract_frame(seq=0, epoch="", id=id, time=_iso(now))
+    template = protocol.retract_frame(seq=0, epoch="", id=id, time=protocol.iso_time(now))
     # Idempotent by key: two retractions at once get the same number, and one frame goes out.
     entry, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender, failed=None)
     try:
@@ -180,14 +175,14 @@ async def retract(*, id: str, sender: str) -> Retracted:
     if not claimed:  # another retraction of it got there first: it is the one in the log
         await record.arefresh_from_db(fields=["retracted", "retracted_by"])
         assert record.retracted is not None
-        return Retracted(id=id, seq=0, by=record.retracted_by, time=_iso(record.retracted))
+        return Retracted(id=id, seq=0, by=record.retracted_by, time=protocol.iso_time(record.retracted))
     logger.info("Broadcast %s retracted by %s (seq %d)", id, sender, entry.seq)
-    return Retracted(id=id, seq=entry.seq, by=sender, time=_iso(now))
+    return Retracted(id=id, seq=entry.seq, by=sender, time=protocol.iso_time(now))
 
 
-async def _sent_record(id: str) -> BroadcastRecord | None:
+async def retractable_record(id: str) -> BroadcastRecord | None:
     """The log's record of broadcast `id` if it went out, or may have (a send refused as not
-    replicated in time can still reach receivers from history)."""
+    replicated in time can still reach receivers from history): what `retract` takes back."""
     if not protocol.is_message_id(id):
         return None
     return await (

@@ -34,7 +34,6 @@ import time
 from typing import Any
 
 from django.conf import settings
-from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -112,22 +111,17 @@ class Drain:
             await asyncio.sleep(DRAIN_STEP)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(admission.none_open.wait(), CLOSE_WAIT)
-        await _flush_reach(hub)
+        # What the clients' last `seen` frames added since the heartbeat's last flush.
+        try:
+            saved = await asyncio.wait_for(hub.flush_reach(), REACH_FLUSH_WAIT)
+        except TimeoutError:
+            saved = False
+        if not saved:
+            logger.warning("Reach counts of the last second not saved: Redis did not take them")
         logger.warning("Drained %d receiver(s) in %.1f s (%d still open); stopping", len(receivers),
                        time.monotonic() - (self.started_at or 0), admission.open)  # fmt: skip
         if reactor is not None:
             reactor.stop()
-
-
-async def _flush_reach(hub: Any) -> None:
-    """What this process counted for reach reports since the heartbeat's last flush (the
-    clients' last `seen` frames included), to Redis before the process stops."""
-    from broadcaster.backend import redis_client
-
-    try:
-        await asyncio.wait_for(hub.reach.flush(redis_client.shared_client()), REACH_FLUSH_WAIT)
-    except (TimeoutError, RedisError, OSError) as exc:
-        logger.warning("Reach counts of the last second not saved: %r", exc)
 
 
 def _reactor() -> Any:

@@ -5,7 +5,6 @@
 (function () {
   "use strict";
   var DISMISSED_KEY = "broadcaster.dismissed";
-  var LEVEL_LABELS = { warning: "Warning:", critical: "Critical:" };
 
   function start(host) {
     var root = host.attachShadow({ mode: "open" });
@@ -76,9 +75,9 @@
       time.dateTime = frame.time || "";
       time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
       host.dataset.id = frame.id || "";
-      var level = LEVEL_LABELS[frame.level] ? frame.level : "info";
+      var level = window.BroadcastConnection.level(frame);
       box.dataset.level = level;
-      var levelWord = LEVEL_LABELS[level] || "";
+      var levelWord = window.BroadcastConnection.levelLabel(level);
       // Critical interrupts a screen reader; the others wait for a pause.
       text.setAttribute("aria-live", level === "critical" ? "assertive" : "polite");
       // One the person dismissed stays dismissed across page loads of this tab.

@@ -42,6 +42,14 @@
     });
   }
 
+  // A message's level ("info" for one this client does not know), and its label: the words
+  // that say it besides the colours ("" for info).
+  var LEVEL_LABELS = { warning: "Warning:", critical: "Critical:" };
+  BroadcastConnection.level = function (frame) {
+    return LEVEL_LABELS[frame.level] ? frame.level : "info";
+  };
+  BroadcastConnection.levelLabel = function (level) { return LEVEL_LABELS[level] || ""; };
+
   // Whether a message frame has expired (its `expires`, ISO 8601 UTC, has passed).
   BroadcastConnection.expired = function (frame) {
     return typeof frame.expires === "string" && Date.parse(frame.expires) <= Date.now();

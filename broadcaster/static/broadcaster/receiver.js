@@ -13,7 +13,6 @@
   // counts down, and "Retry now", coming back online or back to the tab retries at once.
   var retryAt = 0;
   var ticker = null;
-  var LEVEL_LABELS = { warning: "Warning", critical: "Critical" };
   var connection = null;
 
   function setState(name, text) {
@@ -41,17 +40,17 @@
   function showMessage(frame) {
     var item = document.createElement("li");
     item.dataset.id = frame.id || "";
-    var level = LEVEL_LABELS[frame.level] ? frame.level : "info";
+    var level = window.BroadcastConnection.level(frame);
     item.dataset.level = level;
     var time = document.createElement("time");
     time.dateTime = frame.time || "";
     time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
     item.appendChild(time);
-    if (LEVEL_LABELS[level]) {
+    if (level !== "info") {
       // Said in words, not only in colour.
       var label = document.createElement("strong");
       label.className = "level";
-      label.textContent = LEVEL_LABELS[level] + ":";
+      label.textContent = window.BroadcastConnection.levelLabel(level);
       item.appendChild(label);
     }
     var text = document.createElement("span");
