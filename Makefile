@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test lint format bench bench-drain bench-memory stop-redis clean
+.PHONY: run serve test test-fast lint format bench bench-drain bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,22 @@ serve: $(VENV)/.installed
 	exec env WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT) PROXY_HEADERS=$(PROXY_HEADERS) \
 	  BIN=$(abspath $(BIN)) RUN_DIR=$(abspath $(RUN_DIR)) deploy/serve.sh
 
-## test: lint, format check and the whole test suite
+# Processes the parallel part of `make test` runs on (pytest-xdist; one per core is right).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST := env -u PROMETHEUS_MULTIPROC_DIR BROADCAST_DOTENV= $(BIN)/pytest
+
+## test: lint, format check and the whole test suite: in parallel, then the timing and memory tests alone
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	env -u PROMETHEUS_MULTIPROC_DIR BROADCAST_DOTENV= $(BIN)/pytest
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(PYTEST) -m serial
+
+## test-fast: lint and the in-process tests (no daphne, manage.py or browser; under a minute)
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(PYTEST) -m "not integration"
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

@@ -38,6 +38,18 @@ def get_str(name: str, default: str, *, environ: Mapping[str, str] = os.environ)
     return default if raw is None else raw
 
 
+def get_choice(name: str, default: str, choices: tuple[str, ...], *,
+               environ: Mapping[str, str] = os.environ) -> str:  # fmt: skip
+    """Return the variable's value if it is one of `choices` (case as given), else an error."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return default
+    value = raw.strip()
+    if value not in choices:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. It must be one of: {', '.join(choices)}.")
+    return value
+
+
 def get_bool(name: str, default: bool, *, environ: Mapping[str, str] = os.environ) -> bool:
     """Return the variable as a bool; anything but a known spelling is an error."""
     raw = _raw(name, environ)

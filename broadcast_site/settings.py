@@ -223,6 +223,13 @@ BROADCAST_CONFIRM_ABOVE = env.get_int(
     "BROADCAST_CONFIRM_ABOVE", DEFAULTS["BROADCAST_CONFIRM_ABOVE"], minimum=0
 )
 
+# Who may receive broadcasts: "anyone" (anonymous receivers hear broadcasts to everyone only)
+# or "authenticated" (a receiver without a session or a receiver token that gives an active
+# user is refused with 4401, and closed with it when that stops being so).
+BROADCAST_RECEIVERS = env.get_choice(
+    "BROADCAST_RECEIVERS", DEFAULTS["BROADCAST_RECEIVERS"], ("anyone", "authenticated")
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils import timezone
 
-from broadcaster.models import SEND_PERMISSION, BroadcastRecord, PublishToken
+from broadcaster.models import SEND_PERMISSION, BroadcastRecord, PublishToken, ReceiverToken
 
 
 @admin.register(PublishToken)
@@ -39,7 +39,7 @@ class BroadcastRecordAdmin(admin.ModelAdmin):
     """The broadcast log: read-only, searchable, filterable by date, sender, status and level;
     it shows who retracted what, and when."""
 
-    list_display = ["sent_at", "sender", "status", "level", "clients", "seq", "text", "retraction"]
+    list_display = ["sent_at", "sender", "status", "level", "audience", "clients", "seq", "text", "retraction"]
     list_filter = ["status", "level", "created", "sender"]
     search_fields = ["text", "sender"]
     date_hierarchy = "created"
@@ -68,3 +68,30 @@ class BroadcastRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(ReceiverToken)
+class ReceiverTokenAdmin(admin.ModelAdmin):
+    """Receiver tokens (manage.py create_receiver_token): revoke one and its open connections
+    stop hearing that user's broadcasts within seconds."""
+
+    list_display = ["__str__", "user", "created", "revoked"]
+    search_fields = ["name", "user__username"]
+    actions = ["revoke"]
+    raw_id_fields = ["user"]
+
+    def save_model(self, request: HttpRequest, obj: ReceiverToken, form: Any, change: bool) -> None:
+        if not change:
+            secret = obj.issue_secret()
+            messages.warning(request, f"Secret for {obj} (shown once, copy it now): {secret}")
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        # One save each, not update(): each revocation is announced to the server processes.
+        revoked = 0
+        for token in queryset.filter(revoked__isnull=True):
+            token.revoked = timezone.now()
+            token.save(update_fields=["revoked"])
+            revoked += 1
+        messages.success(request, f"Revoked {revoked} receiver token(s).")

@@ -9,8 +9,9 @@ class BroadcasterConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Called once Django's apps are loaded: fills in the app's default settings and
-        registers its system checks."""
-        from broadcaster import checks, conf  # noqa: F401
+        """Called once Django's apps are loaded: fills in the app's default settings,
+        registers its system checks and watches membership changes (broadcaster/watch.py)."""
+        from broadcaster import checks, conf, watch  # noqa: F401
 
         conf.apply_defaults()
+        watch.connect()

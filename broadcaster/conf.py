@@ -43,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "BROADCAST_API_FAILED_AUTH_LIMIT": 10,
     # The operator page asks "Send to N clients?" above this many.
     "BROADCAST_CONFIRM_ABOVE": 100,
+    # Who may receive: "anyone" (anonymous receivers hear broadcasts to everyone) or
+    # "authenticated" (a receiver without a session or receiver token is refused with 4401).
+    "BROADCAST_RECEIVERS": "anyone",
+    # A host's own audience kinds: kind -> dotted path of a callable(user) -> its values.
+    "BROADCAST_AUDIENCE_KINDS": {},
     # Redis passwords for URLs without one, and for Sentinels.
     "REDIS_PASSWORD": "",
     "REDIS_SENTINEL_PASSWORD": "",

@@ -126,14 +126,25 @@ def _local_time(iso: object) -> str:
         return iso
 
 
-async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str], None]) -> None:
-    """Receive from `url` forever, reconnecting (and resuming) after every loss; cancel to stop."""
+class Refused(Exception):
+    """The server will not take this receiver as it is (4401: no user): retrying cannot help."""
+
+
+async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str], None],
+                 token: str | None = None) -> None:  # fmt: skip
+    """Receive from `url` forever, reconnecting (and resuming) after every loss; cancel to stop.
+
+    `token`: a receiver token's secret (`manage.py create_receiver_token`), sent as
+    `Authorization: Bearer`: this receiver then hears what that token's user would."""
     attempt = 0
     receiver = FrameReader()
     connected_once = False
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     while True:
         try:
-            async with websockets.connect(receiver.url(url), open_timeout=10) as ws:
+            async with websockets.connect(
+                receiver.url(url), open_timeout=10, additional_headers=headers
+            ) as ws:
                 taken = False
                 async for frame in ws:
                     if not taken:
@@ -155,6 +166,9 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
             else:
                 said = f": {exc.rcvd.reason}" if exc.rcvd.reason else ""
                 reason = f"closed by the server (code {exc.rcvd.code}{said})"
+                if exc.rcvd.code == int(protocol.CloseCode.UNAUTHENTICATED):
+                    hint = "the token is unknown or revoked" if token else "pass a receiver token (--token)"
+                    raise Refused(f"The server refused this receiver ({reason}): {hint}.") from None
                 if exc.rcvd.code == SERVICE_RESTART:
                     # The server is draining: another one takes this client at once. The
                     # server spreads these closes out; the jitter spreads them a little more.

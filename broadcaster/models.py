@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from broadcaster.protocol import LEVEL_INFO, LEVELS
+from broadcaster.protocol import AUDIENCE_EVERYONE, LEVEL_INFO, LEVELS
 
 # Who may broadcast from the operator page (defined on PublishToken's Meta below).
 SEND_PERMISSION = "broadcaster.send_broadcast"
@@ -71,9 +72,38 @@ class BroadcastRecord(models.Model):
     expires = models.DateTimeField(null=True, blank=True, help_text="When receivers stop showing it.")
     retracted = models.DateTimeField(null=True, blank=True, help_text="When it was taken back.")
     retracted_by = models.CharField(max_length=150, blank=True, help_text="Who took it back.")
+    audience = models.JSONField(default=list, help_text="Who it is for (broadcaster/audiences.py).")
 
     class Meta:
         ordering = ["-created"]
 
     def __str__(self) -> str:
         return f"{self.created:%Y-%m-%d %H:%M:%S} {self.sender}: {self.text[:50]}"
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """Who it is for, as the publish path writes it (AUDIENCE_EVERYONE for older rows)."""
+        return tuple(self.audience) if self.audience else AUDIENCE_EVERYONE
+
+
+class ReceiverToken(models.Model):
+    """A bearer token a receiver that is not a browser (`manage.py listen --token`, a service)
+    connects with: it hears what its user would (docs/PROTOCOL.md, "Who is listening")."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100, blank=True, help_text="What it is for (shown in the admin).")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    revoked = models.DateTimeField(null=True, blank=True, help_text="Set to revoke the token.")
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name or 'receiver token'} ({self.user})"
+
+    def issue_secret(self) -> str:
+        """Give the token a new secret and return it; it is shown once and stored only hashed."""
+        secret = "rcv_" + secrets.token_urlsafe(32)
+        self.secret_hash = hash_secret(secret)
+        return secret

@@ -64,6 +64,9 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012  # The process is draining (SIGTERM): reconnect now, with jitter.
     OVER_CAPACITY = 1013  # RFC 6455's "Try Again Later": the process is at its connection ceiling.
     UNSUPPORTED_FRAME = 4400  # The client sent a frame the protocol does not define.
+    # BROADCAST_RECEIVERS = "authenticated": no session or receiver token gives a user (on the
+    # handshake), or it no longer does (a logout, a revoked token, a deactivated user).
+    UNAUTHENTICATED = 4401
     SLOW_CONSUMER = 4408  # The client read too slowly; too much output was queued for it.
     ACK_FLOOD = 4429  # The client sent `seen` frames that count for nothing faster than allowed.
     TRY_AGAIN_LATER = 4503  # Redis is unreachable; reconnect with backoff.
@@ -100,21 +103,71 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+# The audience of a broadcast to everyone (broadcaster/audiences.py has the rest of the rules).
+AUDIENCE_EVERYONE: tuple[str, ...] = ("everyone",)
+# The memberships of an anonymous receiver: it hears broadcasts to everyone only.
+ANONYMOUS: frozenset[str] = frozenset(AUDIENCE_EVERYONE)
+
+
+def for_member(audience: tuple[str, ...], member_of: frozenset[str]) -> bool:
+    """Whether a broadcast for `audience` reaches a receiver with memberships `member_of`
+    (every receiver's memberships include `everyone`)."""
+    return audience is AUDIENCE_EVERYONE or not member_of.isdisjoint(audience)
+
+
+# How a kept frame names its audience (right after its id), when it is not everyone. Receivers
+# never see this field (`wire_frame` takes it out): a member is not told who else was addressed.
+_AUDIENCE_FIELD = ',"audience":'
+
+
 def message_frame(*, seq: int, epoch: str, id: str, text: str, time: str, level: str = LEVEL_INFO,
-                  expires: str | None = None) -> str:  # fmt: skip
-    """The frame every receiver gets for one broadcast; `expires` (ISO 8601 UTC) only if it does.
+                  expires: str | None = None,
+                  audience: tuple[str, ...] = AUDIENCE_EVERYONE) -> str:  # fmt: skip
+    """The frame kept for one broadcast; `expires` (ISO 8601 UTC) only if it does, `audience`
+    only if it is not everyone (receivers get it without: `wire_frame`).
 
     `id` comes first after the numbering: `entry_id` finds it there without decoding."""
-    frame: dict[str, Any] = {"type": FRAME_MESSAGE, "seq": seq, "epoch": epoch, "id": id, "level": level,
-                             "text": text, "time": time}  # fmt: skip
+    frame: dict[str, Any] = {"type": FRAME_MESSAGE, "seq": seq, "epoch": epoch, "id": id}
+    if audience != AUDIENCE_EVERYONE:
+        frame["audience"] = list(audience)
+    frame.update(level=level, text=text, time=time)
     if expires is not None:
         frame["expires"] = expires
     return dumps(frame)
 
 
-def retract_frame(*, seq: int, epoch: str, id: str, time: str) -> str:
-    """The numbered frame that takes back message `id` (kept in history like a message)."""
-    return dumps({"type": FRAME_RETRACT, "seq": seq, "epoch": epoch, "id": id, "time": time})
+def retract_frame(*, seq: int, epoch: str, id: str, time: str,
+                  audience: tuple[str, ...] = AUDIENCE_EVERYONE) -> str:  # fmt: skip
+    """The numbered frame that takes back message `id` (kept in history like a message), for
+    the audience of the message it takes back."""
+    frame: dict[str, Any] = {"type": FRAME_RETRACT, "seq": seq, "epoch": epoch, "id": id}
+    if audience != AUDIENCE_EVERYONE:
+        frame["audience"] = list(audience)
+    frame["time"] = time
+    return dumps(frame)
+
+
+def frame_audience(frame: str) -> tuple[str, ...]:
+    """The audience of a kept frame built here (AUDIENCE_EVERYONE when it names none). The
+    field can only be ours: inside a JSON string every quote is escaped."""
+    if _AUDIENCE_FIELD not in frame:
+        return AUDIENCE_EVERYONE
+    return tuple(json.loads(frame)["audience"])
+
+
+def wire_frame(frame: str) -> str:
+    """A kept frame as receivers get it: without its audience."""
+    at = frame.find(_AUDIENCE_FIELD)
+    if at < 0:
+        return frame
+    field = _AUDIENCE_FIELD + dumps_list(list(frame_audience(frame)))
+    assert frame.startswith(field, at), "an audience field not written by message_frame"
+    return frame[:at] + frame[at + len(field) :]
+
+
+def dumps_list(items: list[str]) -> str:
+    """A list of strings encoded as `dumps` encodes it inside a frame."""
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
 
 
 # In a frame from message_frame(seq=0, epoch=""): where history.py's script puts the real ones.

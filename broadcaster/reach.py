@@ -50,8 +50,9 @@ class ReachTally:
     """One process's counts since its last flush, and the broadcasts it knows by id."""
 
     def __init__(self) -> None:
-        # id -> (epoch, seq) of each message this process wrote out, newest last, at most REMEMBER.
-        self.known: dict[str, tuple[str, int]] = {}
+        # id -> (epoch, seq, audience) of each message this process wrote out, newest last, at
+        # most REMEMBER.
+        self.known: dict[str, tuple[str, int, tuple[str, ...]]] = {}
         self._delivered: dict[str, int] = {}
         self._seen: dict[str, int] = {}
 
@@ -65,7 +66,7 @@ class ReachTally:
             id = entry.id
             self._delivered[id] = self._delivered.get(id, 0) + connections
             if id not in self.known:
-                self.known[id] = (entry.epoch, entry.seq)
+                self.known[id] = (entry.epoch, entry.seq, entry.audience)
                 if len(self.known) > REMEMBER:
                     del self.known[next(iter(self.known))]
 
@@ -116,6 +117,7 @@ def report(record: BroadcastRecord, reached: Reach | None) -> dict[str, object]:
         "sender": record.sender,
         "text": record.text,
         "level": record.level,
+        "audience": list(record.audiences),
         "expires": None if record.expires is None else protocol.iso_time(record.expires),
         "retracted": None if record.retracted is None else protocol.iso_time(record.retracted),
         "retracted_by": record.retracted_by or None,

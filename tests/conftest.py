@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 # Before Django reads its settings: a developer's .env must not change what the tests run
 # (nor reach the processes they start, which inherit this).
@@ -156,8 +157,21 @@ def daphne(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Daphne]]:
         server.stop()
 
 
+# Fixtures that start processes (daphne, manage.py, a browser, Redis servers of the test's
+# own): a test that uses one is in the integration tier (`make test-fast` leaves it out).
+PROCESS_FIXTURES = frozenset({"daphne", "browser", "env_for", "operators", "sentinel_group"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Browser tests skip without chromium, unless BROADCAST_REQUIRE_BROWSER=1 (as in CI)."""
+    """Tiers: `integration` for every test that starts a process, from the fixtures it uses
+    (or marked so by hand); `serial` tests (timing and memory) also count as integration.
+    Browser tests skip without chromium, unless BROADCAST_REQUIRE_BROWSER=1 (as in CI)."""
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(pytest.mark.serial)  # the benchmark measures: it runs alone
+        names = set(getattr(item, "fixturenames", ()))
+        if names & PROCESS_FIXTURES or "browser" in item.keywords or "serial" in item.keywords:
+            item.add_marker(pytest.mark.integration)
     if os.path.exists(os.environ.get("CHROMIUM", "/usr/bin/chromium")):
         return
     if os.environ.get("BROADCAST_REQUIRE_BROWSER") == "1":
@@ -166,3 +180,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "browser" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def in_process_tier_starts_no_process(request: pytest.FixtureRequest, redis_url: str) -> Iterator[None]:
+    """A test outside the integration tier that starts a process fails, saying so: the fast
+    tier (`make test-fast`) stays fast and needs nothing but the session's Redis. (After
+    `redis_url`, which may restart that Redis.)"""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    original = subprocess.Popen.__init__
+    test = request.node.nodeid
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{test} starts a process ({args!r}): mark it integration "
+                             "(pytest.mark.integration) or use a fixture that does")  # fmt: skip
+
+    subprocess.Popen.__init__ = refuse  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = original  # type: ignore[method-assign]

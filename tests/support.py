@@ -42,10 +42,36 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# Ports the tests listen on come from a block of their own per pytest-xdist worker, below the
+# kernel's ephemeral range (32768 and up here): a port the kernel hands out for bind(0) or
+# for an outgoing connection (thousands of test clients) can never be one a test is about to
+# listen on, and two workers never pick the same one.
+PORT_BASE = 20_000
+PORT_BLOCK = 1_500
+_next_port = 0
+
+
+def _worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 -> 0), 0 outside xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never handed out twice in one run: the next of this
+    worker's block that can be bound now (with 8 workers, 20000-31999)."""
+    global _next_port
+    first = PORT_BASE + _worker_index() * PORT_BLOCK
+    for _ in range(PORT_BLOCK):
+        port = first + _next_port % PORT_BLOCK
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # held by something else (a server of an earlier test, still closing)
+            return port
+    raise AssertionError(f"no free port left in {first}-{first + PORT_BLOCK - 1}")
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, poll: float = 0.05) -> Any:

@@ -75,6 +75,7 @@ def test_compose_and_env_example_name_only_real_settings():
     assert unread == set()
 
 
+@pytest.mark.integration  # runs `make -n`
 @pytest.mark.parametrize(
     ("dotenv", "environment", "expected"),
     [("", {}, "127.0.0.1:8000"),

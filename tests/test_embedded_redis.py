@@ -22,6 +22,7 @@ def var_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.integration  # starts the embedded Redis
 def test_started_once_and_reused(var_dir):
     """The first call starts redis-server; later calls find it running; stop shuts it down."""
     socket_path = embedded_redis.ensure_running(var_dir)
@@ -39,6 +40,7 @@ def test_too_long_socket_path_is_a_clear_error(tmp_path):
         embedded_redis.ensure_running(deep)
 
 
+@pytest.mark.integration  # starts the embedded Redis
 async def test_server_and_console_share_it_without_redis_url(var_dir, tmp_path):
     """No REDIS_URL: daphne starts the embedded Redis and `manage.py broadcast` reaches its clients."""
     env = base_env("", var_dir)
@@ -56,6 +58,7 @@ async def test_server_and_console_share_it_without_redis_url(var_dir, tmp_path):
     assert (var_dir / "redis.sock").exists()
 
 
+@pytest.mark.integration  # starts the embedded Redis
 def test_make_stop_redis_stops_it(var_dir):
     """`make stop-redis` (the README's way to shut it down) stops a running embedded Redis."""
     import subprocess

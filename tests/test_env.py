@@ -25,6 +25,7 @@ def test_blank_means_the_default():
     assert (env.get_float("X", 0.5, environ=blank), env.get_list("X", ["a"], environ=blank)) == (0.5, ["a"])
 
 
+@pytest.mark.integration  # runs manage.py
 def test_the_example_file_as_dotenv_changes_nothing(tmp_path):
     """Copying .env.example to .env unedited gives the same settings as no .env at all."""
     # Every setting whose text is stable between two processes (no object addresses).
@@ -88,6 +89,7 @@ def test_database_urls():
     assert "nosuchdb" in str(refused.value) and "hunter2" not in str(refused.value)
 
 
+@pytest.mark.integration  # runs manage.py
 def test_dotenv_fills_in_what_the_environment_does_not_set(tmp_path):
     """.env values are used, the environment's win over them, and BROADCAST_DOTENV names the file."""
     dotenv = tmp_path / "site.env"
@@ -108,6 +110,7 @@ def manage_check(tmp_path, *args: str, **variables: str) -> subprocess.Completed
                           text=True, timeout=60, env=env)  # fmt: skip
 
 
+@pytest.mark.integration  # runs manage.py
 def test_blank_debug_is_an_error(tmp_path):
     """DJANGO_DEBUG= (blank) would otherwise mean the default, debug on: it is refused."""
     done = manage_check(tmp_path, DJANGO_DEBUG=" ")
@@ -115,6 +118,7 @@ def test_blank_debug_is_an_error(tmp_path):
     assert "Config 'DJANGO_DEBUG' is blank: set 1 (development) or 0 (production)." in done.stderr
 
 
+@pytest.mark.integration  # runs manage.py
 def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):
     """With DJANGO_DEBUG=0 and no DJANGO_SECRET_KEY, the site refuses to start, saying why."""
     done = manage_check(tmp_path, DJANGO_DEBUG="0")
@@ -125,6 +129,7 @@ def test_missing_secret_key_with_debug_off_fails_at_start_up(tmp_path):
     )
 
 
+@pytest.mark.integration  # runs manage.py
 def test_bad_value_at_start_up_names_variable(tmp_path):
     """A malformed variable stops manage.py with one line naming it."""
     done = manage_check(tmp_path, BROADCAST_MAX_LENGTH="lots")
@@ -134,6 +139,7 @@ def test_bad_value_at_start_up_names_variable(tmp_path):
     )
 
 
+@pytest.mark.integration  # runs manage.py
 def test_check_deploy_passes_with_the_documented_production_variables(tmp_path):
     """`manage.py check --deploy` has nothing to say with the README's production settings."""
     done = manage_check(
@@ -147,6 +153,7 @@ def test_check_deploy_passes_with_the_documented_production_variables(tmp_path):
     assert (done.returncode, done.stderr) == (0, ""), done.stdout + done.stderr
 
 
+@pytest.mark.integration  # runs manage.py
 def test_var_dir_and_sqlite_database_are_private_to_the_user(tmp_path):
     """A fresh BROADCAST_VAR_DIR is created 0700 and its SQLite database 0600 (it holds sessions
     and password hashes)."""
@@ -159,6 +166,7 @@ def test_var_dir_and_sqlite_database_are_private_to_the_user(tmp_path):
     assert (var / "db.sqlite3").stat().st_size > 0  # migrated, not just created
 
 
+@pytest.mark.integration  # runs manage.py
 @pytest.mark.parametrize(
     ("variables", "message"),
     [({"REDIS_SENTINELS": "127.0.0.1:26379"},

@@ -8,6 +8,8 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import ROOT, Client, base_env, free_port, manage
 
 
@@ -43,6 +45,7 @@ async def test_renamed_internals_turn_the_fast_path_off_loudly_and_lose_nothing(
     assert "Dropped a message" not in log
 
 
+@pytest.mark.integration  # starts daphne
 def test_fast_path_that_is_never_reached_refuses_to_start(redis_url, tmp_path):
     """The names are there but a broadcast never reaches the fast path: daphne exits with a clear message."""
     env = base_env(redis_url, tmp_path / "var", DJANGO_SETTINGS_MODULE="tests.settings_silent_fast_path")

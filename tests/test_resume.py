@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import redis.asyncio as aioredis
 
 from broadcaster.backend.embedded_redis import server_binary
@@ -119,6 +120,7 @@ async def test_publisher_sigkilled_mid_stream_leaves_no_hole(daphne, env_for, re
     await client.close()
 
 
+@pytest.mark.integration  # starts a Redis of its own
 async def test_redis_restart_nothing_silently_missing(tmp_path):
     """Redis restarts (its data lost) under a running daphne: clients get every later message, or a reset."""
     redis_server = RedisServer(binary=server_binary(), port=free_port(), workdir=tmp_path)

@@ -23,7 +23,7 @@ import pytest
 from broadcaster.sending.publish import publish
 from tests.support import ROOT, ResumingClient, base_env, free_port, scrape, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 DRAIN_SECONDS = 4.0
 

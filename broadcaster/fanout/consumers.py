@@ -18,14 +18,17 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
+from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from broadcaster import metrics, protocol
+from broadcaster import identity, metrics, protocol
 from broadcaster.fanout.delivery import Delivery
 from broadcaster.fanout.hub import get_hub
+from broadcaster.fanout.membership import authenticated_only
 from broadcaster.fanout.transport import AsgiLink, Link
 from broadcaster.history.kept import Entry
 from broadcaster.history.resume import catch_up, resume_point
+from broadcaster.identity import NOBODY, Credential, Identity
 from broadcaster.log_throttle import Throttle
 from broadcaster.protocol import CloseCode
 from broadcaster.reach import REMEMBER
@@ -35,6 +38,7 @@ from broadcaster.server.drain import drain
 logger = logging.getLogger(__name__)
 
 RESTARTING = "server restarting; reconnect now"
+UNAUTHENTICATED = "sign in to receive broadcasts"
 
 # `seen` frames that count for nothing (an unknown id, a repeat, one never sent here): a
 # connection may send this many at once, and this many more per second after that.
@@ -57,6 +61,9 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
     acked_epoch = ""
     ack_budget: float = IGNORED_ACKS_BURST
     ack_budget_at: float = 0.0
+    # What it showed on its handshake (None: anonymous) and who that is (broadcaster/identity.py).
+    credential: Credential | None = None
+    identity: Identity = NOBODY
 
     def __init__(self, link: Link | None = None) -> None:
         """`link`: how to write to this connection (the router picks it for the server);
@@ -142,10 +149,13 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Called when the WebSocket handshake arrives."""
+        found = identity.credential(self.scope.get("headers", []))
         await self.accept()
-        # The origin is checked and nothing reads the headers again.
+        # The origin is checked, the credential taken, and nothing reads the headers again.
         self.scope["headers"] = []
         self.link.shed_handshake()
+        if not await self._identify(found):
+            return
         resume = resume_point(self.scope.get("query_string", b""))
         # Live messages are held while history is read, so none falls between the two.
         self.held = []
@@ -156,7 +166,10 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         try:
             await self.channel_layer.group_add(protocol.BROADCAST_GROUP, self.channel_name)
             # From this process's memory when it can tell, else from Redis.
-            backlog = await get_hub().backlog(resume) or await catch_up(resume)
+            member_of = self.member_of
+            backlog = await get_hub().backlog(resume, member_of=member_of) or await catch_up(
+                resume, member_of=member_of
+            )
         except (RedisError, OSError) as exc:
             self.joined = False
             get_hub().discard(self)
@@ -171,6 +184,31 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
             # still read meanwhile, so pings and a disconnect are handled).
             self.catching_up = asyncio.get_running_loop().create_task(self._stream(backlog))
         logger.info("Receiver connected: %s", self._peer())
+
+    async def _identify(self, found: Credential | None) -> bool:
+        """Take on the identity the handshake's credential gives; False if the connection is
+        refused (4401 under BROADCAST_RECEIVERS = "authenticated", 4503 without a database)."""
+        try:
+            who = await get_hub().membership.identify(found)
+        except DatabaseError as exc:
+            logger.warning("Refusing receiver %s with 4503: its credential could not be checked: %s",
+                           self._peer(), exc)  # fmt: skip
+            await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
+            return False
+        if who.anonymous and authenticated_only():
+            why = "no session or receiver token" if found is None else "signed out or unknown token"
+            logger.info("Refusing receiver %s with 4401: %s", self._peer(), why)
+            self._close_for_protocol_error(CloseCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            return False
+        self.credential = found if not who.anonymous else None
+        self.identity, self.member_of = who, who.member_of
+        return True
+
+    def signed_out(self) -> None:
+        """Called when its credential no longer gives a user (a logout, a revoked token, a
+        deactivated user) and only the authenticated may listen: close it with 4401."""
+        logger.info("Closing receiver %s with 4401: signed out", self._peer())
+        self._close_for_protocol_error(CloseCode.UNAUTHENTICATED, UNAUTHENTICATED)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         """Called when the socket closes. As Channels' own, without closing stale database
@@ -216,7 +254,7 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         those than the allowance closes the connection with ACK_FLOOD."""
         hub = get_hub()
         where = hub.reach.known.get(id)
-        if where is not None and self.was_sent(*where) and self._first_ack(*where):
+        if where is not None and self.was_sent(*where) and self._first_ack(*where[:2]):
             hub.reach.seen(id)
             return
         metrics.tally.seen_ignored += 1
@@ -252,7 +290,9 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         """Called for each broadcast (layer event `broadcast.message`) when the configured
         layer has no fast path for the hub."""
         entry = Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"])
-        if self.write(protocol.send_event(entry.frame), None, [entry]):
+        if not protocol.for_member(entry.audience, self.member_of):
+            return  # not for it: a hole in its numbering
+        if self.write(protocol.send_event(entry.wire), None, [entry]):
             get_hub().reach.delivered([entry], 1)
 
     def _close_now(self, code: CloseCode) -> None:

@@ -48,6 +48,9 @@ class Delivery:
     # Bytes in `held`; whether held messages were dropped (over the bound) to be read from history.
     held_bytes = 0
     held_dropped = False
+    # The audiences this receiver belongs to (broadcaster/audiences.py): it is sent only what
+    # is for them. Shared by the connections of one user (broadcaster/fanout/membership.py).
+    member_of: frozenset[str] = protocol.ANONYMOUS
 
     @property
     def max_unsent(self) -> int:
@@ -153,22 +156,27 @@ class Delivery:
             self.catching_up = None
 
     def _send_entries(self, entries: list[Entry]) -> None:
-        """Send the entries this client has not had yet, batched: one that comes twice (in the
-        backlog and held, say) goes once."""
+        """Send the entries this client has not had yet and that are for it, batched: one that
+        comes twice (in the backlog and held, say) goes once; one not for its audiences is
+        never sent, and its numbering moves past it (a hole, which the client takes as such)."""
         epoch, last = self.sent
         fresh = []
         for e in entries:
             if e.epoch != epoch or e.seq > last:
                 fresh.append(e)
                 epoch, last = e.epoch, e.seq
+        if not fresh:
+            return
+        member_of = self.member_of
+        shown = [e for e in fresh if protocol.for_member(e.audience, member_of)]
         start = 0
         reach = get_hub().reach
-        for frame, count in protocol.batch_frames([e.frame for e in fresh]):
+        for frame, count in protocol.batch_frames([e.wire for e in shown]):
             if self._send(protocol.send_event(frame), text_frame(frame.encode())):
                 metrics.tally.deliveries += count
-                reach.delivered(fresh[start : start + count], 1)
+                reach.delivered(shown[start : start + count], 1)
             start += count
-            self.sent = (fresh[start - 1].epoch, fresh[start - 1].seq)
+        self.sent = (fresh[-1].epoch, fresh[-1].seq)
 
     def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> bool:
         """Called by the hub for each frame; never waits for the client. True if the frame
@@ -194,8 +202,11 @@ class Delivery:
             metrics.tally.deliveries += len(entries)
         return True
 
-    def was_sent(self, epoch: str, seq: int) -> bool:
-        """Whether message (epoch, seq) was sent on this connection (for its `seen` frames)."""
+    def was_sent(self, epoch: str, seq: int, audience: tuple[str, ...]) -> bool:
+        """Whether message (epoch, seq), for `audience`, was sent on this connection (for its
+        `seen` frames)."""
+        if not protocol.for_member(audience, self.member_of):
+            return False
         sent_epoch, last = self.sent
         if epoch != sent_epoch or seq > last:
             return False

@@ -79,7 +79,8 @@ class Heartbeat:
                 try:
                     if self._dirty.is_set() or loop.time() - last_report >= ttl / 3:
                         self._dirty.clear()
-                        total = await presence.report(server_id=hub.server_id, count=hub.counted())
+                        total = await presence.report(server_id=hub.server_id, count=hub.counted(),
+                                                      signatures=hub.signatures(ttl=ttl))  # fmt: skip
                         last_report = loop.time()
                     else:
                         total = await presence.total()
@@ -87,11 +88,22 @@ class Heartbeat:
                 except (RedisError, OSError) as exc:
                     hub.redis.failed(exc, what="presence report")
                     self._dirty.set()
+                    hub.report_failed()
                 else:
                     hub.push_count(total)
                     if hub.fast_path:
                         with contextlib.suppress(RedisError):
                             await hub.check_history()
+                    try:
+                        await hub.membership.check(redis_client.shared_client(), now=loop.time())
+                    except (RedisError, OSError) as exc:
+                        logger.debug("Membership changes not read this beat: %s", exc)
+                        hub.membership.lost_redis()
+                    except Exception:
+                        # The heartbeat must go on (the count, history, reach): log, and try
+                        # everything again at the next beat.
+                        logger.exception("Could not apply membership changes")
+                        hub.membership.lost_redis()
                 await hub.flush_reach()
                 if not hub.receivers:
                     # (With Redis lost, the report's TTL withdraws this process soon enough.)

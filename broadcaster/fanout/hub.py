@@ -27,6 +27,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections import Counter
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
@@ -37,13 +38,15 @@ from broadcaster import metrics, protocol
 from broadcaster.backend import redis_client
 from broadcaster.backend.outage import RedisLink
 from broadcaster.fanout.heartbeat import Heartbeat
+from broadcaster.fanout.membership import Members
 from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
 from broadcaster.fanout.transport import text_frame
 from broadcaster.history import resume
 from broadcaster.history.kept import Entry, group_history
 from broadcaster.history.recent import RecentBroadcasts
 from broadcaster.history.resume import Backlog, ResumePoint
-from broadcaster.presence import group_presence
+from broadcaster.identity import Credential, Identity
+from broadcaster.presence import group_presence, signature
 from broadcaster.reach import ReachTally
 from broadcaster.server import gc_policy
 
@@ -59,6 +62,14 @@ class Recipient(Protocol):
     """A connection that receives frames (the WebSocket consumer)."""
 
     channel_name: str
+    # The audiences it belongs to (always `everyone` among them): broadcaster/audiences.py.
+    member_of: frozenset[str]
+    # What it showed on its handshake (None: anonymous), and who that is.
+    credential: Credential | None
+    identity: Identity
+
+    def signed_out(self) -> None:
+        """Its credential no longer gives a user, and only the authenticated may listen."""
 
     def write(self, message: dict[str, Any], frame: bytes | None, entries: list[Entry]) -> bool:
         """Queue one ASGI send message for the client without waiting.
@@ -76,6 +87,9 @@ class Hub:
     def __init__(self) -> None:
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.receivers: set[Recipient] = set()
+        # Receivers by audience, for each audience but `everyone` (that is `receivers`): a
+        # broadcast to `user:alice` costs as many writes as Alice has connections here.
+        self.members: dict[str, set[Recipient]] = {}
         self.channels: set[str] = set()
         self.total: int | None = None
         self.fast_path = False
@@ -100,12 +114,21 @@ class Hub:
         self._told_delayed: set[Recipient] = set()
         # Delivered and seen per broadcast, flushed to Redis by the heartbeat (broadcaster/reach.py).
         self.reach = ReachTally()
+        # Who the receivers are, kept in step with users, groups and sessions.
+        self.membership = Members(self)
+        # Presence signatures (broadcaster/presence.py) by memberships, and when each one's
+        # memberships were last stored in Redis (loop time).
+        self._signatures: dict[frozenset[str], str] = {}
+        self._stored: dict[str, float] = {}
 
     def add(self, receiver: Recipient) -> None:
         """Called when a receiver has joined the broadcast group."""
         if not self.receivers and not self.fast_path:
             self._claim_fast_path()
         self.receivers.add(receiver)
+        self._index(receiver, receiver.member_of)
+        if receiver.credential is not None:
+            self.membership.join(receiver, receiver.credential, receiver.identity)
         self.channels.add(receiver.channel_name)
         self._fresh.add(receiver)
         if not self.redis.up:
@@ -116,11 +139,76 @@ class Hub:
         """Called when a receiver connection closes, whatever the reason."""
         if receiver in self.receivers:
             gc_policy.churn.connection_closed(still_open=len(self.receivers) - 1)
+        if receiver in self.receivers:
+            self._unindex(receiver, receiver.member_of)
+            if receiver.credential is not None:
+                self.membership.leave(receiver, receiver.credential)
         self.receivers.discard(receiver)
         self.channels.discard(receiver.channel_name)
         self._fresh.discard(receiver)
         self._told_delayed.discard(receiver)
         self._changed()
+
+    def regroup(self, receiver: Recipient, member_of: frozenset[str]) -> None:
+        """Called when a receiver's memberships change (broadcaster/fanout/membership.py): from
+        the next broadcast on, it gets what is for its new audiences, and nothing else."""
+        if receiver in self.receivers:
+            self._unindex(receiver, receiver.member_of)
+            self._index(receiver, member_of)
+            self._changed()
+        receiver.member_of = member_of
+
+    def report_failed(self) -> None:
+        """Called when the presence report failed: Redis may have lost what was stored, and
+        announced membership changes may have been missed."""
+        self._stored.clear()
+        self.membership.lost_redis()
+
+    def signatures(self, *, ttl: float) -> list[tuple[str, int, frozenset[str] | None]]:
+        """This process's counted receivers by signature, for the presence report: (signature,
+        how many, its memberships if Redis may not hold them: not stored by this process
+        within `ttl` s). Anonymous receivers are left out (they count for `everyone` only)."""
+        if self.drained:
+            return []
+        counts = Counter(r.member_of for r in self.receivers if r.member_of is not protocol.ANONYMOUS)
+        now = asyncio.get_running_loop().time()
+        found = []
+        for member_of, n in counts.items():
+            if len(member_of) == 1:
+                continue  # `everyone` only
+            sig = self._signatures.get(member_of)
+            if sig is None:
+                sig = self._signatures[member_of] = signature(member_of)
+            stored = self._stored.get(sig)
+            fresh = stored is not None and now - stored < ttl
+            if not fresh:
+                self._stored[sig] = now
+            found.append((sig, n, None if fresh else member_of))
+        return found
+
+    def _index(self, receiver: Recipient, member_of: frozenset[str]) -> None:
+        for audience in member_of:
+            if audience != protocol.AUDIENCE_EVERYONE[0]:
+                self.members.setdefault(audience, set()).add(receiver)
+
+    def _unindex(self, receiver: Recipient, member_of: frozenset[str]) -> None:
+        for audience in member_of:
+            members = self.members.get(audience)
+            if members is not None:
+                members.discard(receiver)
+                if not members:
+                    del self.members[audience]
+
+    def audience_receivers(self, audience: tuple[str, ...]) -> list[Recipient]:
+        """This process's receivers that a broadcast for `audience` reaches, each once."""
+        if audience is protocol.AUDIENCE_EVERYONE or protocol.AUDIENCE_EVERYONE[0] in audience:
+            return list(self.receivers)
+        if len(audience) == 1:
+            return list(self.members.get(audience[0], ()))
+        found: set[Recipient] = set()
+        for name in audience:
+            found.update(self.members.get(name, ()))
+        return list(found)
 
     async def withdraw_for_drain(self) -> None:
         """Count this process's receivers as 0, at once and from now on: they are moving to
@@ -169,7 +257,7 @@ class Hub:
             self.sequencer.accept(Entry(seq=event["seq"], epoch=event["epoch"], frame=event["frame"]))
         )
 
-    async def backlog(self, point: ResumePoint | None) -> Backlog | None:
+    async def backlog(self, point: ResumePoint | None, *, member_of: frozenset[str]) -> Backlog | None:
         """What a connecting client is owed, from memory, when this process checked within
         the last few seconds that it is in step with history; else None (ask Redis)."""
         interval: float = settings.BROADCAST_COUNT_INTERVAL
@@ -179,7 +267,9 @@ class Hub:
         if asyncio.get_running_loop().time() - self._in_step_at > max(3.0, 3 * interval):
             return None
         return await resume.backlog(
-            point, self.recent.source(epoch=self.sequencer.epoch, last=self.sequencer.last_seq)
+            point,
+            self.recent.source(epoch=self.sequencer.epoch, last=self.sequencer.last_seq),
+            member_of=member_of,
         )
 
     def _run_steps(self, steps: list[Step]) -> None:
@@ -239,11 +329,19 @@ class Hub:
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
         taken_at, self._pending_at = self._pending_at, []
-        receivers = list(self.receivers)
-        start = 0
-        for frame, count in protocol.batch_frames([e.frame for e in entries]):
-            self.write_all(frame, receivers, entries[start : start + count])
-            start += count
+        # Runs of entries with one audience, in order: each run goes, batched, to that
+        # audience's receivers only, so each receiver gets what is for it in order.
+        run_start = 0
+        for i in range(1, len(entries) + 1):
+            if i < len(entries) and entries[i].audience == entries[run_start].audience:
+                continue
+            run = entries[run_start:i]
+            receivers = self.audience_receivers(run[0].audience)
+            start = 0
+            for frame, count in protocol.batch_frames([e.wire for e in run]):
+                self.write_all(frame, receivers, run[start : start + count])
+                start += count
+            run_start = i
         done = time.perf_counter()
         for at in taken_at:
             metrics.FANOUT.observe(done - at)
@@ -297,6 +395,8 @@ class Hub:
         receivers return."""
         self.sequencer.forget()
         self.recent.clear()
+        self._signatures.clear()
+        self._stored.clear()
         self._in_step_at = float("-inf")
 
     def push_count(self, total: int) -> None:

@@ -21,16 +21,22 @@ if TYPE_CHECKING:
 LOOK_BACK = 64
 
 
-def announcement(newest_first: Iterable[Entry], *, now: float) -> list[Entry] | None:
+def announcement(newest_first: Iterable[Entry], *, now: float,
+                 member_of: frozenset[str] = protocol.ANONYMOUS) -> list[Entry] | None:  # fmt: skip
     """What a new client is sent, oldest first, from the newest entries given newest first:
     the current announcement and every entry after it (retractions of older messages), so the
     client's numbering has no hole; [] if there is no current announcement; None if the entries
-    given hold no message at all (they do not reach back far enough to tell). `now`: UNIX time."""
+    given hold no message at all (they do not reach back far enough to tell). `now`: UNIX time.
+
+    Only entries for a receiver with memberships `member_of` count (broadcaster/audiences.py):
+    for it, the others do not exist (its numbering has holes there, which is not loss)."""
     retracted: set[str] = set()
     later: list[Entry] = []
     for looked, entry in enumerate(newest_first):
         if looked >= LOOK_BACK:
             return []
+        if not protocol.for_member(entry.audience, member_of):
+            continue
         if entry.kind == protocol.FRAME_RETRACT:
             retracted.add(entry.id)
             later.append(entry)

@@ -154,27 +154,28 @@ end
 """
 )
 
-# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[6] acked; ARGV[1] max age ms,
-# ARGV[2] now ms or "", ARGV[3] the most entries to look at.
-# Returns {last seq, epoch or false, young (1 if the newest message is not older than ARGV[1]),
-# then seq and frame of the newest kept entries, newest first, down to the newest message}:
-# what a new client's backlog is chosen from (history/current.py), without reading the rest.
+# KEYS[1] seq, KEYS[2] epoch, KEYS[3] log, KEYS[4] times, KEYS[6] acked; ARGV[1] now ms or "",
+# ARGV[2] the most entries to look at.
+# Returns {last seq, epoch or false, now ms, then seq, frame and publish time (ms) of the newest
+# kept entries, newest first, down to the newest message for everyone (one without an audience
+# field: protocol.message_frame)}: what a new client's backlog is chosen from
+# (history/current.py, for the receiver's memberships), without reading the rest.
 _NEWEST = (
     _NOW
     + """
-local now = now_ms(ARGV[2])
+local now = now_ms(ARGV[1])
 local last, epoch = numbering()
-local result = {last, epoch, 0}
+local result = {last, epoch, now}
 local offset = 0
-while offset < tonumber(ARGV[3]) do
+while offset < tonumber(ARGV[2]) do
   local slice = redis.call('ZREVRANGEBYSCORE', KEYS[3], last, '-inf', 'WITHSCORES', 'LIMIT', offset, 16)
   if #slice == 0 then return result end
   for k = 1, #slice, 2 do
     table.insert(result, slice[k + 1])
     table.insert(result, slice[k])
-    if string.sub(slice[k], 1, 17) == '{"type":"message"' then
-      local published = redis.call('ZSCORE', KEYS[4], slice[k + 1])
-      if published and tonumber(published) >= now - tonumber(ARGV[1]) then result[3] = 1 end
+    table.insert(result, redis.call('ZSCORE', KEYS[4], slice[k + 1]) or '0')
+    if string.sub(slice[k], 1, 17) == '{"type":"message"'
+        and not string.find(slice[k], ',"audience":', 1, true) then
       return result
     end
   end
@@ -222,9 +223,19 @@ class Entry:
     frame: str
 
     @functools.cached_property
+    def wire(self) -> str:
+        """The frame as receivers get it (without its audience: protocol.wire_frame)."""
+        return protocol.wire_frame(self.frame)
+
+    @functools.cached_property
+    def audience(self) -> tuple[str, ...]:
+        """Who it is for (protocol.AUDIENCE_EVERYONE, or the audiences it names)."""
+        return protocol.frame_audience(self.frame)
+
+    @functools.cached_property
     def size(self) -> int:
         """The frame's size in bytes as sent (UTF-8), computed once per entry."""
-        return len(self.frame.encode())
+        return len(self.wire.encode())
 
     @functools.cached_property
     def kind(self) -> str:
@@ -343,18 +354,25 @@ class History:
         ]
         return Since(last=int(last), epoch=numbering, entries=entries, more=bool(more))
 
-    async def newest(self, *, max_age: float) -> Since:
-        """The current announcement (history/current.py) if it is younger than `max_age` s, and
-        the retractions after it: a new client's backlog."""
-        args = [int(max_age * 1000), self._now(), current.LOOK_BACK]
-        last, epoch, young, *flat = await self._newest(keys=self._keys, args=args)
+    async def newest(self, *, max_age: float, member_of: frozenset[str] = protocol.ANONYMOUS) -> Since:
+        """The current announcement for a receiver with memberships `member_of`
+        (history/current.py) if it is younger than `max_age` s, and the retractions after it:
+        a new client's backlog."""
+        last, epoch, now_ms, *flat = await self._newest(
+            keys=self._keys, args=[self._now(), current.LOOK_BACK]
+        )
         numbering = _text(epoch) if epoch else None
         newest_first = [Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
-                        for k in range(0, len(flat), 2)]  # fmt: skip
+                        for k in range(0, len(flat), 3)]  # fmt: skip
+        published = {
+            e.seq: float(flat[k + 2]) for e, k in zip(newest_first, range(0, len(flat), 3), strict=True)
+        }
         now = time.time() if self._clock is None else self._clock() / 1000
         # (No message in history at all, None, is no announcement here: Redis holds everything kept.)
-        owed = current.announcement(newest_first, now=now) if young else None
-        return Since(last=int(last), epoch=numbering, entries=owed or [])
+        owed = current.announcement(newest_first, now=now, member_of=member_of) or []
+        if owed and published[owed[0].seq] < int(now_ms) - max_age * 1000:
+            owed = []
+        return Since(last=int(last), epoch=numbering, entries=owed)
 
 
 def _text(value: bytes | str) -> str:

@@ -69,20 +69,27 @@ class MemorySource:
         self.kept = kept if not kept or (kept[-1][0].seq, kept[-1][0].epoch) == (last, epoch) else None
         self.epoch, self.last = epoch, last
 
-    async def newest(self, *, max_age: float) -> Since | None:
+    async def newest(self, *, max_age: float, member_of: frozenset[str] = protocol.ANONYMOUS) -> Since | None:
         if self.kept is None:
             return None
         if not self.kept:
             # Nothing was ever published; else memory does not know the newest message.
             return Since(last=0, epoch=self.epoch, entries=[]) if self.last == 0 else None
         now = time.time()
-        owed = current.announcement((entry for entry, _ in reversed(self.kept)), now=now)
+        owed = current.announcement((entry for entry, _ in reversed(self.kept)), now=now, member_of=member_of)
         if owed is None:
-            return None  # only retractions: the message before them is older than memory
-        # `owed` is the newest entries, the announcement first: its publish time is kept there.
-        if not owed or now - self.kept[-len(owed)][1] > max_age:
+            return None  # no message for it in memory: the one before is older than memory
+        if not owed or now - self._published(owed[0]) > max_age:
             return Since(last=self.last, epoch=self.epoch, entries=[])
         return Since(last=self.last, epoch=self.epoch, entries=owed)
+
+    def _published(self, entry: Entry) -> float:
+        """When `entry` (one of the newest LOOK_BACK kept here) was published."""
+        assert self.kept is not None
+        for kept, published in reversed(self.kept):
+            if kept is entry:
+                return published
+        raise AssertionError("the announcement is not in memory")
 
     async def since(self, seq: int, *, max_bytes: int) -> Since | None:
         if self.kept is None or self.epoch is None:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 
+from broadcaster import protocol
 from broadcaster.backend import redis_client
 from broadcaster.history.kept import Entry, Since, group_history
 
@@ -78,19 +79,24 @@ class Source(Protocol):
     """Where kept entries are read from: history in Redis, or a process's memory. A source that
     cannot tell (memory that does not reach back far enough) answers None."""
 
-    async def newest(self, *, max_age: float) -> Since | None:
-        """The current announcement if it is younger than `max_age` s, with the retractions
-        after it (history/current.py), and history's newest seq."""
+    async def newest(self, *, max_age: float, member_of: frozenset[str]) -> Since | None:
+        """The current announcement for a receiver with memberships `member_of` if it is
+        younger than `max_age` s, with the retractions after it (history/current.py), and
+        history's newest seq."""
 
     async def since(self, seq: int, *, max_bytes: int) -> Since | None:
         """Kept entries after `seq`, in order, as many as fit in `max_bytes` (at least one)."""
 
 
-async def backlog(point: ResumePoint | None, source: Source) -> Backlog | None:
+async def backlog(point: ResumePoint | None, source: Source, *,
+                  member_of: frozenset[str] = protocol.ANONYMOUS) -> Backlog | None:  # fmt: skip
     """The backlog for a client resuming at `point` (its first page), or for a new client (the
-    latest message if it is younger than BROADCAST_LATEST_AGE); None if `source` cannot tell."""
+    latest message for it if younger than BROADCAST_LATEST_AGE); None if `source` cannot tell.
+
+    A resuming client's pages hold every kept entry: what is not for it is left out where
+    frames are sent (Delivery._send_entries), so its numbering moves past them."""
     if point is None:
-        newest = await source.newest(max_age=settings.BROADCAST_LATEST_AGE)
+        newest = await source.newest(max_age=settings.BROADCAST_LATEST_AGE, member_of=member_of)
         if newest is None:
             return None
         return newest_backlog(newest.entries, epoch=newest.epoch, last=newest.last)
@@ -107,9 +113,9 @@ async def backlog(point: ResumePoint | None, source: Source) -> Backlog | None:
     return _page(kept, after=point.since)
 
 
-async def catch_up(point: ResumePoint | None) -> Backlog:
+async def catch_up(point: ResumePoint | None, *, member_of: frozenset[str] = protocol.ANONYMOUS) -> Backlog:
     """The backlog for a client at `point`, from history in Redis (which can always tell)."""
-    answer = await backlog(point, group_history(redis_client.shared_client()))
+    answer = await backlog(point, group_history(redis_client.shared_client()), member_of=member_of)
     assert answer is not None
     return answer
 

@@ -20,10 +20,12 @@ from broadcaster.sending import ratelimit
 from broadcaster.sending.publish import (
     BrokerUnavailable,
     EmptyMessage,
+    InvalidAudience,
     InvalidOptions,
     InvalidText,
     MessageTooLong,
     UnknownBroadcast,
+    check_audience,
     publish,
     retract,
     validate,
@@ -118,15 +120,23 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(400, str(exc))
     except MessageTooLong as exc:
         return error(413, str(exc))
+    try:
+        audience = await check_audience(body.get("audience"))
+    except InvalidAudience as exc:
+        return error(400, str(exc))
     limited = await _over_send_limit(token)
     if limited is not None:
         return limited
     try:
-        sent = await publish(text=text, sender=token.sender, level=level, expires_in=expires_in)
+        sent = await publish(text=text, sender=token.sender, level=level, expires_in=expires_in,
+                             audience=audience)  # fmt: skip
+    except InvalidAudience as exc:  # (a user or group deleted since the check above)
+        return error(400, str(exc))
     except BrokerUnavailable as exc:
         return error(503, str(exc), **{"Retry-After": "1"})
     return JsonResponse({"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients,
-                         "level": sent.level, "expires": sent.expires}, status=201)  # fmt: skip
+                         "level": sent.level, "expires": sent.expires, "audience": list(sent.audience)},
+                        status=201)  # fmt: skip
 
 
 def _or_default(value: object, default: str) -> object:

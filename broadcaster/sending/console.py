@@ -39,6 +39,8 @@ class Options:
 
     level: str = protocol.LEVEL_INFO
     expires_in: float | None = None
+    # Who every line is for (checked by publish.check_audience).
+    audience: tuple[str, ...] = protocol.AUDIENCE_EVERYONE
 
 
 @dataclass
@@ -81,19 +83,26 @@ async def check_redis() -> None:
         raise ConsoleError(f"Cannot reach Redis at {redis_client.display_url()}: {exc}") from exc
 
 
-async def watch_count(screen: Screen) -> None:
-    """Print "Total clients: N" whenever the global count changes, at most once per interval."""
+async def watch_count(screen: Screen, audience: tuple[str, ...] = protocol.AUDIENCE_EVERYONE) -> None:
+    """Print "Total clients: N" whenever the global count changes, at most once per interval;
+    with an audience, how many of them it reaches too ("Total clients: N (M in group:ops)")."""
     presence = group_presence(redis_client.shared_client())
-    last: int | None = None
+    last: tuple[int, int] | None = None
     while True:
         try:
             total = await presence.total()
+            reached = (
+                total if audience == protocol.AUDIENCE_EVERYONE else await presence.audience_total(audience)
+            )
         except (RedisError, OSError) as exc:
             logger.debug("Count unavailable: %s", exc)
         else:
-            if total != last:
-                screen.notice(f"Total clients: {total}")
-                last = total
+            if (total, reached) != last:
+                named = (
+                    "" if audience == protocol.AUDIENCE_EVERYONE else f" ({reached} in {', '.join(audience)})"
+                )
+                screen.notice(f"Total clients: {total}{named}")
+                last = (total, reached)
         await asyncio.sleep(settings.BROADCAST_COUNT_INTERVAL)
 
 
@@ -138,7 +147,7 @@ async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | Non
         await _send(message, screen=screen, sender=sender, tally=tally, stop_on_outage=True, options=options)
         return tally
     read = line_reader(stdin, interactive=screen.interactive)
-    watcher = asyncio.create_task(watch_count(screen)) if screen.interactive else None
+    watcher = asyncio.create_task(watch_count(screen, options.audience)) if screen.interactive else None
     try:
         while True:
             try:
@@ -164,7 +173,8 @@ async def run(*, stdin: IO[str], screen: Screen, sender: str, message: str | Non
 async def _send(text: str, *, screen: Screen, sender: str, tally: Tally, stop_on_outage: bool,
                 options: Options) -> None:  # fmt: skip
     try:
-        await publish(text=text, sender=sender, level=options.level, expires_in=options.expires_in)
+        await publish(text=text, sender=sender, level=options.level, expires_in=options.expires_in,
+                      audience=options.audience)  # fmt: skip
     except BrokerUnavailable as exc:
         if stop_on_outage:
             raise ConsoleError(f"Not sent: {exc}") from exc

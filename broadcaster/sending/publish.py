@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, models
 from redis.exceptions import RedisError
 
-from broadcaster import protocol
+from broadcaster import audiences, protocol
 from broadcaster.backend import redis_client
 from broadcaster.history.kept import Entry, group_history
 from broadcaster.log_throttle import Throttle
@@ -68,6 +69,22 @@ class UnknownBroadcast(PublishError):
     """No broadcast that went out has this id (retraction)."""
 
 
+class InvalidAudience(PublishError):
+    """The audience is malformed, or names a user, group or permission that does not exist."""
+
+
+async def check_audience(audience: object) -> tuple[str, ...]:
+    """The audience every sending path accepts, in its one written form, or InvalidAudience
+    saying what is wrong (a database read unless it is everyone)."""
+    try:
+        parsed = audiences.parse(audience)
+        if parsed is audiences.EVERYONE_ONLY:
+            return parsed
+        return await database_sync_to_async(audiences.check)(parsed)
+    except audiences.InvalidAudience as exc:
+        raise InvalidAudience(str(exc)) from None
+
+
 # The longest expiry a broadcast may have, in seconds (30 days).
 MAX_EXPIRES_IN = 30 * 24 * 3600
 
@@ -84,6 +101,7 @@ class Published:
     clients: int
     level: str = protocol.LEVEL_INFO
     expires: str | None = None
+    audience: tuple[str, ...] = protocol.AUDIENCE_EVERYONE
 
 
 @dataclass(frozen=True)
@@ -127,8 +145,9 @@ def validate_options(*, level: object, expires_in: object) -> tuple[str, float |
 
 
 async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
-                  expires_in: float | None = None) -> Published:  # fmt: skip
-    """Send `text` to every connected receiver, on every server process.
+                  expires_in: float | None = None, audience: object = None) -> Published:  # fmt: skip
+    """Send `text` to every connected receiver of `audience` (everyone when None; a string or
+    a list: broadcaster/audiences.py), on every server process.
 
     Two steps, in this order: number and keep it (one atomic Lua script), then send it live.
     A publisher that dies between them leaves a kept message that was never live: server
@@ -137,19 +156,22 @@ async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
     """
     validate(text)
     level, expires_in = validate_options(level=level, expires_in=expires_in)
+    to = await check_audience(audience)
     id = uuid.uuid4().hex
     now = datetime.now(UTC)
     until = now + timedelta(seconds=expires_in) if expires_in is not None else None
     time, expires = protocol.iso_time(now), protocol.iso_time(until) if until is not None else None
     template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
-                                      expires=expires)  # fmt: skip
-    failed = {"sender": sender, "text": text, "level": level, "message_id": id}
-    entry, clients = await _number_and_send(template=template, key=id, sender=sender, failed=failed)
-    logger.info("Broadcast %s (seq %d) from %s: %d characters", id, entry.seq, sender, len(text))
+                                      expires=expires, audience=to)  # fmt: skip
+    failed = {"sender": sender, "text": text, "level": level, "message_id": id, "audience": list(to)}
+    entry, clients = await _number_and_send(template=template, key=id, sender=sender, failed=failed,
+                                            audience=to)  # fmt: skip
+    logger.info("Broadcast %s (seq %d) from %s to %s: %d characters", id, entry.seq, sender, ", ".join(to),
+                len(text))  # fmt: skip
     await _record(sender=sender, text=text, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq,
-                  message_id=id, level=level, created=now, expires=until)  # fmt: skip
+                  message_id=id, level=level, created=now, expires=until, audience=list(to))  # fmt: skip
     return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time, clients=clients,
-                     level=level, expires=expires)  # fmt: skip
+                     level=level, expires=expires, audience=to)  # fmt: skip
 
 
 async def retract(*, id: str, sender: str) -> Retracted:
@@ -162,9 +184,11 @@ async def retract(*, id: str, sender: str) -> Retracted:
     if record.retracted is not None:
         return Retracted(id=id, seq=0, by=record.retracted_by, time=protocol.iso_time(record.retracted))
     now = datetime.now(UTC)
-    template = protocol.retract_frame(seq=0, epoch="", id=id, time=protocol.iso_time(now))
+    template = protocol.retract_frame(seq=0, epoch="", id=id, time=protocol.iso_time(now),
+                                      audience=record.audiences)  # fmt: skip
     # Idempotent by key: two retractions at once get the same number, and one frame goes out.
-    entry, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender, failed=None)
+    entry, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender, failed=None,
+                                      audience=record.audiences)  # fmt: skip
     try:
         claimed = await BroadcastRecord.objects.filter(pk=record.pk, retracted__isnull=True).aupdate(
             retracted=now, retracted_by=sender
@@ -192,13 +216,14 @@ async def retractable_record(id: str) -> BroadcastRecord | None:
     )
 
 
-async def _number_and_send(*, template: str, key: str, sender: str, failed: dict[str, Any] | None
-                           ) -> tuple[Entry, int]:  # fmt: skip
+async def _number_and_send(*, template: str, key: str, sender: str, failed: dict[str, Any] | None,
+                           audience: tuple[str, ...]) -> tuple[Entry, int]:  # fmt: skip
     """Number and keep a frame (message or retraction), then send it live; return it and the
-    client count before it. `failed`: what to log as a failed broadcast if it does not go out."""
+    count of `audience`'s receivers before it. `failed`: what to log as a failed broadcast if it
+    does not go out."""
     redis = redis_client.shared_client()
     try:
-        clients = await group_presence(redis).total()
+        clients = await group_presence(redis).audience_total(audience)
         history, replicas = group_history(redis), settings.BROADCAST_MIN_REPLICAS
         if replicas:
             entry, copies, needed = await history.append_replicated(

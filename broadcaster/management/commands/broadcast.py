@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import protocol
 from broadcaster.sending import console
-from broadcaster.sending.publish import PublishError, validate_options
+from broadcaster.sending.publish import PublishError, check_audience, validate_options
 
 
 class Command(BaseCommand):
@@ -38,6 +38,14 @@ class Command(BaseCommand):
             type=float,
             metavar="SECONDS",
             help="Receivers hide each message this many seconds after it is sent.",
+        )
+        parser.add_argument(
+            "--audience",
+            action="append",
+            metavar="AUDIENCE",
+            help="Who every message of this run is for (repeat for several: the union): everyone, "
+            "authenticated, staff, user:<username>, group:<name>, perm:<app_label>.<codename>, or a "
+            "kind of BROADCAST_AUDIENCE_KINDS. Default: everyone.",
         )
         parser.add_argument(
             "--retract",
@@ -73,9 +81,10 @@ class Command(BaseCommand):
             return
         try:
             level, expires_in = validate_options(level=options["level"], expires_in=options["expires_in"])
+            audience = asyncio.run(check_audience(options["audience"]))
         except PublishError as exc:
             raise CommandError(str(exc)) from exc
-        run_options = console.Options(level=level, expires_in=expires_in)
+        run_options = console.Options(level=level, expires_in=expires_in, audience=audience)
         try:
             tally = asyncio.run(console.run(stdin=stdin, screen=screen, sender=sender,
                                             message=options["message"], options=run_options))  # fmt: skip

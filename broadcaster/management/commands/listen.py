@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import protocol
-from broadcaster.listener import listen
+from broadcaster.listener import Refused, listen
 
 
 def local_server_url(environ: Mapping[str, str]) -> str:
@@ -34,6 +34,12 @@ class Command(BaseCommand):
             help="WebSocket URL (default: the local server's, from HOST and PORT in the environment "
             "or .env, as `make run` uses them: ws://127.0.0.1:8000/ws/broadcast/ when unset).",
         )
+        parser.add_argument(
+            "--token",
+            default=None,
+            help="A receiver token's secret (manage.py create_receiver_token): hear what its user "
+            "would. Default: BROADCAST_RECEIVER_TOKEN from the environment; without one, anonymous.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         url = options["url"] or local_server_url(os.environ)
@@ -46,9 +52,10 @@ class Command(BaseCommand):
             self.stderr.write(line)
             self.stderr.flush()
 
+        token = options["token"] or os.environ.get("BROADCAST_RECEIVER_TOKEN", "").strip() or None
         try:
-            asyncio.run(listen(url, out=out, status=status))
-        except ValueError as exc:
+            asyncio.run(listen(url, out=out, status=status, token=token))
+        except (ValueError, Refused) as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
             status("Stopped.")

@@ -1,0 +1,203 @@
+"""Audiences in-process: the written form, the existence check, memberships from Django's auth,
+the wire form without the audience, and the hub's per-audience index (properties over random
+receivers, memberships and changes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import Group, Permission, User
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broadcaster import audiences, protocol
+from broadcaster.fanout.hub import Hub
+from broadcaster.history import current
+from broadcaster.history.kept import Entry
+from broadcaster.identity import NOBODY
+
+pytestmark = pytest.mark.django_db
+
+
+def test_written_form_is_sorted_once_and_everyone_absorbs_the_rest():
+    """A string or a list; sorted, each once; `everyone` among them is everyone."""
+    assert audiences.parse(None) is protocol.AUDIENCE_EVERYONE
+    assert audiences.parse("group:ops") == ("group:ops",)
+    assert audiences.parse(["user:b", "staff", "user:b", "group:a b"]) == ("group:a b", "staff", "user:b")
+    assert audiences.parse(["group:ops", "everyone"]) is protocol.AUDIENCE_EVERYONE
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nobody", "Unknown audience 'nobody'; an audience is one of everyone, authenticated, staff, "
+                   "group:<value>, perm:<value>, user:<value>."),
+        ("team:x", "Unknown audience 'team:x'; an audience is one of everyone, authenticated, staff, "
+                   "group:<value>, perm:<value>, user:<value>."),
+        ("user:", "The audience 'user:' names no user (an empty or blank value)."),
+        ("group: ops", "The audience 'group: ops' names no group (an empty or blank value)."),
+        ([], "The audience must be a string or a non-empty list of strings; got []."),
+        (7, "The audience must be a string or a non-empty list of strings; got 7."),
+        (["staff", 3], "Each audience must be a string; got 3."),
+        (["staff"] * 101, "A broadcast may name at most 100 audiences; got 101."),
+        ("user:" + "x" * 300, "An audience may be at most 300 characters long."),
+    ],
+)  # fmt: skip
+def test_malformed_audiences_are_refused_saying_which(value, message):
+    """Each malformed audience gets a named error that says what is wrong."""
+    with pytest.raises(audiences.InvalidAudience) as refused:
+        audiences.parse(value)
+    assert str(refused.value) == message
+
+
+def test_an_audience_naming_what_does_not_exist_is_refused():
+    """A user, group or permission that does not exist is refused: nothing goes to nobody."""
+    User.objects.create_user("alice")
+    Group.objects.create(name="ops")
+    assert audiences.check(["user:alice", "group:ops", "perm:broadcaster.send_broadcast"]) == (
+        "group:ops", "perm:broadcaster.send_broadcast", "user:alice")  # fmt: skip
+    for value, message in [
+        (["user:alice", "user:zed", "user:amy"], "No user 'amy', 'zed' exists: nothing was sent."),
+        ("group:dev", "No group 'dev' exists: nothing was sent."),
+        ("perm:broadcaster.fly", "No permission 'broadcaster.fly' exists: nothing was sent."),
+        ("perm:nodot", "No permission 'nodot' exists: nothing was sent."),
+    ]:
+        with pytest.raises(audiences.InvalidAudience) as refused:
+            audiences.check(value)
+        assert str(refused.value) == message
+
+
+def tenant_of(user):
+    """A host's own kind (BROADCAST_AUDIENCE_KINDS): the tenants a user belongs to."""
+    return {"acme"} if user.username.startswith("a") else set()
+
+
+def test_memberships_follow_djangos_users_groups_and_permissions(settings):
+    """Everyone, authenticated, the user, staff, groups, permissions (direct, through a group,
+    all for a superuser), a host's own kind; an inactive user is anonymous."""
+    settings.BROADCAST_AUDIENCE_KINDS = {"tenant": "tests.test_audiences.tenant_of"}
+    send = Permission.objects.get(codename="send_broadcast")
+    view = Permission.objects.get(codename="view_group")
+    ops = Group.objects.create(name="ops")
+    ops.permissions.add(view)
+    alice = User.objects.create_user("alice", is_staff=True)
+    alice.groups.add(ops)
+    alice.user_permissions.add(send)
+    assert audiences.memberships(alice) == {
+        "everyone", "authenticated", "user:alice", "staff", "group:ops", "perm:auth.view_group",
+        "perm:broadcaster.send_broadcast", "tenant:acme",
+    }  # fmt: skip
+    bob = User.objects.create_user("bob")
+    assert audiences.memberships(bob) == {"everyone", "authenticated", "user:bob"}
+    root = User.objects.create_superuser("root")
+    assert {"perm:auth.view_group", "perm:broadcaster.send_broadcast"} <= audiences.memberships(root)
+    gone = User.objects.create_user("amy", is_active=False)
+    gone.groups.add(ops)
+    assert audiences.memberships(gone) == protocol.ANONYMOUS
+    assert audiences.parse("tenant:acme") == ("tenant:acme",)
+
+
+@given(
+    st.lists(st.text(min_size=1, max_size=12).filter(str.isprintable), min_size=1, max_size=4, unique=True)
+)
+def test_receivers_never_see_the_audience_field(names):
+    """The kept frame names its audience; the wire frame is the same frame without it, whatever
+    the names hold (quotes, brackets, the field's own spelling)."""
+    names = [f"group:{n.strip() or 'x'}" for n in names]
+    audience = tuple(sorted(set(names)))
+    kept = protocol.message_frame(seq=1, epoch="e", id="a" * 32, text='x ,"audience":["y"]', time="t",
+                                  audience=audience)  # fmt: skip
+    entry = Entry(seq=1, epoch="e", frame=kept)
+    assert entry.audience == audience
+    wire = json.loads(entry.wire)
+    assert "audience" not in wire
+    assert wire == {k: v for k, v in json.loads(kept).items() if k != "audience"}
+    assert protocol.entry_id(entry.wire) == "a" * 32
+
+
+class Fake:
+    """A receiver as the hub sees it, recording nothing: only its index matters here."""
+
+    def __init__(self, n: int, member_of: frozenset[str]) -> None:
+        self.channel_name = f"fake.{n}"
+        self.member_of = member_of
+        self.credential = None
+        self.identity = NOBODY
+
+    def write(self, *args: object) -> bool:
+        return True
+
+    def signed_out(self) -> None:
+        pass
+
+
+AUDIENCES = ["authenticated", "staff", "user:a", "user:b", "group:x", "group:y", "perm:p.q", "tenant:t"]
+memberships = st.frozensets(st.sampled_from(AUDIENCES)).map(lambda s: frozenset({"everyone", *s}))
+
+
+@settings(max_examples=200)
+@given(
+    start=st.lists(memberships, min_size=0, max_size=12),
+    changes=st.lists(st.tuples(st.integers(0, 11), st.one_of(st.none(), memberships)), max_size=20),
+    audience=st.lists(st.sampled_from(["everyone", *AUDIENCES]), min_size=1, max_size=3),
+)
+async def test_hub_reaches_exactly_the_members_through_joins_leaves_and_regroups(start, changes, audience):
+    """Whatever receivers join, leave and change memberships, a broadcast for an audience is
+    written to exactly the receivers whose memberships meet it, each once."""
+    hub = Hub()
+    fakes = [Fake(i, m) for i, m in enumerate(start)]
+    for f in fakes:
+        hub.add(f)
+    for i, change in changes:
+        if i >= len(fakes):
+            continue
+        if change is None:
+            hub.discard(fakes[i])
+        else:
+            hub.regroup(fakes[i], change)
+    parsed = protocol.AUDIENCE_EVERYONE if "everyone" in audience else tuple(sorted(set(audience)))
+    reached = hub.audience_receivers(parsed)
+    assert len(reached) == len(set(reached))
+    want = {f for f in fakes if f in hub.receivers and (parsed is protocol.AUDIENCE_EVERYONE
+                                                        or f.member_of & set(parsed))}  # fmt: skip
+    assert set(reached) == want
+    await hub.stop()
+
+
+kinds = st.sampled_from(["m", "m", "m", "r"])
+
+
+@given(
+    entries=st.lists(
+        st.tuples(kinds, st.sampled_from([("everyone",), ("group:x",), ("user:a",)])), max_size=10
+    ),
+    member_of=memberships,
+)
+def test_current_announcement_is_the_newest_for_the_receiver(entries, member_of):
+    """A new client's current announcement is the newest message for it (unless a later
+    retraction for it takes it back), with its later retractions: others do not exist for it."""
+    built = []
+    for seq, (kind, audience) in enumerate(entries, start=1):
+        aud = protocol.AUDIENCE_EVERYONE if audience == ("everyone",) else audience
+        if kind == "m":
+            frame = protocol.message_frame(
+                seq=seq, epoch="e", id=f"{seq:032x}", text="t", time="t", audience=aud
+            )
+        else:  # takes back the newest message before it with the same audience, if any
+            target = next((e for e in reversed(built) if e.kind == "message" and e.audience == aud), None)
+            if target is None:
+                continue
+            frame = protocol.retract_frame(seq=seq, epoch="e", id=target.id, time="t", audience=aud)
+        built.append(Entry(seq=seq, epoch="e", frame=frame))
+    mine = [e for e in built if protocol.for_member(e.audience, member_of)]
+    # The model: the newest message of mine, unless one of my later retractions takes it back.
+    newest = next((i for i in range(len(mine) - 1, -1, -1) if mine[i].kind == "message"), None)
+    if newest is None:
+        want = None
+    elif any(e.kind == "retract" and e.id == mine[newest].id for e in mine[newest:]):
+        want = []
+    else:
+        want = mine[newest:]
+    got = current.announcement(reversed(built), now=0.0, member_of=member_of)
+    assert got == want

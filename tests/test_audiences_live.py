@@ -1,0 +1,253 @@
+"""Audiences end to end: real users, groups, permissions, sessions and receiver tokens in the
+database two real daphne processes share; real WebSocket receivers on both; broadcasts through
+the API. Every receiver gets exactly what its audiences contain, live, on resume and as the
+current announcement; membership changes take effect within 5 s on both processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.support import Client, create_token, http_request, manage
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+# Permissions the worlds hand out (both exist after migrate).
+PERMS = ["broadcaster.send_broadcast", "auth.view_group"]
+
+# Makes the users, groups, permissions, a logged-in session per user (what login() stores) and
+# a receiver token for some; prints {username: {"session": key, "token": secret or null}}.
+WORLD = """
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import Group, Permission, User
+from django.contrib.sessions.backends.db import SessionStore
+from broadcaster.models import ReceiverToken
+spec = json.loads(SPEC)
+groups = {name: Group.objects.get_or_create(name=name)[0] for name in spec["groups"]}
+def perm(name):
+    app, code = name.split(".")
+    return Permission.objects.get(content_type__app_label=app, codename=code)
+for name, g in spec["group_perms"].items():
+    groups[name].permissions.set([perm(p) for p in g])
+out = {}
+for u in spec["users"]:
+    user = User(username=u["name"], is_staff=u["staff"], is_active=u["active"], is_superuser=u["superuser"])
+    user.set_unusable_password()  # (hashing a password is a third of a second each)
+    user.save()
+    user.groups.set([groups[g] for g in u["groups"]])
+    user.user_permissions.set([perm(p) for p in u["perms"]])
+    s = SessionStore()
+    s[SESSION_KEY] = str(user.pk)
+    s[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    secret = None
+    if u["token"]:
+        token = ReceiverToken(user=user)
+        secret = token.issue_secret()
+        token.save()
+    out[u["name"]] = {"session": s.session_key, "token": secret}
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class World:
+    """What the database holds, as the test models it (independently of the app's code)."""
+
+    prefix: str
+    users: list[dict[str, Any]]
+    groups: list[str]
+    group_perms: dict[str, list[str]]
+    credentials: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+    def memberships(self, name: str | None) -> set[str]:
+        """The audiences a receiver of user `name` (None: anonymous) belongs to."""
+        if name is None:
+            return {"everyone"}
+        u = next(u for u in self.users if u["name"] == name)
+        if not u["active"]:
+            return {"everyone"}
+        found = {"everyone", "authenticated", f"user:{name}"} | {f"group:{g}" for g in u["groups"]}
+        if u["staff"]:
+            found.add("staff")
+        perms = set(u["perms"]) | {p for g in u["groups"] for p in self.group_perms.get(g, [])}
+        if u["superuser"]:
+            perms = set(PERMS)
+        return found | {f"perm:{p}" for p in perms}
+
+    def audiences(self) -> list[str]:
+        return (["everyone", "authenticated", "staff"] + [f"user:{u['name']}" for u in self.users]
+                + [f"group:{g}" for g in self.groups] + [f"perm:{p}" for p in PERMS])  # fmt: skip
+
+
+@st.composite
+def worlds(draw: Any) -> World:
+    prefix = f"w{time.monotonic_ns() % 10**9}"
+    groups = [f"{prefix}-g{i}" for i in range(draw(st.integers(1, 3)))]
+    users = []
+    for i in range(draw(st.integers(2, 6))):
+        users.append({
+            "name": f"{prefix}-u{i}",
+            "staff": draw(st.booleans()),
+            "active": draw(st.integers(0, 3)) > 0,  # mostly active
+            "superuser": draw(st.integers(0, 5)) == 0,
+            "groups": draw(st.lists(st.sampled_from(groups), unique=True, max_size=len(groups))),
+            "perms": draw(st.lists(st.sampled_from(PERMS), unique=True, max_size=1)),
+            "token": draw(st.booleans()),
+        })  # fmt: skip
+    group_perms = {g: draw(st.lists(st.sampled_from(PERMS), unique=True, max_size=1)) for g in groups}
+    return World(prefix=prefix, users=users, groups=groups, group_perms=group_perms)
+
+
+def make_world(world: World, env: dict[str, str]) -> None:
+    spec = {"groups": world.groups, "group_perms": world.group_perms, "users": world.users}
+    done = manage(["shell", "-c", f"SPEC = {json.dumps(json.dumps(spec))}\n{WORLD}"], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    world.credentials = json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ids(client: Client) -> list[str]:
+    """Ids of the messages a client got, in order (a batch's one by one)."""
+    found = []
+    for f in client.frames:
+        if f["type"] == "message":
+            found.append(f["id"])
+        elif f["type"] == "batch":
+            found.extend(m["id"] for m in f["messages"])
+    return found
+
+
+async def post(port: int, token: str, text: str, audience: Any) -> dict[str, Any]:
+    body = json.dumps({"text": text, "audience": audience}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    answer = await http_request(port, "POST", "/api/broadcasts/", body=body, headers=headers)
+    assert answer.status == 201, answer.body
+    return answer.json()
+
+
+@dataclass
+class Receiver:
+    user: str | None
+    how: str  # "session", "token" or "anonymous"
+    client: Client
+
+
+def headers_for(world: World, user: str | None, how: str) -> dict[str, str]:
+    if user is None:
+        return {}
+    creds = world.credentials[user]
+    if how == "token":
+        return {"Authorization": f"Bearer {creds['token']}"}
+    return {"Cookie": f"sessionid={creds['session']}"}
+
+
+@pytest.fixture
+def two_servers(daphne, env_for, redis_url):
+    env = env_for(redis_url)
+    extra = {"BROADCAST_API_RATE_LIMIT": "100000"}
+    servers = [daphne(**extra), daphne(**extra)]
+    return servers, create_token("audiences", env=env), env
+
+
+# Each example builds a world through manage.py and connects up to 13 receivers (about 5 s);
+# a failure is reported as found, not shrunk (shrinking would rebuild worlds for minutes).
+@pytest.mark.timeout(400)
+@settings(max_examples=8, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(world=worlds(), data=st.data())
+async def test_every_receiver_gets_exactly_what_its_audiences_contain(two_servers, world, data):
+    """Random users, groups, permissions, sessions and tokens; receivers on two processes;
+    random audiences: live, on resume and as the current announcement, each receiver gets
+    the broadcasts whose audience contains it, nothing else, none twice."""
+    servers, token, env = two_servers
+    opened: list[Client] = []
+    try:
+        await _example(servers, token, env, world, data, opened)
+    finally:
+        # A failed example must not leave receivers for the next one to count.
+        for client in opened:
+            await client.close()
+
+
+async def _example(servers: list[Any], token: str, env: dict[str, str], world: World, data: Any,
+                   opened: list[Client]) -> None:  # fmt: skip
+    make_world(world, env)
+    # A new client's first frame is the current announcement: this makes it one for everyone.
+    start = (await post(servers[1].port, token, f"{world.prefix} start", "everyone"))["id"]
+    receivers: list[Receiver] = [Receiver(None, "anonymous", _track(opened, servers[0].ws))]
+    for u in world.users:
+        hows = ["session", "token"] if world.credentials[u["name"]]["token"] else ["session"]
+        for how in data.draw(st.lists(st.sampled_from(hows), min_size=0, max_size=2), label=u["name"]):
+            receivers.append(Receiver(u["name"], how, _track(opened, servers[len(receivers) % 2].ws)))
+    for r in receivers:
+        await r.client.connect(additional_headers=headers_for(world, r.user, r.how))
+    # Everyone connected (and counted) on both processes before anything is sent.
+    await asyncio.to_thread(servers[0].wait_for_clients, len(receivers))
+    universe = world.audiences()
+    audience_lists = data.draw(st.lists(st.lists(st.sampled_from(universe), min_size=1, max_size=3),
+                                        min_size=1, max_size=12), label="audiences")  # fmt: skip
+    sent = []
+    for i, audience in enumerate(audience_lists):
+        answer = await post(servers[i % 2].port, token, f"{world.prefix} #{i}", audience)
+        sent.append((answer["id"], set(audience)))
+    end = (await post(servers[0].port, token, f"{world.prefix} end", "everyone"))["id"]
+
+    def expected(r: Receiver) -> list[str]:
+        mine = world.memberships(r.user)
+        return [start] + [id for id, audience in sent if audience & mine] + [end]
+
+    for r in receivers:
+        await r.client.wait_for(lambda c: end in ids(c), timeout=20, what=f"the end marker at {r.user}")
+        assert ids(r.client) == expected(r), (r.user, r.how, sorted(world.memberships(r.user)))
+    # Resuming from before its first message, through the other process: the same again (history
+    # holds them all; what was not for it is left out).
+    for r in receivers:
+        await r.client.close()
+    for i, r in enumerate(receivers):
+        first = _first_message(r.client)
+        resumed = _track(
+            opened, servers[(i + 1) % 2].ws + f"?since={first['seq'] - 1}&epoch={first['epoch']}"
+        )
+        await resumed.connect(additional_headers=headers_for(world, r.user, r.how))
+        await resumed.wait_for(
+            lambda c: end in ids(c), timeout=20, what=f"the resumed end marker at {r.user}"
+        )
+        assert ids(resumed) == expected(r), (r.user, r.how)
+        await resumed.close()
+    # The current announcement for a new client: the newest broadcast that is for it.
+    last_audience = data.draw(st.lists(st.sampled_from(universe), min_size=1, max_size=2), label="last")
+    last = (await post(servers[1].port, token, f"{world.prefix} last", last_audience))["id"]
+    for i, r in enumerate(receivers):
+        fresh = _track(opened, servers[i % 2].ws)
+        await fresh.connect(additional_headers=headers_for(world, r.user, r.how))
+        member = bool(set(last_audience) & world.memberships(r.user))
+        want = last if member else end
+        await fresh.wait_for(lambda c, want=want: want in ids(c), timeout=20, what="the current announcement")
+        # A process that has not had `last` live yet answers from memory with `end`, then sends
+        # `last` live: both are for a member. A non-member is never sent `last`.
+        assert ids(fresh) in ([want], [end, want]) if member else ids(fresh) == [end], (r.user, last_audience)
+        await fresh.close()
+
+
+def _first_message(client: Client) -> dict[str, Any]:
+    for f in client.frames:
+        if f["type"] == "message":
+            return f
+        if f["type"] == "batch":
+            return f["messages"][0]
+    raise AssertionError("no message")
+
+
+def _track(opened: list[Client], url: str) -> Client:
+    client = Client(url)
+    opened.append(client)
+    return client
