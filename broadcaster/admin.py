@@ -39,7 +39,17 @@ class BroadcastRecordAdmin(admin.ModelAdmin):
     """The broadcast log: read-only, searchable, filterable by date, sender, status and level;
     it shows who retracted what, and when."""
 
-    list_display = ["sent_at", "sender", "status", "level", "audience", "clients", "seq", "text", "retraction"]
+    list_display = [
+        "sent_at",
+        "sender",
+        "status",
+        "level",
+        "audience",
+        "clients",
+        "seq",
+        "text",
+        "retraction",
+    ]
     list_filter = ["status", "level", "created", "sender"]
     search_fields = ["text", "sender"]
     date_hierarchy = "created"

@@ -693,3 +693,52 @@ class SentinelGroup:
             proc.wait(timeout=10)
         for server in self.servers.values():
             server.stop()
+
+
+class AdminSession:
+    """A user logged in through the admin's own login form, over plain HTTP (real cookies,
+    real CSRF): what a browser tab of that user sends on its WebSocket handshake."""
+
+    def __init__(self, base: str) -> None:
+        import http.cookiejar
+
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def _cookie(self, name: str) -> str:
+        return next(c.value for c in self.jar if c.name == name and c.value is not None)
+
+    def _form_token(self, path: str) -> str:
+        import re
+
+        with self.opener.open(self.base + path, timeout=10) as resp:
+            page = resp.read().decode()
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        return found.group(1) if found else self._cookie("csrftoken")
+
+    def log_in(self, username: str, password: str) -> AdminSession:
+        from urllib.parse import urlencode
+
+        form = {"csrfmiddlewaretoken": self._form_token("/admin/login/"), "username": username,
+                "password": password, "next": "/admin/"}  # fmt: skip
+        with self.opener.open(self.base + "/admin/login/", data=urlencode(form).encode(), timeout=10) as resp:
+            assert resp.url.endswith("/admin/"), f"the admin login of {username} failed (at {resp.url})"
+        return self
+
+    @property
+    def session_key(self) -> str:
+        return self._cookie("sessionid")
+
+    def headers(self) -> dict[str, str]:
+        """The handshake headers a browser tab of this session sends (its cookie, its origin)."""
+        return {"Cookie": f"sessionid={self.session_key}", "Origin": self.base}
+
+    def log_out(self) -> None:
+        from urllib.parse import urlencode
+
+        form = {"csrfmiddlewaretoken": self._form_token("/admin/")}
+        with self.opener.open(
+            self.base + "/admin/logout/", data=urlencode(form).encode(), timeout=10
+        ) as resp:
+            assert resp.status == 200

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Client, create_token, http_request, manage
+from tests.support import AdminSession, Client, create_token, http_request, manage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -251,3 +251,84 @@ def _track(opened: list[Client], url: str) -> Client:
     client = Client(url)
     opened.append(client)
     return client
+
+
+CHANGE = """
+import time
+from django.contrib.auth.models import Group, User
+user = User.objects.get(username=NAME)
+group = Group.objects.get(name=GROUP)
+getattr(user.groups, ACTION)(group)
+print(time.time())
+"""
+
+
+def change_membership(env: dict[str, str], name: str, group: str, action: str) -> float:
+    """`user.groups.add/remove(group)` through the ORM in another process; when it committed."""
+    code = f"NAME, GROUP, ACTION = {name!r}, {group!r}, {action!r}\n{CHANGE}"
+    done = manage(["shell", "-c", code], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+async def took_effect(servers: list[Any], token: str, clients: list[Client], audience: str, *,
+                      reached: list[bool], since: float) -> float:  # fmt: skip
+    """Send probes for `audience`, each followed by a marker for everyone, until each client gets
+    the probe exactly when `reached` says; return how long after `since` that was. Every probe
+    after it must hold too."""
+    deadline = since + 10
+    settled_at = None
+    checks_after = 0
+    n = 0
+    while checks_after < 2:
+        assert time.time() < deadline, "the change did not take effect within 10 s"
+        n += 1
+        probe = (await post(servers[n % 2].port, token, f"probe {n}", audience))["id"]
+        marker = (await post(servers[(n + 1) % 2].port, token, f"marker {n}", "everyone"))["id"]
+        for c in clients:
+            await c.wait_for(lambda c, m=marker: m in ids(c), timeout=10, what="a marker")
+        got = [probe in ids(c) for c in clients]
+        if settled_at is None and got == reached:
+            settled_at = time.time()
+        elif settled_at is not None:
+            assert got == reached, f"probe {n} after the change took effect: {got}"
+            checks_after += 1
+    return settled_at - since
+
+
+async def test_group_removal_and_logout_take_effect_within_5_s_on_both_processes(two_servers):
+    """A user logged in through the admin form twice, with tabs on two processes: removed from
+    a group, no tab gets that group's broadcasts within 5 s; added back, they do again; after
+    a logout, that session's tabs (on both processes) hear only what is for everyone, while the
+    other session's tab goes on hearing what is for the user."""
+    servers, token, env = two_servers
+    setup = ("from django.contrib.auth.models import Group, User\n"
+             "u = User.objects.create_user('ch-ann', password='pw-ann-1', is_staff=True)\n"
+             "u.groups.add(Group.objects.create(name='ch-ops'))")  # fmt: skip
+    done = manage(["shell", "-c", setup], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first = await asyncio.to_thread(lambda: AdminSession(servers[0].http).log_in("ch-ann", "pw-ann-1"))
+    second = await asyncio.to_thread(lambda: AdminSession(servers[1].http).log_in("ch-ann", "pw-ann-1"))
+    tabs = [Client(servers[0].ws), Client(servers[1].ws), Client(servers[1].ws)]
+    for tab, session in zip(tabs, [first, first, second], strict=True):
+        await tab.connect(additional_headers=session.headers())
+    try:
+        await asyncio.to_thread(servers[0].wait_for_clients, 3)
+        await took_effect(servers, token, tabs, "group:ch-ops", reached=[True] * 3, since=time.time())
+        removed = change_membership(env, "ch-ann", "ch-ops", "remove")
+        took = await took_effect(servers, token, tabs, "group:ch-ops", reached=[False] * 3, since=removed)
+        print(f"group removal took effect after {took:.2f} s")
+        assert took <= 5
+        added = change_membership(env, "ch-ann", "ch-ops", "add")
+        took = await took_effect(servers, token, tabs, "group:ch-ops", reached=[True] * 3, since=added)
+        print(f"group addition took effect after {took:.2f} s")
+        assert took <= 5
+        logged_out = time.time()
+        await asyncio.to_thread(first.log_out)
+        took = await took_effect(servers, token, tabs, "user:ch-ann", reached=[False, False, True],
+                                 since=logged_out)  # fmt: skip
+        print(f"logout took effect after {took:.2f} s")
+        assert took <= 5
+    finally:
+        for tab in tabs:
+            await tab.close()

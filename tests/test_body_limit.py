@@ -101,6 +101,7 @@ def test_chunked_body_is_refused_once_it_passes_the_limit(server):
     sock.close()
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 def test_client_that_sends_everything_first_gets_the_answer_and_nothing_is_stored(server, tmp_path):
     """A client that sends its whole 200 MB body before reading (as http.client does) still gets
     the 413, not a reset; daphne neither keeps the body in memory nor writes it to disk."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from broadcaster.backend import redis_client
 from broadcaster.history.kept import group_history
 from broadcaster.history.resume import ResumePoint, catch_up
@@ -25,6 +27,7 @@ async def _fill(n: int, size: int) -> list[str]:
     return texts
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_fifty_new_visitors_to_a_fresh_process_read_only_the_newest(daphne):
     """1,000 x 2 KB kept; 50 visitors at once to a fresh process: all accepted, each gets just the
     newest message, and the process's memory barely moves."""
@@ -43,6 +46,7 @@ async def test_fifty_new_visitors_to_a_fresh_process_read_only_the_newest(daphne
     await asyncio.gather(*(c.close() for c in clients))
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_fifty_stalled_catch_ups_hold_bounded_memory(daphne):
     """50 clients resume 1,000 x 4 KB with ?since=0 and never read: the server holds at most about
     the slow-consumer bound for each, not the whole catch-up."""

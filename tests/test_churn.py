@@ -7,6 +7,8 @@ import asyncio
 import base64
 import os
 
+import pytest
+
 ROUNDS, PER_ROUND, AT_ONCE = 10, 2000, 200
 MB = 2**20
 
@@ -35,6 +37,7 @@ async def _round(port: int) -> None:
     await asyncio.gather(*(one() for _ in range(PER_ROUND)))
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_ten_rounds_of_connect_close_end_within_20_percent_of_round_one(daphne):
     """RSS after 10 rounds of 2,000 connect/close cycles is within 20% of RSS after round one."""
     server = daphne()

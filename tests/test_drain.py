@@ -27,6 +27,7 @@ def ready(port: int) -> tuple[int, dict[str, str]]:
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_sigterm_drains_receivers_with_1012_spread_over_the_drain_time(daphne):
     """Readiness turns 503 at once, new receivers are refused with 1012, the process's clients
     leave the global count at once, its receivers are closed with 1012 spread over

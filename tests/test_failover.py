@@ -31,6 +31,7 @@ def sentinel_group(tmp_path):
     group.stop()
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_master_killed_mid_stream_loses_no_acknowledged_broadcast(sentinel_group, tmp_path):
     env = base_env("", tmp_path / "var", **sentinel_group.env, BROADCAST_MIN_REPLICAS="1",
                    BROADCAST_API_RATE_LIMIT="100000")  # fmt: skip

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
 import websockets
 
@@ -83,6 +84,7 @@ def summed(servers: list[Daphne], name: str) -> float:
     return sum(scrape(server.http)[1].get(name, 0.0) for server in servers)
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_reach_counts_delivered_and_seen_exactly_in_few_commands(daphne, env_for, redis_url):
     servers = [daphne(), daphne()]
     secret = await asyncio.to_thread(create_token, f"reach-{uuid.uuid4().hex[:8]}", env=env_for(redis_url))

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 import websockets
 
 from tests.support import ROOT, Client, manage
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_200_clients_count_broadcast_once_and_disconnects(daphne, env_for, redis_url):
     """200 clients are counted, a piped line reaches each exactly once, 50 leave and the count drops."""
     server = daphne()
@@ -51,6 +53,7 @@ async def test_200_clients_count_broadcast_once_and_disconnects(daphne, env_for,
     r.close()
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_two_processes_global_count_and_sigkill_heals(daphne, env_for, redis_url):
     """The count spans processes; after SIGKILL of one, it falls to the survivors' within 30 s."""
     a, b = daphne(), daphne()

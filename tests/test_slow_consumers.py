@@ -10,6 +10,8 @@ import ssl
 import struct
 import time
 
+import pytest
+
 from tests.support import Client, manage, raw_receiver, self_signed_certificate
 
 
@@ -79,6 +81,7 @@ async def test_slow_reader_gets_the_4408_close_after_what_was_queued(daphne, env
     assert texts == lines[: len(texts)] and texts  # a prefix, in order, nothing corrupted
 
 
+@pytest.mark.serial  # measures time or memory: runs alone
 async def test_slow_consumers_behind_tls_are_bounded_and_closed(daphne, env_for, redis_url, tmp_path):
     """daphne terminating TLS (no direct writes): 20 stalled clients cost bounded memory and are
     closed as slow consumers; a healthy client gets everything; the slower path is logged once."""
