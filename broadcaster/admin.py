@@ -44,7 +44,6 @@ class BroadcastRecordAdmin(admin.ModelAdmin):
         "sender",
         "status",
         "level",
-        "audience",
         "clients",
         "seq",
         "text",

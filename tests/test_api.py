@@ -42,7 +42,8 @@ async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
     response = await post({"text": "from billing"}, secret=secret)
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "seq", "time", "clients", "level", "expires"}
+    assert set(body) == {"id", "seq", "time", "clients", "level", "expires", "audience"}
+    assert body["audience"] == ["everyone"]
     assert (body["seq"], body["clients"]) == (1, 0)
     assert sub.texts(1) == ["from billing"]
     record = await BroadcastRecord.objects.aget(seq=1)
@@ -221,3 +222,28 @@ async def test_a_revoked_name_can_be_reused_and_only_the_new_secret_works(secret
     assert (await post({"text": "old"}, secret=secret)).status_code == 403
     assert (await post({"text": "new"}, secret=new_secret)).status_code == 201
     assert await PublishToken.objects.filter(name="billing").acount() == 2
+
+
+async def test_audience_is_checked_named_in_the_answer_and_the_log(secret, redis_url):
+    """A bad audience is a 400 saying which, and nothing is sent or numbered; a good one with
+    nobody connected is sent (kept for when they connect) and says 0 clients."""
+    from django.contrib.auth.models import Group
+
+    await Group.objects.acreate(name="ops")
+    for audience, error in [
+        ("group:dev", "No group 'dev' exists: nothing was sent."),
+        (["group:ops", "user:nobody"], "No user 'nobody' exists: nothing was sent."),
+        ("ops", "Unknown audience 'ops'; an audience is one of everyone, authenticated, staff, "
+                "group:<value>, perm:<value>, user:<value>."),
+        ({"group": "ops"},
+         "The audience must be a string or a non-empty list of strings; got {'group': 'ops'}."),
+    ]:  # fmt: skip
+        response = await post({"text": "hi", "audience": audience}, secret=secret)
+        assert (response.status_code, response.json()) == (400, {"error": error})
+    assert await BroadcastRecord.objects.acount() == 0
+    response = await post({"text": "to ops", "audience": ["staff", "group:ops", "staff"]}, secret=secret)
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["seq"], body["clients"], body["audience"]) == (1, 0, ["group:ops", "staff"])
+    record = await BroadcastRecord.objects.aget(seq=1)
+    assert record.audience == ["group:ops", "staff"]

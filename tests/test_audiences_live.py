@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +156,7 @@ def two_servers(daphne, env_for, redis_url):
     env = env_for(redis_url)
     extra = {"BROADCAST_API_RATE_LIMIT": "100000"}
     servers = [daphne(**extra), daphne(**extra)]
-    return servers, create_token("audiences", env=env), env
+    return servers, create_token(f"audiences-{uuid.uuid4().hex[:8]}", env=env), env
 
 
 # Each example builds a world through manage.py and connects up to 13 receivers (about 5 s);

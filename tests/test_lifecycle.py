@@ -199,8 +199,9 @@ async def test_api_levels_report_and_retraction(daphne, env_for, redis_url):
     assert sender.startswith("api:ops-")
     assert seconds(report.pop("retracted")) <= time.time()
     assert report == {"id": sent["id"], "seq": 1, "time": sent["time"], "sender": sender,
-                      "text": "Disk 91% full", "level": "warning", "expires": sent["expires"], "clients": 1,
-                      "delivered": 1, "seen": 0}  # fmt: skip
+                      "text": "Disk 91% full", "level": "warning", "audience": ["everyone"],
+                      "expires": sent["expires"],
+                      "clients": 1, "delivered": 1, "seen": 0}  # fmt: skip
     resumed = await Client(f"{server.ws}?since=0&epoch={numbered(live)[0]['epoch']}").connect()
     await resumed.wait_for(lambda c: len(numbered(c)) == 2, timeout=15, what="the catch-up")
     assert [f["type"] for f in numbered(resumed)] == ["message", "retract"]

@@ -32,15 +32,17 @@ from django.urls import reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from broadcaster import reach
+from broadcaster import protocol, reach
 from broadcaster.backend import redis_client
 from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
 from broadcaster.protocol import LEVEL_INFO, LEVELS
 from broadcaster.sending.publish import (
     BrokerUnavailable,
+    InvalidAudience,
     PublishError,
     UnknownBroadcast,
+    check_audience,
     publish,
     retract,
     retractable_record,
@@ -67,10 +69,18 @@ async def _staff(request: HttpRequest) -> Any | None:
     return user if user.is_active and user.is_staff else None
 
 
-async def _clients() -> tuple[int | None, str]:
-    """The global client count and "ok", or None and why Redis did not answer."""
+def audience_field(typed: str) -> list[str] | None:
+    """The form's audience field: audiences separated by commas (a group's name may hold
+    spaces); blank is everyone (None)."""
+    names = [name.strip() for name in typed.split(",") if name.strip()]
+    return names or None
+
+
+async def _clients(audience: tuple[str, ...] = protocol.AUDIENCE_EVERYONE) -> tuple[int | None, str]:
+    """The client count of `audience` (everyone: the global count) and "ok", or None and why
+    Redis did not answer."""
     try:
-        return await group_presence(redis_client.shared_client()).total(), "ok"
+        return await group_presence(redis_client.shared_client()).audience_total(audience), "ok"
     except (RedisError, OSError) as exc:
         logger.debug("Count unavailable: Redis at %s: %s", redis_client.display_url(), exc)
         return None, "Redis unreachable"
@@ -137,7 +147,16 @@ async def operator_status(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "Staff only: log in to the admin."}, status=403)
     clients, redis = await _clients()
     recent = [_row(record, reached) for record, reached in await _recent()]
-    return JsonResponse({"clients": clients, "redis": redis, "recent": recent})
+    answer: dict[str, Any] = {"clients": clients, "redis": redis, "recent": recent}
+    typed = audience_field(request.GET.get("audience", ""))
+    if typed is not None:
+        # The send form's audience as typed: how many it reaches now, or why it cannot be sent to.
+        try:
+            answer["audience_clients"], _ = await _clients(await check_audience(typed))
+            answer["audience_error"] = None
+        except InvalidAudience as exc:
+            answer["audience_clients"], answer["audience_error"] = None, str(exc)
+    return JsonResponse(answer)
 
 
 async def operator_page(request: HttpRequest) -> HttpResponse:
@@ -156,11 +175,14 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
     # Browsers send a textarea's line breaks as CRLF; receivers and the limit count LF.
     text = request.POST.get("text", "").replace("\r\n", "\n")
     form = Form(
-        level=request.POST.get("level", LEVEL_INFO), expires_in=request.POST.get("expires_in", "").strip()
+        level=request.POST.get("level", LEVEL_INFO),
+        expires_in=request.POST.get("expires_in", "").strip(),
+        audience=request.POST.get("audience", "").strip(),
     )
     try:
         validate(text)
         level, expires_in = validate_options(level=form.level, expires_in=_seconds(form.expires_in))
+        audience = await check_audience(audience_field(form.audience))
     except PublishError as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=400, form=form)
     send_id = request.POST.get("send_id", "")
@@ -173,7 +195,7 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         earlier = await _same_text_sent_lately(user.get_username(), text)
         if earlier is not None:
             return await _page(request, can_send=True, text=text, repeat_of=earlier, status=409, form=form)
-    count = await _clients()
+    count = await _clients(audience)
     clients = count[0]
     threshold: int = settings.BROADCAST_CONFIRM_ABOVE
     if clients is not None and clients > threshold and request.POST.get("confirmed") != "yes":
@@ -183,11 +205,15 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
     if not await _first_send(send_id):
         return _told_sent_already(request)
     try:
-        sent = await publish(text=text, sender=user.get_username(), level=level, expires_in=expires_in)
+        sent = await publish(text=text, sender=user.get_username(), level=level, expires_in=expires_in,
+                             audience=audience)  # fmt: skip
     except BrokerUnavailable as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=503, form=form)
+    except InvalidAudience as exc:  # (deleted since the check above)
+        return await _page(request, can_send=True, text=text, error=str(exc), status=400, form=form)
     noun = "client" if sent.clients == 1 else "clients"
-    messages.success(request, f"Sent to {sent.clients} {noun} (broadcast #{sent.seq}).")
+    to = "" if sent.audience == protocol.AUDIENCE_EVERYONE else f" of {', '.join(sent.audience)}"
+    messages.success(request, f"Sent to {sent.clients} {noun}{to} (broadcast #{sent.seq}).")
     return HttpResponseRedirect(reverse("broadcaster:operator"), status=303)
 
 
@@ -229,6 +255,7 @@ class Form:
 
     level: str = LEVEL_INFO
     expires_in: str = ""
+    audience: str = ""
 
 
 def _seconds(typed: str) -> float | str | None:

@@ -117,6 +117,12 @@
     connection = new window.BroadcastConnection(host.dataset.receiverPath, {
       message: show,
       retract: function (frame) { withdraw(frame.id); },
+      // Only signed-in users may listen here: say so, in place of an announcement.
+      refused: function (why) {
+        host.dataset.state = "refused";
+        fill("", why);
+        setVisible(true);
+      },
     });
     connection.connect();
   }

@@ -9,6 +9,9 @@
   var BACKOFF_FIRST_MS = 500;
   var BACKOFF_MAX_MS = 30000;
   var RESTART = 1012;
+  // BROADCAST_RECEIVERS = "authenticated" and this tab is not signed in (or no longer is):
+  // retrying as it is cannot help.
+  var UNAUTHENTICATED = 4401;
   var RESTART_JITTER_MS = 1000;
   // setTimeout takes at most 2^31 - 1 ms; a later expiry is waited for in steps.
   var LONGEST_TIMER_MS = 0x7fffffff;
@@ -137,6 +140,13 @@
   };
 
   BroadcastConnection.prototype.scheduleRetry = function (code) {
+    if (code === UNAUTHENTICATED) {
+      // No timer: it waits for retryNow() (the Retry button, the tab shown again after the
+      // person signed in elsewhere).
+      this.retryTimer = -1;
+      this.call("refused", "Sign in to receive broadcasts.");
+      return;
+    }
     // 1012: the server is restarting (draining); another one takes the tab at once. The
     // server spreads these closes out; the jitter spreads them a little more.
     var wait = code === RESTART ? Math.random() * RESTART_JITTER_MS : this.delayMs();

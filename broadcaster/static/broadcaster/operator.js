@@ -14,6 +14,10 @@
   var tbody = document.querySelector("#recent tbody");
   var form = document.getElementById("send-form");
   var clients = count.textContent.trim() === "–" ? null : Number(count.textContent);
+  // The send form's audience, and how many connected clients it reaches (null: not known yet).
+  var audienceInput = form ? form.elements.audience : null;
+  var audienceCount = document.getElementById("audience-count");
+  var reached = null;
 
   // The server counts characters (code points), not UTF-16 units as textarea.maxLength would.
   function length(text) { return Array.from(text).length; }
@@ -35,8 +39,10 @@
       // One click, one broadcast (the server also refuses a second post of the same form).
       if (sending) { event.preventDefault(); return; }
       var confirmed = event.submitter && event.submitter.name === "confirmed";
-      if (!confirmed && clients !== null && clients > confirmAbove) {
-        if (!window.confirm("Send this message to " + clients + (clients === 1 ? " client?" : " clients?"))) {
+      var targeted = audienceInput && audienceInput.value.trim() !== "";
+      var n = targeted ? reached : clients;
+      if (!confirmed && n !== null && n > confirmAbove) {
+        if (!window.confirm("Send this message to " + n + (n === 1 ? " client?" : " clients?"))) {
           event.preventDefault();
           return;
         }
@@ -104,6 +110,7 @@
       cell(row, "time", "").appendChild(time);
       cell(row, "sender", r.sender);
       cell(row, "level", r.level);
+      cell(row, "audience", r.audience.join(", "));
       cell(row, "clients", number(r.clients));
       cell(row, "delivered", number(r.delivered));
       cell(row, "seen", number(r.seen));
@@ -142,8 +149,38 @@
     form.elements.confirmed.value = "yes";
   });
 
+  function showReached(status) {
+    if (!audienceCount) return;
+    if (!("audience_clients" in status)) {
+      reached = null;
+      audienceCount.textContent = "";
+      return;
+    }
+    reached = status.audience_clients;
+    audienceCount.textContent = status.audience_error ? status.audience_error
+      : (reached === null ? "" : "reaches " + reached + (reached === 1 ? " client now" : " clients now"));
+  }
+
+  function statusFor() {
+    var typed = audienceInput ? audienceInput.value.trim() : "";
+    return typed ? statusUrl + "?audience=" + encodeURIComponent(typed) : statusUrl;
+  }
+
+  if (audienceInput) {
+    var typing = null;
+    audienceInput.addEventListener("input", function () {
+      clearTimeout(typing);
+      typing = setTimeout(function () {
+        fetch(statusFor(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+          .then(function (response) { return response.ok ? response.json() : null; })
+          .then(function (status) { if (status) showReached(status); })
+          .catch(function () { /* the next refresh says what is wrong */ });
+      }, 300);
+    });
+  }
+
   function refresh() {
-    fetch(statusUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+    fetch(statusFor(), { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         // Logged out or no longer staff: reloading leads to the login page.
         if (response.status === 403) { location.reload(); return null; }
@@ -156,6 +193,7 @@
         redis.hidden = status.redis === "ok";
         redis.textContent = status.redis === "ok" ? "" : status.redis;
         showRecent(status.recent);
+        showReached(status);
       })
       .catch(function () {
         redis.hidden = false;

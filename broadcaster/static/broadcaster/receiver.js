@@ -111,6 +111,12 @@
       count.removeAttribute("title");
       setState("open", "connected");
     },
+    refused: function (why) {
+      clearInterval(ticker);
+      ticker = null;
+      setState("refused", why);
+      retry.hidden = false;
+    },
     closed: function (at, attempt) {
       count.classList.add("stale");
       count.title = "as of the last connection";
