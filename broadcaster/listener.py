@@ -168,7 +168,10 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
                 reason = f"closed by the server (code {exc.rcvd.code}{said})"
                 if exc.rcvd.code == int(protocol.CloseCode.UNAUTHENTICATED):
                     hint = "the token is unknown or revoked" if token else "pass a receiver token (--token)"
-                    raise Refused(f"The server refused this receiver ({reason}): {hint}.") from None
+                    raise Refused(
+                        f"The server refused this receiver (close code 4401: it takes only "
+                        f"signed-in receivers): {hint}."
+                    ) from None
                 if exc.rcvd.code == SERVICE_RESTART:
                     # The server is draining: another one takes this client at once. The
                     # server spreads these closes out; the jitter spreads them a little more.

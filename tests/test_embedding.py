@@ -322,7 +322,7 @@ def test_host_commands_and_api_work_unchanged(served: HostServer) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             assert (response.status, sorted(json.loads(response.read()))) == (
                 201,
-                ["clients", "expires", "id", "level", "seq", "time"],
+                ["audience", "clients", "expires", "id", "level", "seq", "time"],
             )
         lines.wait_for(lambda line: line.endswith("From the host's API"), timeout=15, what="the broadcast")
     finally:

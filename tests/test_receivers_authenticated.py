@@ -1,0 +1,91 @@
+"""BROADCAST_RECEIVERS=authenticated: anonymous receivers and unknown tokens are refused with
+4401 and a clear error, a revoked token's open connection is closed with 4401 within 5 s, and
+`manage.py listen` says what to do instead of retrying for ever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+
+from tests.support import ROOT, Client, manage
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+ERROR = {"type": "error", "code": 4401, "reason": "sign in to receive broadcasts"}
+
+
+async def refused(url: str, headers: dict[str, str] | None = None) -> tuple[list[dict[str, object]], int]:
+    """What the server sends a receiver it refuses: its frames and the close code."""
+    frames = []
+    async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
+        try:
+            async for raw in ws:
+                frames.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+    assert ws.close_code is not None
+    return frames, ws.close_code
+
+
+def receiver_token(env: dict[str, str], username: str) -> str:
+    create = f"from django.contrib.auth.models import User; User.objects.create_user({username!r})"
+    done = manage(["shell", "-c", create], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    done = manage(["create_receiver_token", username], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.splitlines()[0]
+        == f"Receiver token for {username!r} created. Its secret, shown this once:"
+    )
+    return done.stdout.splitlines()[1].strip()
+
+
+async def test_only_authenticated_receivers_are_taken_and_a_revoked_token_is_closed(
+    daphne, env_for, redis_url
+):
+    """No credential, an unknown token, a made-up session: 4401 after an error frame saying
+    why. A valid receiver token is taken; revoked in another process, its connection is closed
+    with 4401 within 5 s."""
+    env = env_for(redis_url)
+    server = daphne(BROADCAST_RECEIVERS="authenticated")
+    secret = receiver_token(env, "svc-reports")
+    assert await refused(server.ws) == ([ERROR], 4401)
+    assert await refused(server.ws, {"Authorization": "Bearer rcv_nonsense"}) == ([ERROR], 4401)
+    assert await refused(server.ws, {"Cookie": "sessionid=notasession"}) == ([ERROR], 4401)
+    taken = await Client(server.ws).connect(additional_headers={"Authorization": f"Bearer {secret}"})
+    try:
+        await asyncio.to_thread(server.wait_for_clients, 1)
+        revoke = ("import time\nfrom django.utils import timezone\n"
+                  "from broadcaster.models import ReceiverToken\n"
+                  "t = ReceiverToken.objects.get(user__username='svc-reports'); t.revoked = timezone.now(); "
+                  "t.save(); print(time.time())")  # fmt: skip
+        done = manage(["shell", "-c", revoke], env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        revoked_at = float(done.stdout.strip().splitlines()[-1])
+        assert taken.task is not None
+        await asyncio.wait_for(asyncio.shield(taken.task), 10)  # the reader ends with the connection
+        took = time.time() - revoked_at
+        print(f"revoked token closed after {took:.2f} s")
+        assert took <= 5
+        assert taken.ws.close_code == 4401
+        assert taken.frames[-1] == ERROR
+    finally:
+        await taken.close()
+
+
+def test_listen_without_a_token_says_what_to_do(daphne, env_for, redis_url):
+    """`manage.py listen` refused with 4401 exits 1 with one line naming --token."""
+    server = daphne(BROADCAST_RECEIVERS="authenticated")
+    done = subprocess.run([sys.executable, "manage.py", "listen", server.ws], cwd=ROOT,
+                          env=env_for(redis_url), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "CommandError: The server refused this receiver (close code 4401: it takes only signed-in "
+        "receivers): pass a receiver token (--token)."
+    )
