@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test test-fast lint format bench bench-drain bench-memory stop-redis clean
+.PHONY: run serve test test-fast lint format bench bench-drain bench-audiences bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench: $(VENV)/.installed-bench
 ## bench-drain: WORKERS=2 with 5,000 receivers: reconnects per 100 ms in a drain and after a kill -9
 bench-drain: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.drain $(BENCH_ARGS) --json bench/results/drain.json
+
+## bench-audiences: what targeting costs the fan-out: everyone, a group, one user (5,000 receivers, in-process)
+bench-audiences: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.audiences $(BENCH_ARGS)
 
 ## bench-memory: where a receiver connection's memory goes (tracemalloc, per allocation site)
 bench-memory: $(VENV)/.installed-dev

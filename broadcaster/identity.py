@@ -114,11 +114,30 @@ def _token_user(secret: str) -> Any:
     return token.user
 
 
+def alive(session_keys: list[str], token_secrets: list[str]) -> set[str]:
+    """Which of these session keys and receiver token secrets still hold (database reads:
+    call through a thread)."""
+    return sessions_alive(session_keys) | tokens_alive(token_secrets)
+
+
+def tokens_alive(secrets: list[str]) -> set[str]:
+    """Which of these receiver token secrets name an unrevoked token (one query)."""
+    if not secrets:
+        return set()
+    from broadcaster.models import ReceiverToken, hash_secret
+
+    by_hash = {hash_secret(s): s for s in secrets}
+    active = ReceiverToken.objects.filter(secret_hash__in=list(by_hash), revoked__isnull=True)
+    return {by_hash[h] for h in active.values_list("secret_hash", flat=True)}
+
+
 def sessions_alive(session_keys: list[str]) -> set[str]:
     """Which of these session keys still name a live session (database or cache reads: call
     through a thread). With the database backends, one query for all of them."""
     from importlib import import_module
 
+    if not session_keys:
+        return set()
     engine = settings.SESSION_ENGINE
     if engine in ("django.contrib.sessions.backends.db", "django.contrib.sessions.backends.cached_db"):
         from django.contrib.sessions.models import Session

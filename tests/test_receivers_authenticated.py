@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 import websockets
@@ -46,26 +47,30 @@ def receiver_token(env: dict[str, str], username: str) -> str:
     return done.stdout.splitlines()[1].strip()
 
 
+@pytest.mark.parametrize(
+    "revoke", ["t.save()", "ReceiverToken.objects.filter(pk=t.pk).update(revoked=t.revoked)"]
+)
 async def test_only_authenticated_receivers_are_taken_and_a_revoked_token_is_closed(
-    daphne, env_for, redis_url
+    revoke, daphne, env_for, redis_url
 ):
     """No credential, an unknown token, a made-up session: 4401 after an error frame saying
-    why. A valid receiver token is taken; revoked in another process, its connection is closed
-    with 4401 within 5 s."""
+    why. A valid receiver token is taken; revoked in another process (saved, or by a queryset
+    update, which sends no signal), its connection is closed with 4401 within 5 s."""
     env = env_for(redis_url)
     server = daphne(BROADCAST_RECEIVERS="authenticated")
-    secret = receiver_token(env, "svc-reports")
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    secret = receiver_token(env, name)
     assert await refused(server.ws) == ([ERROR], 4401)
     assert await refused(server.ws, {"Authorization": "Bearer rcv_nonsense"}) == ([ERROR], 4401)
     assert await refused(server.ws, {"Cookie": "sessionid=notasession"}) == ([ERROR], 4401)
     taken = await Client(server.ws).connect(additional_headers={"Authorization": f"Bearer {secret}"})
     try:
         await asyncio.to_thread(server.wait_for_clients, 1)
-        revoke = ("import time\nfrom django.utils import timezone\n"
+        code = ("import time\nfrom django.utils import timezone\n"
                   "from broadcaster.models import ReceiverToken\n"
-                  "t = ReceiverToken.objects.get(user__username='svc-reports'); t.revoked = timezone.now(); "
-                  "t.save(); print(time.time())")  # fmt: skip
-        done = manage(["shell", "-c", revoke], env=env, timeout=60)
+                  f"t = ReceiverToken.objects.get(user__username={name!r}); t.revoked = timezone.now(); "
+                  f"{revoke}; print(time.time())")  # fmt: skip
+        done = manage(["shell", "-c", code], env=env, timeout=60)
         assert done.returncode == 0, done.stderr
         revoked_at = float(done.stdout.strip().splitlines()[-1])
         assert taken.task is not None

@@ -6,8 +6,9 @@ heartbeats (BROADCAST_COUNT_INTERVAL, 1 s by default):
 
 - announced changes (broadcaster/changes.py: users, groups, permissions, tokens, logouts),
   read by every process at each heartbeat;
-- a sweep, every SWEEP_INTERVAL, of the sessions its receivers came with: one that expired or
-  was deleted without a signal (`clearsessions`, a cache that evicted it) is found there.
+- a sweep, every SWEEP_INTERVAL, of the sessions and receiver tokens its receivers came with:
+  a session that expired or was deleted without a signal (`clearsessions`, a cache that evicted
+  it), a token revoked by a queryset update, is found there.
 
 A credential that no longer gives a user makes its receivers anonymous (they hear `everyone`
 only) or, under BROADCAST_RECEIVERS = "authenticated", closes them with 4401.
@@ -129,22 +130,24 @@ class Members:
                     keys.update(self._by_user.get(user, ()))
         if now - self._swept_at >= SWEEP_INTERVAL:
             self._swept_at = now
-            keys.update(await self._dead_sessions())
+            keys.update(await self._dead_credentials())
         if keys:
             await self.refresh(keys)
 
-    async def _dead_sessions(self) -> set[str]:
-        sessions = {
-            found.secret: key for key, found in self._credentials.items() if found.kind == identity.SESSION
-        }
-        if not sessions:
+    async def _dead_credentials(self) -> set[str]:
+        """The credentials of this process's receivers that no longer hold: sessions expired or
+        deleted, receiver tokens revoked or deleted (also by a queryset update, which sends no
+        signal). One query each for all of them (database session backends)."""
+        sessions = {f.secret: key for key, f in self._credentials.items() if f.kind == identity.SESSION}
+        tokens = {f.secret: key for key, f in self._credentials.items() if f.kind == identity.TOKEN}
+        if not sessions and not tokens:
             return set()
         try:
-            alive = await database_sync_to_async(identity.sessions_alive)(list(sessions))
+            alive = await database_sync_to_async(identity.alive)(list(sessions), list(tokens))
         except DatabaseError as exc:
-            logger.warning("Could not check receivers' sessions: %s", exc)
+            logger.warning("Could not check receivers' sessions and tokens: %s", exc)
             return set()
-        return {key for secret, key in sessions.items() if secret not in alive}
+        return {key for secret, key in [*sessions.items(), *tokens.items()] if secret not in alive}
 
     async def refresh(self, keys: set[str]) -> None:
         """Work out the identity of each credential in `keys` again and apply it to its
@@ -153,7 +156,9 @@ class Members:
         try:
             fresh = await database_sync_to_async(_resolve_all)(found)
         except DatabaseError as exc:
-            logger.warning("Could not work out receivers' audiences again (kept as they were): %s", exc)
+            # Kept as they were for now; the next beat works out every receiver's again.
+            logger.warning("Could not work out receivers' audiences again (retried next beat): %s", exc)
+            self.feed.lost()
             return
         for credential, who in zip(found, fresh, strict=True):
             key = credential.key
