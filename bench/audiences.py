@@ -71,6 +71,8 @@ def joined(hub_class: type, memberships: list[frozenset[str]]) -> tuple[int, obj
     before = tracemalloc.take_snapshot()
     hub = hub_class()
     hub.fast_path = True  # no channel layer here: the hub alone
+    # Nor a heartbeat: it would report to Redis (and start the embedded one); not measured here.
+    hub.heartbeat.poke = lambda: None
     receivers = [Receiver(i, m) for i, m in enumerate(memberships)]
     for r in receivers:
         hub.add(r)

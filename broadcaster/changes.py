@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from django.db import transaction
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from broadcaster.backend import redis_client
 
@@ -78,13 +81,25 @@ def announce(*, users: Iterable[Any] = (), credentials: Iterable[str] = (), ever
     transaction.on_commit(lambda: _append(json.dumps(change, separators=(",", ":"))))
 
 
+# After a failed announcement, later ones are skipped for this long: a save in the admin (or a
+# host's test suite without Redis) must not wait on an unreachable Redis each time.
+QUIET_AFTER_FAILURE = 10.0
+_failed_until = 0.0
+
+
 def _append(change: str) -> None:
+    global _failed_until
+    if time.monotonic() < _failed_until:
+        return
     client = redis_client.sync_client(redis_client.redis_url())
+    client.set_retry(Retry(NoBackoff(), 0))  # one try: the caller is a save, not a server
     try:
         client.eval(_APPEND, 2, *_keys(), change, KEEP)
     except (RedisError, OSError) as exc:
-        logger.error("A membership change could not be announced (Redis unreachable: %s); server processes "
-                     "will work out every receiver's audiences again once it is back", exc)  # fmt: skip
+        _failed_until = time.monotonic() + QUIET_AFTER_FAILURE
+        logger.error("Membership changes could not be announced for %.0f s (Redis unreachable: %s); server "
+                     "processes work out every receiver's audiences again once it is back",
+                     QUIET_AFTER_FAILURE, exc)  # fmt: skip
     finally:
         client.close()
 

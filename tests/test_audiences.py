@@ -201,3 +201,27 @@ def test_current_announcement_is_the_newest_for_the_receiver(entries, member_of)
         want = mine[newest:]
     got = current.announcement(reversed(built), now=0.0, member_of=member_of)
     assert got == want
+
+
+def test_an_announcement_redis_cannot_take_is_logged_once_and_later_ones_wait(
+    dead_redis_url, settings, caplog
+):
+    """A membership change announced while Redis is unreachable (a save in the admin, a host's
+    tests without Redis) is one error line, and the next ones within QUIET_AFTER_FAILURE are
+    skipped rather than each waiting on Redis."""
+    from broadcaster import changes
+
+    settings.REDIS_URL = dead_redis_url
+    changes._failed_until = 0.0
+    try:
+        for _ in range(3):
+            changes._append('{"users":["1"],"credentials":[],"everyone":false}')
+    finally:
+        changes._failed_until = 0.0
+    errors = [r for r in caplog.records if r.name == "broadcaster.changes"]
+    assert len(errors) == 1
+    assert (
+        errors[0]
+        .getMessage()
+        .startswith("Membership changes could not be announced for 10 s (Redis unreachable:")
+    )

@@ -106,11 +106,12 @@ def test_drain_bench_moves_every_receiver_in_both_scenarios(tmp_path):
     assert "close codes: {1012: " in done.stdout and "peak reconnects per 100 ms: drain" in done.stdout
 
 
-def test_audience_bench_reaches_exactly_the_audiences():
-    """The audience scenario runs and reaches everyone, a group's and one user's receivers."""
+def test_audience_bench_reaches_exactly_the_audiences(env_for, redis_url):
+    """The audience scenario runs and reaches everyone, a group's and one user's receivers
+    (with the test Redis and var dir: it must not need, nor start, any Redis)."""
     args = ["--receivers", "1000", "--users", "100", "--rounds", "5"]
     done = subprocess.run([sys.executable, "-m", "bench.audiences", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                          text=True, timeout=120, env=env_for("redis://127.0.0.1:1/0"))  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()[2:5]}
     assert rows["everyone"] == 1000 and 0 < rows["group:g3"] < 1000, done.stdout
