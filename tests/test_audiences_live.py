@@ -118,13 +118,7 @@ def make_world(world: World, env: dict[str, str]) -> None:
 
 def ids(client: Client) -> list[str]:
     """Ids of the messages a client got, in order (a batch's one by one)."""
-    found = []
-    for f in client.frames:
-        if f["type"] == "message":
-            found.append(f["id"])
-        elif f["type"] == "batch":
-            found.extend(m["id"] for m in f["messages"])
-    return found
+    return [f["id"] for f in _messages(client)]
 
 
 async def post(port: int, token: str, text: str, audience: Any) -> dict[str, Any]:
