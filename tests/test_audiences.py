@@ -225,3 +225,31 @@ def test_an_announcement_redis_cannot_take_is_logged_once_and_later_ones_wait(
         .getMessage()
         .startswith("Membership changes could not be announced for 10 s (Redis unreachable:")
     )
+
+
+async def test_the_change_feed_says_what_changed_and_everyone_after_a_hole(redis_url, monkeypatch):
+    """A reader's first look, a hole (more changes than are kept) and a feed that went back
+    (Redis lost its data) all mean `everyone`; otherwise exactly the users and credentials."""
+    import redis.asyncio as aioredis
+
+    from broadcaster import changes
+
+    monkeypatch.setattr(changes, "KEEP", 5)
+    client = aioredis.Redis.from_url(redis_url)
+    feed = changes.Feed()
+    changes._append('{"users":["1"],"credentials":[],"everyone":false}')
+    assert (await feed.read(client)).everyone is True  # the first look
+    assert await feed.read(client) is None
+    changes._append('{"users":["2","3"],"credentials":["session:ab"],"everyone":false}')
+    changes._append('{"users":["3"],"credentials":[],"everyone":false}')
+    got = await feed.read(client)
+    assert (got.everyone, got.users, got.credentials) == (False, {"2", "3"}, {"session:ab"})
+    for _ in range(changes.KEEP + 1):  # more than are kept: the oldest unseen one is gone
+        changes._append('{"users":["4"],"credentials":[],"everyone":false}')
+    assert (await feed.read(client)).everyone is True
+    await client.flushall()  # Redis lost its data: numbering went back
+    changes._append('{"users":["5"],"credentials":[],"everyone":false}')
+    assert (await feed.read(client)).everyone is True
+    feed.lost()  # this process could not read for a while
+    assert (await feed.read(client)).everyone is True
+    await client.aclose()

@@ -310,7 +310,7 @@ async def test_group_removal_and_logout_take_effect_within_5_s_on_both_processes
     """A user logged in through the admin form twice, with tabs on two processes: removed from
     a group, no tab gets that group's broadcasts within 5 s; added back, they do again; after
     a logout, that session's tabs (on both processes) hear only what is for everyone, while the
-    other session's tab goes on hearing what is for the user."""
+    other session's tab goes on hearing what is for the user; deactivated, none of them does."""
     servers, token, env, _ = two_servers
     setup = ("from django.contrib.auth.models import Group, User\n"
              "u = User.objects.create_user('ch-ann', password='pw-ann-1', is_staff=True)\n"
@@ -338,6 +338,18 @@ async def test_group_removal_and_logout_take_effect_within_5_s_on_both_processes
         took = await took_effect(servers, token, tabs, "user:ch-ann", reached=[False, False, True],
                                  since=logged_out)  # fmt: skip
         print(f"logout took effect after {took:.2f} s")
+        assert took <= 5
+        # Deactivated (an ORM save in another process): the other session's tab hears only
+        # what is for everyone, on the other process too.
+        code = ("import time\nfrom django.contrib.auth.models import User\n"
+                "u = User.objects.get(username='ch-ann')\nu.is_active = False\nu.save()\n"
+                "print(time.time())")  # fmt: skip
+        done = manage(["shell", "-c", code], env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        deactivated = float(done.stdout.strip().splitlines()[-1])
+        took = await took_effect(servers, token, tabs, "authenticated", reached=[False, False, False],
+                                 since=deactivated)  # fmt: skip
+        print(f"deactivation took effect after {took:.2f} s")
         assert took <= 5
     finally:
         for tab in tabs:
