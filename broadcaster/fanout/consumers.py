@@ -200,8 +200,9 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
             logger.info("Refusing receiver %s with 4401: %s", self._peer(), why)
             self._close_for_protocol_error(CloseCode.UNAUTHENTICATED, UNAUTHENTICATED)
             return False
-        self.credential = found if not who.anonymous else None
-        self.identity, self.member_of = who, who.member_of
+        if not who.anonymous:
+            # (An anonymous receiver keeps the class defaults: no memory per connection for it.)
+            self.credential, self.identity, self.member_of = found, who, who.member_of
         return True
 
     def signed_out(self) -> None:
