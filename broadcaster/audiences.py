@@ -7,7 +7,7 @@ names in BROADCAST_AUDIENCE_KINDS. A broadcast has one audience or several (the 
 A receiver's *memberships* are the audiences it belongs to, computed once from Django's own
 users, groups and permissions (when it connects, and again when they change: see
 broadcaster/fanout/membership.py). A broadcast reaches a receiver when the two meet:
-`visible(audience, memberships)`. This module holds the rules; the parsing and checking of
+`protocol.for_member(audience, memberships)`. This module holds the rules; the parsing and checking of
 an audience given by a sender, and the membership computation (database reads, sync).
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from broadcaster.protocol import ANONYMOUS, AUDIENCE_EVERYONE, for_member
+from broadcaster.protocol import ANONYMOUS, AUDIENCE_EVERYONE
 
 EVERYONE = "everyone"
 AUTHENTICATED = "authenticated"
@@ -148,7 +148,3 @@ def memberships(user: Any) -> frozenset[str]:
     for kind, values in custom_kinds().items():
         found.update(f"{kind}:{value}" for value in values(user))
     return frozenset(found)
-
-
-# Whether a broadcast for an audience reaches a receiver with given memberships.
-visible = for_member

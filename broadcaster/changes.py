@@ -63,7 +63,6 @@ class Changed:
     """What changed since a reader last looked: users (by pk, as strings) and credentials (by
     key, identity.Credential.key), or everything (`everyone`)."""
 
-    version: int
     everyone: bool = False
     users: set[str] = field(default_factory=set)
     credentials: set[str] = field(default_factory=set)
@@ -118,7 +117,7 @@ class Feed:
         seen, self.version = self.version, newest
         if newest == seen:
             return None
-        changed = Changed(version=newest)
+        changed = Changed()
         # The first read cannot tell what changed before it: everything may have.
         if seen is None or newest < seen or not raw or int(_text(raw[0]).split(" ", 1)[0]) != seen + 1:
             changed.everyone = True

@@ -174,8 +174,6 @@ class Hub:
         now = asyncio.get_running_loop().time()
         found = []
         for member_of, n in counts.items():
-            if len(member_of) == 1:
-                continue  # `everyone` only
             sig = self._signatures.get(member_of)
             if sig is None:
                 sig = self._signatures[member_of] = signature(member_of)

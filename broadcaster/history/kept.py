@@ -362,11 +362,12 @@ class History:
             keys=self._keys, args=[self._now(), current.LOOK_BACK]
         )
         numbering = _text(epoch) if epoch else None
-        newest_first = [Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
-                        for k in range(0, len(flat), 3)]  # fmt: skip
-        published = {
-            e.seq: float(flat[k + 2]) for e, k in zip(newest_first, range(0, len(flat), 3), strict=True)
-        }
+        newest_first: list[Entry] = []
+        published: dict[int, float] = {}
+        for k in range(0, len(flat), 3):
+            entry = Entry(seq=int(flat[k]), epoch=numbering or "", frame=_text(flat[k + 1]))
+            newest_first.append(entry)
+            published[entry.seq] = float(flat[k + 2])
         now = time.time() if self._clock is None else self._clock() / 1000
         # (No message in history at all, None, is no announcement here: Redis holds everything kept.)
         owed = current.announcement(newest_first, now=now, member_of=member_of) or []

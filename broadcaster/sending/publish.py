@@ -73,14 +73,21 @@ class InvalidAudience(PublishError):
     """The audience is malformed, or names a user, group or permission that does not exist."""
 
 
+class CheckedAudience(tuple[str, ...]):
+    """An audience `check_audience` accepted: `publish` takes it as it is (a console sending
+    many lines, or a path that checked before its rate limit, reads the database once)."""
+
+
 async def check_audience(audience: object) -> tuple[str, ...]:
     """The audience every sending path accepts, in its one written form, or InvalidAudience
-    saying what is wrong (a database read unless it is everyone)."""
+    saying what is wrong (a database read unless it is everyone or was checked already)."""
+    if isinstance(audience, CheckedAudience) or audience is audiences.EVERYONE_ONLY:
+        return audience
     try:
         parsed = audiences.parse(audience)
         if parsed is audiences.EVERYONE_ONLY:
             return parsed
-        return await database_sync_to_async(audiences.check)(parsed)
+        return CheckedAudience(await database_sync_to_async(audiences.check)(parsed))
     except audiences.InvalidAudience as exc:
         raise InvalidAudience(str(exc)) from None
 

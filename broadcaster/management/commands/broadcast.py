@@ -84,7 +84,9 @@ class Command(BaseCommand):
             audience = asyncio.run(check_audience(options["audience"]))
         except PublishError as exc:
             raise CommandError(str(exc)) from exc
-        run_options = console.Options(level=level, expires_in=expires_in, audience=audience)
+        # A plain tuple: each line is checked again when it is sent (a group deleted during a
+        # long console run is refused then, not sent to nobody).
+        run_options = console.Options(level=level, expires_in=expires_in, audience=tuple(audience))
         try:
             tally = asyncio.run(console.run(stdin=stdin, screen=screen, sender=sender,
                                             message=options["message"], options=run_options))  # fmt: skip
