@@ -69,17 +69,19 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
 	$(BIN)/pip install -q -r requirements-bench.txt
 	touch $@
 
-## bench: the full benchmark (N = 1,000 to 20,000, six systems; about 30 minutes); BENCH_ARGS to change
+## bench: the full benchmark (N = 1,000 to 20,000, six systems; about 30 minutes), then the audience scenario; BENCH_ARGS to change the first
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS) --json bench/results/latest.json --plot docs/performance.png
+	$(BIN)/python -m bench.targeted --json bench/results/targeted.json
 
 ## bench-drain: WORKERS=2 with 5,000 receivers: reconnects per 100 ms in a drain and after a kill -9
 bench-drain: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.drain $(BENCH_ARGS) --json bench/results/drain.json
 
-## bench-audiences: what targeting costs the fan-out: everyone, a group, one user (5,000 receivers, in-process)
-bench-audiences: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.audiences $(BENCH_ARGS)
+## bench-audiences: what targeting costs: everyone, a group, one user (5,000 receivers), over sockets then in-process
+bench-audiences: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.targeted $(BENCH_ARGS) --json bench/results/targeted.json
+	$(BIN)/python -m bench.audiences
 
 ## bench-memory: where a receiver connection's memory goes (tracemalloc, per allocation site)
 bench-memory: $(VENV)/.installed-dev

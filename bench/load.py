@@ -63,9 +63,17 @@ class Stats:
 
 class LoadClient(asyncio.Protocol):
     def __init__(
-        self, stats: Stats, request: bytes, opened: asyncio.Future[bool], *, json_frames: bool, sample: bool
+        self,
+        stats: Stats,
+        request: bytes,
+        opened: asyncio.Future[bool],
+        *,
+        json_frames: bool,
+        sample: bool,
+        label: str = "",
     ) -> None:
         self.stats = stats
+        self.label = label  # who it is for an audience audit (a user name, or "" when anonymous)
         self.request = request
         self.opened = opened
         self.buffer = b""
@@ -175,7 +183,11 @@ async def connect_all(
     receivers: list[LoadClient],
     *,
     json_frames: bool,
+    tokens: list[str | None] | None = None,
+    labels: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Opens n clients; client i sends `tokens[i]` as its bearer receiver token (none when
+    None) and is audited as `labels[i]`."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(500)
     failed = 0
@@ -184,16 +196,24 @@ async def connect_all(
         nonlocal failed
         host, port, path = targets[i % len(targets)]
         key = base64.b64encode(os.urandom(16)).decode()
+        token = tokens[i] if tokens else None
+        bearer = f"Authorization: Bearer {token}\r\n" if token else ""
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{bearer}\r\n"
         ).encode()
+        label = labels[i] if labels else ""
         async with gate:
             opened: asyncio.Future[bool] = loop.create_future()
             try:
                 _, proto = await loop.create_connection(
                     lambda: LoadClient(
-                        stats, request, opened, json_frames=json_frames, sample=i % SAMPLE_EVERY == 0
+                        stats,
+                        request,
+                        opened,
+                        json_frames=json_frames,
+                        sample=i % SAMPLE_EVERY == 0,
+                        label=label,
                     ),
                     host,
                     port,
@@ -211,18 +231,31 @@ async def connect_all(
     return {"connected": n - failed, "failed": failed, "elapsed": time.perf_counter() - started}
 
 
-def audit(receivers: list[LoadClient], keys: list[int]) -> dict[str, int]:
+def audit(
+    receivers: list[LoadClient], keys: list[int], addressed: dict[int, set[str]] | None = None
+) -> dict[str, int]:
     """Per client and message: how many (client, message) pairs were never received, or more
-    than once, and how many clients had either."""
-    lost = duplicated = clients_short = clients_doubled = 0
+    than once, and how many clients had either. With `addressed` (message -> the labels it was
+    for; a message not in it is for every client): also how many pairs arrived at a client the
+    message was not for (`wrong`), which are then neither lost nor duplicated."""
+    lost = duplicated = wrong = clients_short = clients_doubled = 0
+    addressed = addressed or {}
     for client in receivers:
         seen = client.seen
-        counts = [seen[k] if k < len(seen) else 0 for k in keys]
-        missing, extra = counts.count(0), sum(1 for c in counts if c > 1)
+        missing = extra = 0
+        for k in keys:
+            got = seen[k] if k < len(seen) else 0
+            for_it = addressed.get(k)
+            if for_it is not None and client.label not in for_it:
+                wrong += got > 0
+            elif got == 0:
+                missing += 1
+            elif got > 1:
+                extra += 1
         lost, duplicated = lost + missing, duplicated + extra
         clients_short += missing > 0
         clients_doubled += extra > 0
-    return {"lost": lost, "duplicated": duplicated, "clients_short": clients_short,
+    return {"lost": lost, "duplicated": duplicated, "wrong": wrong, "clients_short": clients_short,
             "clients_doubled": clients_doubled}  # fmt: skip
 
 
@@ -230,7 +263,7 @@ async def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=2**26)  # a connect command carries every client's token
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     stats = Stats()
     receivers: list[LoadClient] = []
@@ -243,7 +276,8 @@ async def main() -> None:
         cmd = json.loads(line)
         if cmd["cmd"] == "connect":
             targets = [tuple(t) for t in cmd["targets"]]
-            reply(await connect_all(stats, targets, cmd["n"], receivers, json_frames=cmd["json"]))  # type: ignore[arg-type]
+            reply(await connect_all(stats, targets, cmd["n"], receivers, json_frames=cmd["json"],  # type: ignore[arg-type]
+                                    tokens=cmd.get("tokens"), labels=cmd.get("labels")))  # fmt: skip
         elif cmd["cmd"] == "stats":
             reply(
                 {
@@ -255,7 +289,8 @@ async def main() -> None:
                 }
             )
         elif cmd["cmd"] == "audit":
-            reply(audit(receivers, cmd["keys"]))
+            addressed = {int(k): set(labels) for k, labels in cmd.get("addressed", {}).items()}
+            reply(audit(receivers, cmd["keys"], addressed))
         elif cmd["cmd"] == "reset":
             stats.counts.clear()
             stats.last.clear()

@@ -1,7 +1,10 @@
 """Where a receiver connection's memory goes: the project's daphne under tracemalloc, a
 snapshot with a few receivers and another after N more, the difference per allocation site.
 
-Usage: python -m bench.memory [--n 400]
+Usage: python -m bench.memory [--n 400] [--users 0]
+
+With --users K the receivers sign in with receiver tokens of K users (bench.targeted's world,
+every user a tab in turn): what identity and membership add to a connection.
 
 Prints the Python heap per connection and the sites that hold most of it (RSS, which
 `make bench` reports, adds the allocator's own overhead). tracemalloc slows the server
@@ -29,6 +32,7 @@ from bench.run import (
     start_redis,
     wait_port,
 )
+from bench.targeted import plan, seed
 
 
 def short(filename: str) -> str:
@@ -68,6 +72,7 @@ def serve(report: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=400, help="receivers between the two snapshots")
+    parser.add_argument("--users", type=int, default=0, help="receivers sign in as these many users")
     args = parser.parse_args()
     raise_open_files()
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
@@ -75,6 +80,8 @@ def main() -> None:
     system = Project(redis_url, workdir)
     env = system.env()
     subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    secrets = seed(env, plan(args.users, 20)) if args.users else {}
+    users = list(secrets)
     port, report = free_port(), workdir / "report.txt"
     cmd = [PY, "-m", "bench.memory", "serve", str(report), *DAPHNE_OPTIONS,
            "-b", "127.0.0.1", "-p", str(port), "broadcast_site.asgi:application"]  # fmt: skip
@@ -84,7 +91,9 @@ def main() -> None:
     try:
         wait_port(port, server)
         for n in (20, args.n):
-            reply = load.ask_all([{"cmd": "connect", "n": n, "targets": target, "json": True}])[0]
+            tokens = [secrets[users[i % len(users)]] for i in range(n)] if users else None
+            command = {"cmd": "connect", "n": n, "targets": target, "json": True, "tokens": tokens}
+            reply = load.ask_all([command])[0]
             if reply["connected"] != n:
                 sys.exit(f"only {reply['connected']} of {n} receivers connected")
             server.send_signal(signal.SIGUSR1)

@@ -49,7 +49,21 @@ def test_load_audit_counts_losses_and_duplicates_per_client():
 
     clients = [SimpleNamespace(seen=bytearray([1, 1, 0])), SimpleNamespace(seen=bytearray([1, 2, 1])),
                SimpleNamespace(seen=bytearray([1, 1]))]  # fmt: skip
-    assert audit(clients, [0, 1, 2]) == {"lost": 2, "duplicated": 1, "clients_short": 2, "clients_doubled": 1}
+    assert audit(clients, [0, 1, 2]) == {"lost": 2, "duplicated": 1, "wrong": 0, "clients_short": 2,
+                                         "clients_doubled": 1}  # fmt: skip
+
+
+def test_load_audit_counts_a_message_at_a_receiver_it_was_not_for_as_wrong():
+    """Message 1 was for ann only: bob's copy is wrong (not a duplicate), the anonymous
+    receiver's absence is no loss, ann's absence is."""
+    from types import SimpleNamespace
+
+    from bench.load import audit
+
+    ann, bob, anonymous = (SimpleNamespace(label=name, seen=bytearray(seen))
+                           for name, seen in (("ann", [1, 0]), ("bob", [1, 1]), ("", [1, 0])))  # fmt: skip
+    assert audit([ann, bob, anonymous], [0, 1], {1: {"ann"}}) == {
+        "lost": 1, "duplicated": 0, "wrong": 1, "clients_short": 1, "clients_doubled": 0}  # fmt: skip
 
 
 def frame(payload: bytes) -> bytes:
@@ -104,6 +118,23 @@ def test_drain_bench_moves_every_receiver_in_both_scenarios(tmp_path):
         r = results[scenario]
         assert r["reconnects"] == r["held"] > 0 and r["peak_per_100ms"] > 0, r
     assert "close codes: {1012: " in done.stdout and "peak reconnects per 100 ms: drain" in done.stdout
+
+
+def test_targeted_bench_reaches_exactly_each_audience_over_sockets(tmp_path):
+    """The end-to-end audience scenario with 300 receivers of 30 users: every audience's
+    receivers get its messages, nobody else does (the run fails on any wrong delivery)."""
+    out = tmp_path / "targeted.json"
+    args = ["--receivers", "300", "--users", "30", "--groups", "4", "--samples", "3", "--json", str(out)]
+    done = subprocess.run([sys.executable, "-m", "bench.targeted", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert (result["connected"], result["wrong"], result["lost"], result["duplicated"]) == (300, 0, 0, 0)
+    reach = {row["audience"]: row["receivers"] for row in result["rows"]}
+    # 270 signed in over 30 users: 9 tabs each; group g3 holds some of them.
+    assert reach["everyone"] == 300 and 0 < reach["group:g3"] < 270 and reach["user:u12"] == 9, reach
+    assert all(len(row["times_ms"]) == 3 and row["p50_ms"] > 0 for row in result["rows"]), result
+    assert "KB/conn all anonymous" in done.stdout
 
 
 def test_audience_bench_reaches_exactly_the_audiences(env_for, redis_url):
