@@ -328,3 +328,109 @@ def test_host_commands_and_api_work_unchanged(served: HostServer) -> None:
     finally:
         listener.terminate()
         listener.wait(timeout=10)
+
+
+HOST_PEOPLE = """
+from django.contrib.auth.models import Group, User
+ops, _ = Group.objects.get_or_create(name="ops")
+for name, email in (("alice", "alice@acme.example"), ("bob", "bob@other.example")):
+    user = User.objects.create_user(name, email, "pw-" + name, is_staff=True)
+alice = User.objects.get(username="alice")
+alice.groups.add(ops)
+"""
+
+
+async def signed_in_banner(browser: object, base: str, username: str | None) -> tuple[object, list[str]]:
+    """The host's page with the banner in a browser context of its own, signed in through the
+    admin's login form as `username` (None: anonymous); with every frame its socket received."""
+    context = await browser.new_context()  # type: ignore[attr-defined]
+    page = await context.new_page()
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+    if username is not None:
+        await page.goto(base + "/admin/login/?next=/")
+        await page.fill("#id_username", username)
+        await page.fill("#id_password", "pw-" + username)
+        await page.click("input[type=submit]")
+    await page.goto(base + "/")
+    return page, frames
+
+
+async def test_banner_hears_only_what_is_for_its_signed_in_user(served: HostServer, browser: object) -> None:
+    """The Audiences section as written: in the host project, alice (in ops, at acme.example),
+    bob (at other.example) and an anonymous visitor, signed in through the admin's login form,
+    each get exactly the group, user and host-kind (`tenant:`) broadcasts meant for them, in
+    any frame; after a change Django sends no signal for, `audiences_changed` takes effect."""
+    import asyncio
+    import time
+
+    from playwright.async_api import expect
+
+    host, base = served.host, f"http://127.0.0.1:{served.port}"
+    made = host.manage("shell", "-c", HOST_PEOPLE)
+    assert made.returncode == 0, made.stderr
+    people = {who: await signed_in_banner(browser, base, who) for who in ("alice", "bob", None)}
+
+    async def send(text: str, *audiences: str) -> None:
+        args = ["broadcast", "-m", text, *(a for audience in audiences for a in ("--audience", audience))]
+        done = await asyncio.to_thread(host.manage, *args)
+        assert done.returncode == 0, done.stderr
+
+    async def all_show(text: str) -> None:
+        for page, _ in people.values():
+            status = page.get_by_role("status", name="Announcement")  # type: ignore[attr-defined]
+            await expect(status).to_have_text(text, timeout=15_000)
+
+    await send("Hello all")
+    await all_show("Hello all")  # every banner is connected
+    await send("Acme only", "tenant:acme.example")
+    await send("Ops only", "group:ops")
+    await send("Bob only", "user:bob")
+    await send("Acme or bob", "tenant:acme.example", "user:bob")
+    await send("Everyone again")
+    await all_show("Everyone again")  # in order: each banner has had every frame before it
+    expected = {
+        "alice": ["Acme only", "Ops only", "Acme or bob"],
+        "bob": ["Bob only", "Acme or bob"],
+        None: [],
+    }
+    for who, (_, frames) in people.items():
+        heard = [
+            t for t in ("Acme only", "Ops only", "Bob only", "Acme or bob") if any(t in f for f in frames)
+        ]
+        assert heard == expected[who], (who, frames)
+        assert not any("audience" in f for f in frames), frames  # nobody is told who else was addressed
+
+    # bob moves to acme behind Django's back (no signal), then the host says so. Sent through
+    # the API from now on: a send every 0.2 s or so times the change, where a command's start could not.
+    made = host.manage("create_publish_token", "ci")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.splitlines()[1].strip()
+
+    def post(text: str) -> None:
+        body = json.dumps({"text": text, "audience": "tenant:acme.example"}).encode()
+        request = urllib.request.Request(base + "/broadcasts/api/broadcasts/", method="POST", data=body,
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201
+
+    moved = host.manage("shell", "-c", "import broadcaster; from django.contrib.auth.models import User; "
+                        "User.objects.filter(username='bob').update(email='bob@acme.example'); "
+                        "broadcaster.audiences_changed(User.objects.get(username='bob'))")  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    started = time.monotonic()
+    alice_status, bob_status = (people[who][0].get_by_role("status", name="Announcement")  # type: ignore[attr-defined]
+                                for who in ("alice", "bob"))  # fmt: skip
+    for n in range(25):  # (under the API's 30 a minute)
+        await asyncio.to_thread(post, f"Acme {n}")
+        await expect(alice_status).to_have_text(f"Acme {n}", timeout=15_000)
+        try:  # bob's banner, once alice's has it: a moment later at most
+            await expect(bob_status).to_have_text(f"Acme {n}", timeout=200)
+            break
+        except AssertionError:
+            continue
+    took = time.monotonic() - started
+    print(f"audiences_changed took effect in {took:.2f} s")
+    await expect(bob_status).to_have_text(f"Acme {n}", timeout=1)
+    assert took < 5, took
