@@ -354,3 +354,160 @@ async def test_group_removal_and_logout_take_effect_within_5_s_on_both_processes
     finally:
         for tab in tabs:
             await tab.close()
+
+
+# Run before the ORM code of the tests below (in `manage.py shell`): the models, the permission
+# they hand out, and a receiver token maker.
+ORM = """
+import json, time
+from django.contrib.auth.models import Group, Permission, User
+from broadcaster.models import ReceiverToken
+view_group = Permission.objects.get(content_type__app_label="auth", codename="view_group")
+def token(user):
+    t = ReceiverToken(user=user)
+    secret = t.issue_secret()
+    t.save()
+    return secret
+"""
+VIEW_GROUP = "perm:auth.view_group"
+
+
+def orm(env: dict[str, str], code: str) -> str:
+    """Run ORM `code` in another process (`manage.py shell`, with Django's signals); the last
+    line it printed."""
+    done = manage(["shell", "-c", ORM + code], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def changed(env: dict[str, str], code: str) -> float:
+    """`orm(code)`; when it committed."""
+    return float(orm(env, code + "\nprint(time.time())"))
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+async def ann_and_bob(servers: list[Any], env: dict[str, str], prefix: str, setup: str) -> list[Client]:
+    """Users `ann` (<prefix>-ann, staff, password pw) and `bob` (<prefix>-bob), then `setup`'s
+    ORM code; ann logs in through the admin form. Receivers of her session on the first process,
+    of her token on the second and of bob's token on the first: connected and counted."""
+    users = (f"ann = User.objects.create_user('{prefix}-ann', password='pw', is_staff=True)\n"
+             f"bob = User.objects.create_user('{prefix}-bob')\n")  # fmt: skip
+    secrets = json.loads(orm(env, f"{users}{setup}\nprint(json.dumps([token(ann), token(bob)]))"))
+    session = await asyncio.to_thread(lambda: AdminSession(servers[0].http).log_in(f"{prefix}-ann", "pw"))
+    clients = [Client(servers[0].ws), Client(servers[1].ws), Client(servers[0].ws)]
+    for client, headers in zip(clients, [session.headers(), *map(bearer, secrets)], strict=True):
+        await client.connect(additional_headers=headers)
+    await asyncio.to_thread(servers[0].wait_for_clients, len(clients))
+    return clients
+
+
+async def refused(port: int, token: str, audience: str) -> str:
+    """Why the API refuses a broadcast for `audience` (a 400: nothing was sent)."""
+    body = json.dumps({"text": "refused", "audience": audience}).encode()
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    answer = await http_request(port, "POST", "/api/broadcasts/", body=body, headers=headers)
+    assert answer.status == 400, answer.body
+    return str(answer.json()["error"])
+
+
+def heard_since(client: Client, n: int) -> set[str]:
+    """What a client got after its first `n` messages: took_effect's "probe"s and "marker"s."""
+    return {m["text"].split(" ")[0] for m in _messages(client)[n:]}
+
+
+async def test_user_deletion_takes_effect_within_5_s_on_both_processes(two_servers):
+    """ann and bob in ud-ops, and an anonymous receiver. ann deleted in another process: within
+    5 s her session's and her token's receivers (on both processes) get nothing more for the
+    group, while bob's does and everyone's reaches all four; sending to her is refused; a new
+    user of her name is heard by its own receiver, never by her old ones."""
+    servers, token, env, _ = two_servers
+    ops = "Group.objects.create(name='ud-ops').user_set.add(ann, bob)"
+    clients = [*await ann_and_bob(servers, env, "ud", ops), await Client(servers[1].ws).connect()]
+    try:
+        await asyncio.to_thread(servers[0].wait_for_clients, 4)
+        await took_effect(servers, token, clients, "user:ud-ann", reached=[True, True, False, False],
+                          since=time.time())  # fmt: skip
+        await took_effect(servers, token, clients, "group:ud-ops", reached=[True, True, True, False],
+                          since=time.time())  # fmt: skip
+        deleted = changed(env, "User.objects.get(username='ud-ann').delete()")
+        took = await took_effect(servers, token, clients, "group:ud-ops", reached=[False, False, True, False],
+                                 since=deleted)  # fmt: skip
+        print(f"user deletion took effect after {took:.2f} s")
+        assert took <= 5
+        settled = [len(_messages(c)) for c in clients[:2]]
+        error = await refused(servers[1].port, token, "user:ud-ann")
+        assert error == "No user 'ud-ann' exists: nothing was sent."
+        # A new ud-ann, with a receiver of her own.
+        secret = orm(env, "print(token(User.objects.create_user('ud-ann')))")
+        clients.append(await Client(servers[1].ws).connect(additional_headers=bearer(secret)))
+        await asyncio.to_thread(servers[0].wait_for_clients, 5)
+        await took_effect(servers, token, clients, "user:ud-ann", reached=[False, False, False, False, True],
+                          since=time.time())  # fmt: skip
+        assert [heard_since(c, n) for c, n in zip(clients[:2], settled, strict=True)] == [{"marker"}] * 2
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_permission_changes_take_effect_within_5_s_on_both_processes(two_servers):
+    """bob has auth.view_group; ann has not. Within 5 s on both processes, ann's receivers get
+    what is for perm:auth.view_group once she is given it, and not once it is taken back; the
+    same through pm-viewers, a group that has it, when she joins it and when it loses it. bob's
+    receiver gets every such broadcast throughout."""
+    servers, token, env, _ = two_servers
+    setup = ("Group.objects.create(name='pm-viewers').permissions.add(view_group)\n"
+             "bob.user_permissions.add(view_group)")  # fmt: skip
+    clients = await ann_and_bob(servers, env, "pm", setup)
+    try:
+        await took_effect(servers, token, clients, VIEW_GROUP, reached=[False, False, True],
+                          since=time.time())  # fmt: skip
+        steps = [("permission given", "ann.user_permissions.add(view_group)", True),
+                 ("permission removed", "ann.user_permissions.remove(view_group)", False),
+                 ("group with the permission joined", "ann.groups.add(viewers)", True),
+                 ("group permission removed", "viewers.permissions.remove(view_group)", False)]  # fmt: skip
+        for what, code, member in steps:
+            at = changed(env, "ann = User.objects.get(username='pm-ann')\n"
+                              f"viewers = Group.objects.get(name='pm-viewers')\n{code}")  # fmt: skip
+            took = await took_effect(servers, token, clients, VIEW_GROUP, reached=[member, member, True],
+                                     since=at)  # fmt: skip
+            print(f"{what}: took effect after {took:.2f} s")
+            assert took <= 5
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_group_deletion_takes_effect_within_5_s_on_both_processes(two_servers):
+    """ann has auth.view_group through gd-ops only; bob has it himself. gd-ops deleted in another
+    process: within 5 s ann's receivers (on both processes) get nothing more for that permission,
+    while bob's does; sending to gd-ops is refused; a new gd-ops with bob in it is heard by bob,
+    never by ann's receivers."""
+    servers, token, env, _ = two_servers
+    setup = ("ops = Group.objects.create(name='gd-ops')\nops.permissions.add(view_group)\n"
+             "ann.groups.add(ops)\nbob.user_permissions.add(view_group)")  # fmt: skip
+    clients = await ann_and_bob(servers, env, "gd", setup)
+    try:
+        await took_effect(servers, token, clients, VIEW_GROUP, reached=[True, True, True], since=time.time())
+        await took_effect(servers, token, clients, "group:gd-ops", reached=[True, True, False],
+                          since=time.time())  # fmt: skip
+        deleted = changed(env, "Group.objects.get(name='gd-ops').delete()")
+        took = await took_effect(servers, token, clients, VIEW_GROUP, reached=[False, False, True],
+                                 since=deleted)  # fmt: skip
+        print(f"group deletion took effect after {took:.2f} s")
+        assert took <= 5
+        settled = [len(_messages(c)) for c in clients[:2]]
+        error = await refused(servers[0].port, token, "group:gd-ops")
+        assert error == "No group 'gd-ops' exists: nothing was sent."
+        made = changed(env, "bob = User.objects.get(username='gd-bob')\n"
+                            "Group.objects.create(name='gd-ops').user_set.add(bob)")  # fmt: skip
+        took = await took_effect(servers, token, clients, "group:gd-ops", reached=[False, False, True],
+                                 since=made)  # fmt: skip
+        print(f"a new group of that name took effect after {took:.2f} s")
+        assert took <= 5
+        assert [heard_since(c, n) for c, n in zip(clients[:2], settled, strict=True)] == [{"marker"}] * 2
+    finally:
+        for client in clients:
+            await client.close()

@@ -149,8 +149,12 @@
     form.elements.confirmed.value = "yes";
   });
 
-  function showReached(status) {
-    if (!audienceCount) return;
+  function typedAudience() { return audienceInput ? audienceInput.value.trim() : ""; }
+
+  // `askedFor`: the audience typed when the answer was asked for. A late answer for an
+  // earlier value (the field changed since) says nothing of what is typed now: ignored.
+  function showReached(status, askedFor) {
+    if (!audienceCount || askedFor !== typedAudience()) return;
     if (!("audience_clients" in status)) {
       reached = null;
       audienceCount.textContent = "";
@@ -161,8 +165,7 @@
       : (reached === null ? "" : "reaches " + reached + (reached === 1 ? " client now" : " clients now"));
   }
 
-  function statusFor() {
-    var typed = audienceInput ? audienceInput.value.trim() : "";
+  function statusFor(typed) {
     return typed ? statusUrl + "?audience=" + encodeURIComponent(typed) : statusUrl;
   }
 
@@ -171,16 +174,18 @@
     audienceInput.addEventListener("input", function () {
       clearTimeout(typing);
       typing = setTimeout(function () {
-        fetch(statusFor(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        var typed = typedAudience();
+        fetch(statusFor(typed), { credentials: "same-origin", headers: { Accept: "application/json" } })
           .then(function (response) { return response.ok ? response.json() : null; })
-          .then(function (status) { if (status) showReached(status); })
+          .then(function (status) { if (status) showReached(status, typed); })
           .catch(function () { /* the next refresh says what is wrong */ });
       }, 300);
     });
   }
 
   function refresh() {
-    fetch(statusFor(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+    var typed = typedAudience();
+    fetch(statusFor(typed), { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         // Logged out or no longer staff: reloading leads to the login page.
         if (response.status === 403) { location.reload(); return null; }
@@ -193,7 +198,7 @@
         redis.hidden = status.redis === "ok";
         redis.textContent = status.redis === "ok" ? "" : status.redis;
         showRecent(status.recent);
-        showReached(status);
+        showReached(status, typed);
       })
       .catch(function () {
         redis.hidden = false;
