@@ -253,3 +253,54 @@ async def test_the_change_feed_says_what_changed_and_everyone_after_a_hole(redis
     feed.lost()  # this process could not read for a while
     assert (await feed.read(client)).everyone is True
     await client.aclose()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_tabs_that_connect_together_share_one_database_read(monkeypatch):
+    """20 handshakes with one receiver token at once: one read of its identity, shared by
+    all; the receiver reading it goes away mid-read (cancelled): the others take over."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from broadcaster import identity
+    from broadcaster.fanout.membership import Members
+    from broadcaster.models import ReceiverToken
+
+    @sync_to_async
+    def token_for(name: str) -> str:
+        user = User.objects.create(username=name)
+        token = ReceiverToken(user=user)
+        secret = token.issue_secret()
+        token.save()
+        return secret
+
+    found = identity.Credential(kind=identity.TOKEN, secret=await token_for("tabs"))
+    reads: list[str] = []
+    gate = asyncio.Event()
+    real = identity.resolve
+
+    def counted(credential: identity.Credential) -> identity.Identity:
+        reads.append(credential.key)
+        return real(credential)
+
+    monkeypatch.setattr(identity, "resolve", counted)
+    members = Members(hub=None)  # type: ignore[arg-type]
+    whos = await asyncio.gather(*(members.identify(found) for _ in range(20)))
+    assert len(reads) == 1 and {w.user_id for w in whos} != {None} and len(set(whos)) == 1
+
+    async def slow_first(credential: identity.Identity) -> None:
+        await gate.wait()
+
+    other = identity.Credential(kind=identity.TOKEN, secret=await token_for("cancelled"))
+    monkeypatch.setattr(Members, "_resolve", lambda self, c: slow_first(c), raising=True)
+    first = asyncio.ensure_future(members.identify(other))
+    await asyncio.sleep(0)  # (the first is now reading)
+    waiters = [asyncio.ensure_future(members.identify(other)) for _ in range(3)]
+    await asyncio.sleep(0)
+    monkeypatch.undo()
+    monkeypatch.setattr(identity, "resolve", counted)
+    first.cancel()
+    got = await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+    assert first.cancelled() and len({w.user_id for w in got}) == 1 and got[0].user_id is not None
+    assert reads.count(other.key) == 1  # one of the waiters took over, the others shared its read

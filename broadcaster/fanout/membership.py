@@ -16,6 +16,7 @@ only) or, under BROADCAST_RECEIVERS = "authenticated", closes them with 4401.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -61,6 +62,9 @@ class Members:
         self._credentials: dict[str, Credential] = {}
         self._identities: dict[str, Identity] = {}
         self._by_user: dict[str, set[str]] = {}
+        # Credentials being worked out now: the tabs of one session that connect together
+        # (a page reload storm, a service's pool) wait for one database read, not one each.
+        self._resolving: dict[str, asyncio.Future[Identity]] = {}
         self.feed = changes.Feed()
         self._swept_at = 0.0
 
@@ -72,6 +76,34 @@ class Members:
         known = self._identities.get(found.key)
         if known is not None:
             return known
+        while (resolving := self._resolving.get(found.key)) is not None:
+            try:
+                return await asyncio.shield(resolving)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not resolving.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The receiver working it out went away mid-read: take over.
+        known = self._identities.get(found.key)
+        if known is not None:
+            return known
+        resolving = self._resolving[found.key] = asyncio.get_running_loop().create_future()
+        try:
+            who = await self._resolve(found)
+        except asyncio.CancelledError:
+            resolving.cancel()
+            raise
+        except Exception as exc:
+            resolving.set_exception(exc)
+            resolving.exception()  # (retrieved: nobody else may be waiting for it)
+            raise
+        else:
+            resolving.set_result(who)
+        finally:
+            del self._resolving[found.key]
+        return who
+
+    async def _resolve(self, found: Credential) -> Identity:
         for _ in range(3):
             # A change read from the feed while this was resolved may not be in the answer,
             # and this receiver was not there to be refreshed by it: resolve again.
@@ -117,9 +149,12 @@ class Members:
 
     async def check(self, redis: object, *, now: float) -> None:
         """Called at each heartbeat: apply announced changes, and sweep sessions when due."""
+        # Read with no receivers too: the feed's first read cannot say what changed (it is
+        # `everyone`), and had it waited for the first receivers, it would work out every one
+        # of a connect storm's identities a second time.
+        changed = await self.feed.read(redis)  # type: ignore[arg-type]
         if not self._receivers:
             return
-        changed = await self.feed.read(redis)  # type: ignore[arg-type]
         keys: set[str] = set()
         if changed is not None:
             if changed.everyone:
