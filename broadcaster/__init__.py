@@ -1,5 +1,12 @@
 """The broadcast app.
 
+Send from your own code (docs/EMBEDDING.md, "Send from your code"):
+
+    import broadcaster
+    broadcaster.send("Deploy finished", audience="group:ops")   # or: await broadcaster.asend(...)
+
+The names below are imported on first use (this package is imported before Django is set up).
+
 A blank PROMETHEUS_MULTIPROC_DIR means unset. prometheus_client reads it once, when first
 imported (by broadcaster/metrics.py), and would take "" for a folder: the current directory.
 """
@@ -18,3 +25,24 @@ def audiences_changed(users: object) -> None:
     from broadcaster.watch import audiences_changed as announce
 
     announce(users)
+
+
+# name -> the module that defines it (broadcaster/sending/).
+_PUBLIC = {
+    "send": "code", "asend": "code", "retract": "code", "aretract": "code",
+    "Sent": "publish", "Retracted": "publish",
+    "BroadcastError": "errors", "InvalidBroadcast": "errors", "BroadcastUnavailable": "errors",
+    "EmptyMessage": "errors", "InvalidText": "errors", "MessageTooLong": "errors", "InvalidOptions": "errors",
+    "InvalidAudience": "errors", "IdempotencyConflict": "errors", "BrokerUnavailable": "errors",
+    "LogUnavailable": "errors", "StillInProgress": "errors", "UnknownBroadcast": "errors",
+}  # fmt: skip
+__all__ = ["audiences_changed", *_PUBLIC]
+
+
+def __getattr__(name: str) -> object:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'broadcaster' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"broadcaster.sending.{module}"), name)

@@ -63,6 +63,10 @@ RESUMES = Counter("broadcaster_resumes", "Reconnects with `since`", ["result"])
 REDIS_ERRORS = Counter("broadcaster_redis_errors", "Failed Redis operations")
 SEEN = Counter("broadcaster_seen_frames", "`seen` frames from receivers: counted, or ignored (not countable)",
                ["result"])  # fmt: skip
+LOG_WRITE_FAILURES = Counter("broadcaster_log_write_failures", "Broadcast log writes the database refused")
+OUTBOX_SENT = Counter(
+    "broadcaster_outbox_sent", "Committed broadcasts sent late by the outbox (Redis was away)"
+)
 REACH_COMMANDS = Counter("broadcaster_reach_redis_commands", "Redis commands the reach flushes sent")
 for _result in ("replayed", "reset"):
     RESUMES.labels(result=_result)

@@ -53,8 +53,13 @@ class PublishToken(models.Model):
 
 
 class BroadcastRecord(models.Model):
-    """One broadcast, from any path, whether it went out or not (the broadcast log)."""
+    """One broadcast, from any path, whether it went out or not (the broadcast log).
 
+    Written before the broadcast goes out (`pending`), then marked `sent` or `failed`: a
+    broadcast without its row is never sent, and a row stays `pending` while a committed
+    broadcast waits for Redis (broadcaster/sending/outbox.py sends it then)."""
+
+    PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
 
@@ -63,7 +68,9 @@ class BroadcastRecord(models.Model):
         max_length=150, db_index=True, help_text="console:<user>, api:<token> or a user."
     )
     text = models.TextField()
-    status = models.CharField(max_length=10, choices=[(SENT, "sent"), (FAILED, "failed")])
+    status = models.CharField(
+        max_length=10, choices=[(PENDING, "pending"), (SENT, "sent"), (FAILED, "failed")]
+    )
     clients = models.PositiveIntegerField(null=True, help_text="Clients connected when it was sent.")
     seq = models.PositiveBigIntegerField(null=True, help_text="Its number in the broadcast history.")
     message_id = models.CharField(max_length=32, blank=True, db_index=True)
@@ -73,9 +80,24 @@ class BroadcastRecord(models.Model):
     retracted = models.DateTimeField(null=True, blank=True, help_text="When it was taken back.")
     retracted_by = models.CharField(max_length=150, blank=True, help_text="Who took it back.")
     audience = models.JSONField(default=list, help_text="Who it is for (broadcaster/audiences.py).")
+    # Idempotency (broadcaster/sending/idempotency.py): a key is unique within its scope (a
+    # publish token's, or code's) while set; the row is the first request's answer.
+    idempotency_scope = models.CharField(max_length=150, blank=True, editable=False)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    request_hash = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_scope", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="one_broadcast_per_idempotency_key",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "id"], name="broadcast_by_status"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created:%Y-%m-%d %H:%M:%S} {self.sender}: {self.text[:50]}"
@@ -107,3 +129,9 @@ class ReceiverToken(models.Model):
         secret = "rcv_" + secrets.token_urlsafe(32)
         self.secret_hash = hash_secret(secret)
         return secret
+
+
+class WriteCheck(models.Model):
+    """One row, written to find out whether the database takes writes (readiness, start-up)."""
+
+    at = models.DateTimeField()

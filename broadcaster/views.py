@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from broadcaster import metrics, protocol
 from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
+from broadcaster.sending import log_health
 from broadcaster.sending.api import bearer
 from broadcaster.server.drain import drain
 
@@ -38,13 +39,16 @@ async def health(request: HttpRequest) -> JsonResponse:
 
 async def ready(request: HttpRequest) -> JsonResponse:
     """For load balancers: 200 while this process takes new clients; 503 once it is draining
-    (SIGTERM) or cannot reach Redis."""
+    (SIGTERM), cannot reach Redis, or cannot write the broadcast log (no broadcast can be sent)."""
     if drain.draining:
         return JsonResponse({"status": "draining"}, status=503)
     try:
         await redis_client.shared_client().ping()
     except (RedisError, OSError):
         return JsonResponse({"status": "unavailable", "redis": "unreachable"}, status=503)
+    why = await log_health.failing()
+    if why is not None:
+        return JsonResponse({"status": "unavailable", "database": why}, status=503)
     return JsonResponse({"status": "ready"})
 
 

@@ -173,8 +173,10 @@ class Daphne:
     """A real daphne process serving the project on a loopback port."""
 
     def __init__(self, *, env: dict[str, str], log: Path, port: int | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:  # fmt: skip
+                 tls: tuple[Path, Path] | None = None, prefix: list[str] | None = None) -> None:  # fmt: skip
         self.env = env
+        # Run daphne through this command (a namespace of its own, say): it must exec daphne.
+        self.prefix = prefix or []
         self.port = port or free_port()
         self.log_path = log
         # (certificate, private key): daphne terminates TLS itself.
@@ -196,7 +198,7 @@ class Daphne:
             endpoint = f"ssl:port={self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-e", endpoint, "broadcast_site.asgi:application"],
+            [*self.prefix, sys.executable, "-m", "daphne", "-e", endpoint, "broadcast_site.asgi:application"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()

@@ -113,6 +113,12 @@ def host(tmp_path: Path, redis_url: str) -> Host:
         + (
             "\nfrom django.http import HttpResponse\n\n"
             "urlpatterns += [path('hello/', lambda request: HttpResponse('Hello from the host'))]\n"
+            # A view that fails after send(), inside its transaction.
+            "\nfrom django.contrib.auth.models import Group\nfrom django.db import transaction\n"
+            "import broadcaster\n\n\ndef fails(request):\n    with transaction.atomic():\n"
+            "        Group.objects.create(name='never')\n        broadcaster.send('Never sent')\n"
+            "        raise RuntimeError('the view failed after send()')\n\n\n"
+            "urlpatterns += [path('fails/', fails)]\n"
         )
     )
     made = Host(root=root, env=env)
@@ -434,3 +440,70 @@ async def test_banner_hears_only_what_is_for_its_signed_in_user(served: HostServ
     print(f"audiences_changed took effect in {took:.2f} s")
     await expect(bob_status).to_have_text(f"Acme {n}", timeout=1)
     assert took < 5, took
+
+
+SCRIPT = """
+import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hostsite.settings")
+import django
+django.setup()
+import broadcaster
+print(broadcaster.send("From a script").seq)
+"""
+
+
+async def test_send_from_code_in_a_host_project(served: HostServer) -> None:
+    """The "Send from your code" section as written: a view that saves a model and sends in
+    one transaction, a view that fails after send() (nothing sent, no row), an async view, a
+    post_save handler, a management command and a separate process without a server: each
+    broadcast reaches a real receiver exactly once."""
+    import asyncio
+
+    from tests.support import Client
+
+    host, base = served.host, f"http://127.0.0.1:{served.port}"
+    made = host.manage("create_receiver_token", "admin")  # staff: the post_save handler's audience
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.splitlines()[1].strip()
+    listener = await Client(f"ws://127.0.0.1:{served.port}/ws/broadcast/").connect(
+        additional_headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    await listener.wait_for(lambda c: c.last_count() is not None, timeout=20, what="connected")
+
+    def request(method: str, path: str, data: bytes | None = None) -> tuple[int, dict[str, object]]:
+        headers = {}
+        if method == "POST":  # the CSRF cookie and header Django asks a form post for
+            with urllib.request.urlopen(base + "/admin/login/", timeout=10) as resp:
+                cookie = resp.headers["Set-Cookie"].split(";")[0]
+            headers = {"Cookie": cookie, "X-CSRFToken": cookie.split("=", 1)[1],
+                       "Content-Type": "application/x-www-form-urlencoded"}  # fmt: skip
+        asked = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(asked, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, {}
+
+    status, answer = await asyncio.to_thread(request, "POST", "/teams/", b"name=red")
+    assert status == 201 and answer["broadcast"], answer
+    assert (await asyncio.to_thread(request, "GET", "/fails/"))[0] == 500
+    status, answer = await asyncio.to_thread(request, "GET", "/maintenance/")
+    assert status == 200 and answer["clients"] == 1, answer
+    new_user = "from django.contrib.auth.models import User; User.objects.create_user('newbie')"
+    for command in (["shell", "-c", new_user], ["announce", "From a command"]):
+        done = await asyncio.to_thread(host.manage, *command)
+        assert done.returncode == 0, done.stderr
+    script = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", SCRIPT], cwd=host.root,
+                                     env=host.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert script.returncode == 0 and script.stdout.strip().isdigit(), script.stderr
+    done = await asyncio.to_thread(host.manage, "announce", "Last")
+    assert done.returncode == 0 and "Sent to 1 receivers" in done.stdout, done.stdout
+    await listener.wait_for(lambda c: "Last" in c.messages(), timeout=20, what="the last broadcast")
+    heard = [t for t in listener.messages() if t != "New account: admin"]
+    assert heard == ["New team: red", "Maintenance at 22:00", "New account: newbie", "From a command",
+                     "From a script", "Last"], heard  # fmt: skip
+    count = ("from broadcaster.models import BroadcastRecord as B; from django.contrib.auth.models import "
+             "Group as G; print(B.objects.filter(text='Never sent').count(), G.objects.filter(name='never')"
+             ".count(), G.objects.filter(name='red').count())")  # fmt: skip
+    rows = host.manage("shell", "-c", count)
+    assert rows.stdout.split()[-3:] == ["0", "0", "1"], rows.stdout
+    await listener.close()

@@ -132,7 +132,7 @@ async def test_current_announcement_is_the_same_from_memory_and_from_redis():
 
     async def retraction(id: str) -> Entry:
         template = protocol.retract_frame(seq=0, epoch="", id=id, time=now())
-        return await appended(await history.append_frame(template=template, key=f"retract:{id}"))
+        return await appended((await history.append_frame(template=template, key=f"retract:{id}")).entry)
 
     async def current() -> list[tuple[str, str]]:
         from_redis = await catch_up(None)

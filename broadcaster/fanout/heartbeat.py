@@ -22,11 +22,15 @@ from redis.exceptions import RedisError
 from broadcaster import metrics
 from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence, withdraw_now
+from broadcaster.sending import outbox
 
 if TYPE_CHECKING:
     from broadcaster.fanout.hub import Hub
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two looks at the outbox (committed broadcasts waiting for Redis).
+OUTBOX_EVERY = 2.0
 
 
 class Heartbeat:
@@ -69,7 +73,7 @@ class Heartbeat:
         # A clean exit (SIGTERM, Ctrl-C) withdraws at once; after SIGKILL the TTL heals.
         atexit.register(self._withdraw_at_exit)
         loop = asyncio.get_running_loop()
-        last_report = float("-inf")
+        last_report = last_outbox = float("-inf")
         try:
             while True:
                 # Once per interval, not per connect: deliveries of catch-ups (which no fan-out
@@ -104,6 +108,9 @@ class Heartbeat:
                         # everything again at the next beat.
                         logger.exception("Could not apply membership changes")
                         hub.membership.lost_redis()
+                    if loop.time() - last_outbox >= OUTBOX_EVERY:
+                        last_outbox = loop.time()
+                        await outbox.flush()
                 await hub.flush_reach()
                 if not hub.receivers:
                     # (With Redis lost, the report's TTL withdraws this process soon enough.)

@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -61,9 +61,10 @@ end
 # count, ARGV[3] max age ms, ARGV[4] an epoch to use if none is set yet, ARGV[5] the
 # placeholder in ARGV[1] to replace with the real seq and epoch, ARGV[6] now ms or "",
 # ARGV[7] the message id.
-# Returns {seq, epoch, frame}.
+# Returns {seq, epoch, frame, fresh}: fresh is 1 when this call numbered it, 0 when it was known.
 # Idempotent by message id: the same message appended again (a client retrying after its
-# connection dropped with the reply in flight) gets its first seq back, not a second one.
+# connection dropped with the reply in flight, the outbox sending a row whose first send was
+# not recorded) gets its first seq back, not a second one.
 # Trimming removes the same seqs from `log` and `times`, found by seq or by time, never by
 # rank in `times`: entries of one millisecond sort there by member as strings ("10" < "9").
 _APPEND = (
@@ -86,7 +87,7 @@ end
 local known = redis.call('ZSCORE', KEYS[5], ARGV[7])
 if known then
   if ARGV[8] == '1' then acknowledge(tonumber(known)) end
-  return {tonumber(known), epoch, numbered(tonumber(known))}
+  return {tonumber(known), epoch, numbered(tonumber(known)), 0}
 end
 local seq = redis.call('INCR', KEYS[1])
 if ARGV[8] == '1' then
@@ -111,7 +112,7 @@ for _, s in ipairs(old) do
   redis.call('ZREMRANGEBYSCORE', KEYS[3], s, s)
   redis.call('ZREM', KEYS[4], s)
 end
-return {seq, epoch, frame}
+return {seq, epoch, frame, 1}
 """
 )
 
@@ -255,6 +256,14 @@ class Entry:
         return protocol.parse_time(json.loads(self.frame).get("expires"))
 
 
+class Appended(NamedTuple):
+    """A frame appended: its kept entry, and whether this append numbered it (False: the key
+    was known, and it had been numbered, kept and sent before)."""
+
+    entry: Entry
+    fresh: bool
+
+
 @dataclass(frozen=True)
 class Since:
     """What the history holds after a point: the newest seq, the epoch, the kept entries
@@ -304,24 +313,25 @@ class History:
         """Number and keep a message; return it with its seq, epoch and final frame."""
         template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
                                           expires=expires)  # fmt: skip
-        return await self.append_frame(template=template, key=id)
+        return (await self.append_frame(template=template, key=id)).entry
 
-    async def append_frame(self, *, template: str, key: str) -> Entry:
+    async def append_frame(self, *, template: str, key: str) -> Appended:
         """Number and keep a frame built with seq 0 and epoch "" (protocol.message_frame or
-        retract_frame); `key` makes it idempotent (the same key again gets its first seq back)."""
+        retract_frame); `key` makes it idempotent (the same key again gets its first seq back,
+        and `fresh` False)."""
         args = [*self._append_args(template, key), "1"]
-        seq, epoch, frame = await self._append(keys=self._keys, args=args)
-        return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
+        seq, epoch, frame, fresh = await self._append(keys=self._keys, args=args)
+        return Appended(Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), bool(int(fresh)))
 
     async def append_replicated(self, *, template: str, key: str, replicas: int, wait: float
-                                ) -> tuple[Entry, int, int]:  # fmt: skip
+                                ) -> tuple[Appended, int, int]:  # fmt: skip
         """`append_frame()`, then wait up to `wait` seconds until `replicas` replicas have it,
         or all of them if fewer are connected. Return it, how many replicas have it and how many
         were waited for. (Redis WAIT counts the writes of its own connection: all of this runs
         on one connection.)"""
         async with self._redis.client() as conn:
             args = [*self._append_args(template, key), "0"]
-            seq, epoch, frame = await self._append(keys=self._keys, args=args, client=conn)
+            seq, epoch, frame, fresh = await self._append(keys=self._keys, args=args, client=conn)
             # The replicas of the server that took the write (after a failover, the new master).
             role = await conn.execute_command("ROLE")
             connected = len(role[2]) if _text(role[0]) == "master" else 0
@@ -330,7 +340,8 @@ class History:
             if copies >= needed:
                 # Only now may readers (servers, resuming clients) see it, and those before it.
                 await self._ack(keys=self._keys, args=[int(seq)], client=conn)
-        return Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), copies, needed
+        entry = Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
+        return Appended(entry, bool(int(fresh))), copies, needed
 
     async def raise_floor(self, *, epoch: str, floor: int) -> bool:
         """Make the next seq of `epoch` at least `floor` + 1; True if it was lower."""

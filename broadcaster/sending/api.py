@@ -17,20 +17,15 @@ from broadcaster import protocol, reach
 from broadcaster.backend import redis_client
 from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from broadcaster.sending import ratelimit
-from broadcaster.sending.publish import (
-    BrokerUnavailable,
-    EmptyMessage,
-    InvalidAudience,
-    InvalidOptions,
-    InvalidText,
+from broadcaster.sending.errors import (
+    BroadcastUnavailable,
+    IdempotencyConflict,
+    InvalidBroadcast,
     MessageTooLong,
     UnknownBroadcast,
-    check_audience,
-    publish,
-    retract,
-    validate,
-    validate_options,
 )
+from broadcaster.sending.idempotency import Idempotency
+from broadcaster.sending.publish import Sent, check_audience, publish, retract, validate, validate_options
 
 logger = logging.getLogger(__name__)
 
@@ -116,27 +111,47 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         validate(text)
         level, expires_in = validate_options(level=_or_default(body.get("level"), protocol.LEVEL_INFO),
                                              expires_in=body.get("expires_in"))  # fmt: skip
-    except (EmptyMessage, InvalidText, InvalidOptions) as exc:
-        return error(400, str(exc))
+        audience = await check_audience(body.get("audience"))
+        key = request.headers.get("Idempotency-Key")
+        again = None if key is None else Idempotency.of(f"token:{token.pk}", key, text=text, level=level,
+                                                        expires_in=expires_in, audience=audience)  # fmt: skip
+        if again is not None and (earlier := await again.find()) is not None:
+            # Answered before: the first answer again, with no send and no rate-limit hit.
+            return _sent(await again.replay(earlier), replayed=True)
+
+        async def admit() -> None:
+            limited = await _over_send_limit(token)
+            if limited is not None:
+                raise _Refused(limited)
+
+        sent = await publish(text=text, sender=token.sender, level=level, expires_in=expires_in,
+                             audience=audience, idempotency=again, admit=admit)  # fmt: skip
+    except _Refused as refused:
+        return refused.response
     except MessageTooLong as exc:
         return error(413, str(exc))
-    try:
-        audience = await check_audience(body.get("audience"))
-    except InvalidAudience as exc:
+    except IdempotencyConflict as exc:
+        return error(422, str(exc))
+    except InvalidBroadcast as exc:
         return error(400, str(exc))
-    limited = await _over_send_limit(token)
-    if limited is not None:
-        return limited
-    try:
-        sent = await publish(text=text, sender=token.sender, level=level, expires_in=expires_in,
-                             audience=audience)  # fmt: skip
-    except InvalidAudience as exc:  # (a user or group deleted since the check above)
-        return error(400, str(exc))
-    except BrokerUnavailable as exc:
+    except BroadcastUnavailable as exc:
         return error(503, str(exc), **{"Retry-After": "1"})
-    return JsonResponse({"id": sent.id, "seq": sent.seq, "time": sent.time, "clients": sent.clients,
-                         "level": sent.level, "expires": sent.expires, "audience": list(sent.audience)},
-                        status=201)  # fmt: skip
+    return _sent(sent)
+
+
+class _Refused(Exception):
+    """A request turned away before its broadcast was sent (the rate limit), with its answer."""
+
+    def __init__(self, response: JsonResponse) -> None:
+        self.response = response
+
+
+def _sent(sent: Sent, *, replayed: bool = False) -> JsonResponse:
+    """201 with the broadcast (docs/API.md); a replayed answer says so in a header."""
+    response = JsonResponse(sent.answer(), status=201)
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
 
 
 def _or_default(value: object, default: str) -> object:
@@ -176,7 +191,7 @@ async def broadcast(request: HttpRequest, id: str) -> HttpResponse:
             await retract(id=id, sender=token.sender)
         except UnknownBroadcast as exc:
             return error(404, str(exc))
-        except BrokerUnavailable as exc:
+        except BroadcastUnavailable as exc:
             return error(503, str(exc), **{"Retry-After": "1"})
         return HttpResponse(status=204)
     record = await BroadcastRecord.objects.filter(message_id=id, status=BroadcastRecord.SENT).afirst()

@@ -22,7 +22,8 @@ from redis.exceptions import RedisError
 from broadcaster import protocol
 from broadcaster.backend import redis_client
 from broadcaster.presence import group_presence
-from broadcaster.sending.publish import BrokerUnavailable, PublishError, publish, retract
+from broadcaster.sending.errors import BroadcastError, BroadcastUnavailable
+from broadcaster.sending.publish import publish, retract
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ async def take_back(*, id: str, sender: str) -> str:
     await check_redis()
     try:
         done = await retract(id=id, sender=sender)
-    except PublishError as exc:
+    except BroadcastError as exc:
         raise ConsoleError(f"Not retracted: {exc}") from exc
     if not done.seq:
         return f"Retracted already, by {done.by} at {done.time}."
@@ -175,12 +176,12 @@ async def _send(text: str, *, screen: Screen, sender: str, tally: Tally, stop_on
     try:
         await publish(text=text, sender=sender, level=options.level, expires_in=options.expires_in,
                       audience=options.audience)  # fmt: skip
-    except BrokerUnavailable as exc:
+    except BroadcastUnavailable as exc:
         if stop_on_outage:
             raise ConsoleError(f"Not sent: {exc}") from exc
         screen.error(f"Not sent: {exc}")
         tally.refused.append(text)
-    except PublishError as exc:
+    except BroadcastError as exc:
         screen.error(f"Not sent: {exc}")
         tally.refused.append(text)
     else:

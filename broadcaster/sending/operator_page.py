@@ -37,11 +37,8 @@ from broadcaster.backend import redis_client
 from broadcaster.models import SEND_PERMISSION, BroadcastRecord
 from broadcaster.presence import group_presence
 from broadcaster.protocol import LEVEL_INFO, LEVELS
+from broadcaster.sending.errors import BroadcastError, BroadcastUnavailable, InvalidAudience, UnknownBroadcast
 from broadcaster.sending.publish import (
-    BrokerUnavailable,
-    InvalidAudience,
-    PublishError,
-    UnknownBroadcast,
     check_audience,
     publish,
     retract,
@@ -183,7 +180,7 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
         validate(text)
         level, expires_in = validate_options(level=form.level, expires_in=_seconds(form.expires_in))
         audience = await check_audience(audience_field(form.audience))
-    except PublishError as exc:
+    except BroadcastError as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=400, form=form)
     send_id = request.POST.get("send_id", "")
     if not send_id:
@@ -207,7 +204,7 @@ async def operator_page(request: HttpRequest) -> HttpResponse:
     try:
         sent = await publish(text=text, sender=user.get_username(), level=level, expires_in=expires_in,
                              audience=audience)  # fmt: skip
-    except BrokerUnavailable as exc:
+    except BroadcastUnavailable as exc:
         return await _page(request, can_send=True, text=text, error=str(exc), status=503, form=form)
     except InvalidAudience as exc:  # (deleted since the check above)
         return await _page(request, can_send=True, text=text, error=str(exc), status=400, form=form)
@@ -240,7 +237,7 @@ async def operator_retract(request: HttpRequest) -> HttpResponse:
         done = await retract(id=id, sender=user.get_username())
     except UnknownBroadcast as exc:
         return await _page(request, can_send=True, error=str(exc), status=404)
-    except BrokerUnavailable as exc:
+    except BroadcastUnavailable as exc:
         return await _page(request, can_send=True, error=str(exc), status=503)
     if done.seq:
         messages.success(request, f"Retracted: every client was told (retraction #{done.seq}).")

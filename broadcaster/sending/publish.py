@@ -1,4 +1,11 @@
-"""The one publish path: every sender (console, operator page, API) goes through here.
+"""The one publish path: every sender (console, operator page, API, `broadcaster.send()`,
+the outbox) goes through here.
+
+A broadcast's row is written first (`pending`), then it is numbered, kept and sent, then the
+row is marked `sent` (or `failed`, nothing sent). So every broadcast that went out has a row
+(report, retract), and one whose row cannot be written is refused (errors.LogUnavailable).
+Inside a caller's transaction (broadcaster/sending/code.py) the row is written in it and the
+rest runs after commit; a committed row Redis could not take stays pending for the outbox.
 
 This is the only module that calls `group_send`.
 """
@@ -8,6 +15,7 @@ from __future__ import annotations
 import logging
 import time as clock
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,15 +23,31 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, models
+from django.db import DatabaseError, IntegrityError, models
 from redis.exceptions import RedisError
 
-from broadcaster import audiences, protocol
+from broadcaster import audiences, protocol, signals
 from broadcaster.backend import redis_client
-from broadcaster.history.kept import Entry, group_history
+from broadcaster.history.kept import Appended, group_history
 from broadcaster.log_throttle import Throttle
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
+from broadcaster.sending import log_health, outbox
+from broadcaster.sending.errors import (
+    BroadcastError,
+    BroadcastUnavailable,
+    BrokerUnavailable,
+    EmptyMessage,
+    InvalidAudience,
+    InvalidOptions,
+    InvalidText,
+    LogUnavailable,
+    MessageTooLong,
+    UnknownBroadcast,
+)
+from broadcaster.sending.idempotency import Idempotency
+
+__all__ = ["BroadcastError", "BroadcastUnavailable", "Sent", "check_audience", "publish", "retract"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,38 +63,6 @@ NOT_REPLICATED = ("Not confirmed: Redis did not copy it to enough replicas in ti
 REPLICA_WAIT = 1.0
 # Fewer replicas connected than BROADCAST_MIN_REPLICAS is logged at most once a minute.
 _few_replicas = Throttle(every=60.0)
-
-
-class PublishError(Exception):
-    """A message was not published; the text says why, for the sender."""
-
-
-class EmptyMessage(PublishError):
-    """The message has no visible text."""
-
-
-class InvalidText(PublishError):
-    """The message is not valid Unicode text (a lone surrogate, or bytes that were not UTF-8)."""
-
-
-class MessageTooLong(PublishError):
-    """The message is longer than BROADCAST_MAX_LENGTH."""
-
-
-class BrokerUnavailable(PublishError):
-    """Redis could not be reached; nothing was sent."""
-
-
-class InvalidOptions(PublishError):
-    """The level or the expiry is not one a broadcast can have."""
-
-
-class UnknownBroadcast(PublishError):
-    """No broadcast that went out has this id (retraction)."""
-
-
-class InvalidAudience(PublishError):
-    """The audience is malformed, or names a user, group or permission that does not exist."""
 
 
 class CheckedAudience(tuple[str, ...]):
@@ -97,18 +89,34 @@ MAX_EXPIRES_IN = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)
-class Published:
-    """A message that went out: its number, id and time as the receivers see them."""
+class Sent:
+    """A broadcast: its id, and once it went out its number and the count of its audience's
+    receivers then (`pending`: its row is written, it goes out after the caller's transaction
+    commits, or when Redis is back). `time` is when it was sent (the sender's call)."""
 
-    seq: int
-    epoch: str
     id: str
     text: str
     time: str
-    clients: int
     level: str = protocol.LEVEL_INFO
     expires: str | None = None
     audience: tuple[str, ...] = protocol.AUDIENCE_EVERYONE
+    seq: int | None = None
+    clients: int | None = None
+    pending: bool = False
+    epoch: str | None = None  # the numbering seq belongs to, when this call sent it
+
+    @classmethod
+    def of(cls, record: BroadcastRecord) -> Sent:
+        """What the log's row says of its broadcast."""
+        return cls(id=record.message_id, text=record.text, time=protocol.iso_time(record.created),
+                   level=record.level, expires=protocol.iso_time(record.expires) if record.expires else None,
+                   audience=record.audiences, seq=record.seq, clients=record.clients,
+                   pending=record.status == BroadcastRecord.PENDING)  # fmt: skip
+
+    def answer(self) -> dict[str, Any]:
+        """The HTTP API's answer body (docs/API.md)."""
+        return {"id": self.id, "seq": self.seq, "time": self.time, "clients": self.clients,
+                "level": self.level, "expires": self.expires, "audience": list(self.audience)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -151,40 +159,129 @@ def validate_options(*, level: object, expires_in: object) -> tuple[str, float |
     return str(level), float(expires_in)
 
 
-async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
-                  expires_in: float | None = None, audience: object = None) -> Published:  # fmt: skip
-    """Send `text` to every connected receiver of `audience` (everyone when None; a string or
-    a list: broadcaster/audiences.py), on every server process.
+def new_record(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
+               expires_in: float | None = None, audience: tuple[str, ...],
+               idempotency: Idempotency | None = None) -> BroadcastRecord:  # fmt: skip
+    """The unsaved, pending row of a checked broadcast (`validate`, `validate_options`,
+    `check_audience`), with its id and time."""
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=expires_in) if expires_in is not None else None
+    record = BroadcastRecord(sender=sender, text=text, status=BroadcastRecord.PENDING, level=level,
+                             message_id=uuid.uuid4().hex, created=now, expires=until,
+                             audience=list(audience))  # fmt: skip
+    if idempotency is not None:
+        record.idempotency_scope, record.idempotency_key = idempotency.scope, idempotency.key
+        record.request_hash = idempotency.fingerprint
+    return record
 
-    Two steps, in this order: number and keep it (one atomic Lua script), then send it live.
-    A publisher that dies between them leaves a kept message that was never live: server
-    processes notice the gap in the numbers and fill it from history (broadcaster/fanout/hub.py).
-    The frame is encoded here, once; server processes pass it through unchanged.
+
+def refused_write(exc: DatabaseError, record: BroadcastRecord) -> LogUnavailable:
+    """The error a broadcast whose row could not be written is refused with (counted, logged)."""
+    why = log_health.failed(exc, what=f"broadcast from {record.sender}")
+    return LogUnavailable(f"The broadcast log cannot be written ({why}): nothing was sent. "
+                          "Try again once the database takes writes.")  # fmt: skip
+
+
+async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
+                  expires_in: float | None = None, audience: object = None,
+                  idempotency: Idempotency | None = None,
+                  admit: Callable[[], Awaitable[None]] | None = None) -> Sent:  # fmt: skip
+    """Send `text` to every connected receiver of `audience` (everyone when None; a string or
+    a list: broadcaster/audiences.py), on every server process, now: its row first, then out.
+
+    With `idempotency`: a key already used by this scope within 24 hours gives the first
+    broadcast's answer (or IdempotencyConflict for another body), and sends nothing new.
+    `admit` (the API's rate limit) runs once the row holds the key, so requests that only get
+    the first answer again are not counted; if it raises, the row is deleted, nothing sent.
     """
     validate(text)
     level, expires_in = validate_options(level=level, expires_in=expires_in)
     to = await check_audience(audience)
-    id = uuid.uuid4().hex
-    now = datetime.now(UTC)
-    until = now + timedelta(seconds=expires_in) if expires_in is not None else None
-    time, expires = protocol.iso_time(now), protocol.iso_time(until) if until is not None else None
-    template = protocol.message_frame(seq=0, epoch="", id=id, text=text, time=time, level=level,
+    if idempotency is not None:
+        earlier = await idempotency.find()
+        if earlier is not None:
+            return await idempotency.replay(earlier)
+    record = new_record(text=text, sender=sender, level=level, expires_in=expires_in, audience=to,
+                        idempotency=idempotency)  # fmt: skip
+    try:
+        await record.asave(force_insert=True)
+    except IntegrityError:
+        if idempotency is None:
+            raise
+        # Another request with this key got its row in first (or an old one holds the key).
+        return await idempotency.replay(await idempotency.taken())
+    except DatabaseError as exc:
+        raise refused_write(exc, record) from exc
+    log_health.succeeded()
+    if admit is not None:
+        try:
+            await admit()
+        except BaseException:
+            await BroadcastRecord.objects.filter(pk=record.pk).adelete()
+            raise
+    # Committed broadcasts still waiting for Redis go first: broadcasts go out in order.
+    await outbox.flush(up_to=record.pk - 1)
+    return await deliver(record, keep_pending=False)
+
+
+async def deliver(record: BroadcastRecord, *, keep_pending: bool) -> Sent:
+    """Number, keep and send a written row's broadcast, then mark its row. If Redis cannot
+    take it: `keep_pending` (a committed send: the outbox tries again) leaves the row pending,
+    else it is marked failed; BrokerUnavailable either way. A row whose first send was not
+    recorded goes out again as the same broadcast (the append is idempotent by id): nothing
+    is sent twice, and `broadcast_sent` is sent once."""
+    to, id = record.audiences, record.message_id
+    time = protocol.iso_time(record.created)
+    expires = protocol.iso_time(record.expires) if record.expires is not None else None
+    template = protocol.message_frame(seq=0, epoch="", id=id, text=record.text, time=time, level=record.level,
                                       expires=expires, audience=to)  # fmt: skip
-    failed = {"sender": sender, "text": text, "level": level, "message_id": id, "audience": list(to)}
-    entry, clients = await _number_and_send(template=template, key=id, sender=sender, failed=failed,
-                                            audience=to)  # fmt: skip
-    logger.info("Broadcast %s (seq %d) from %s to %s: %d characters", id, entry.seq, sender, ", ".join(to),
-                len(text))  # fmt: skip
-    await _record(sender=sender, text=text, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq,
-                  message_id=id, level=level, created=now, expires=until, audience=list(to))  # fmt: skip
-    return Published(seq=entry.seq, epoch=entry.epoch, id=id, text=text, time=time, clients=clients,
-                     level=level, expires=expires, audience=to)  # fmt: skip
+    try:
+        appended, clients = await _number_and_send(
+            template=template, key=id, sender=record.sender, audience=to
+        )
+    except BrokerUnavailable as exc:
+        if not keep_pending:
+            await _mark(record, status=BroadcastRecord.FAILED, error=str(exc), idempotency_key=None)
+        raise
+    entry = appended.entry
+    if appended.fresh:
+        logger.info("Broadcast %s (seq %d) from %s to %s: %d characters", id, entry.seq, record.sender,
+                    ", ".join(to), len(record.text))  # fmt: skip
+    await _mark(record, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq)
+    sent = Sent(id=id, text=record.text, time=time, level=record.level, expires=expires, audience=to,
+                seq=entry.seq, clients=clients, epoch=entry.epoch)  # fmt: skip
+    if appended.fresh:
+        await _tell(signals.broadcast_sent, broadcast=sent)
+    return sent
+
+
+async def _mark(record: BroadcastRecord, **fields: Any) -> None:
+    """Record what became of a row's broadcast. A failure is logged and counted, not raised:
+    the broadcast's fate is decided (a sent one stays pending in the log, and the outbox marks
+    it, sending nothing again)."""
+    for name, value in fields.items():
+        setattr(record, name, value)
+    try:
+        await BroadcastRecord.objects.filter(pk=record.pk).aupdate(**fields)
+    except DatabaseError as exc:
+        log_health.failed(exc, what=f"outcome of broadcast {record.message_id}")
+    else:
+        log_health.succeeded()
+
+
+async def _tell(signal: Any, **kwargs: Any) -> None:
+    """Send a signal to the host's receivers; one that raises is logged, never the sender's problem."""
+    for receiver, result in await signal.asend_robust(sender=BroadcastRecord, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("A %s receiver (%s) raised: %r", "broadcaster.signals", receiver, result)
 
 
 async def retract(*, id: str, sender: str) -> Retracted:
     """Take back broadcast `id`: every receiver is sent a numbered `retract` frame (kept in
     history, so resuming clients learn it), and it is never again a new client's current
-    announcement. Retracting one that was retracted already sends nothing new."""
+    announcement. Retracting one that was retracted already sends nothing new. A pending
+    broadcast (waiting for Redis) is taken back in the log alone when Redis is away: it never
+    goes out."""
     record = await retractable_record(id)
     if record is None:
         raise UnknownBroadcast(f"No broadcast with id {id!r} went out.")
@@ -194,67 +291,79 @@ async def retract(*, id: str, sender: str) -> Retracted:
     template = protocol.retract_frame(seq=0, epoch="", id=id, time=protocol.iso_time(now),
                                       audience=record.audiences)  # fmt: skip
     # Idempotent by key: two retractions at once get the same number, and one frame goes out.
-    entry, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender, failed=None,
-                                      audience=record.audiences)  # fmt: skip
+    try:
+        appended, _ = await _number_and_send(template=template, key=f"retract:{id}", sender=sender,
+                                             audience=record.audiences)  # fmt: skip
+    except BrokerUnavailable:
+        if record.status != BroadcastRecord.PENDING:
+            raise
+        appended = None  # never went out (the outbox skips a retracted row)
     try:
         claimed = await BroadcastRecord.objects.filter(pk=record.pk, retracted__isnull=True).aupdate(
             retracted=now, retracted_by=sender
         )
     except DatabaseError as exc:
-        logger.error("Retraction of %s by %s was not recorded in the log: %s", id, sender, exc)
+        if appended is None:
+            raise refused_write(exc, record) from exc
+        log_health.failed(exc, what=f"retraction of {id} by {sender}")
         claimed = 1
     if not claimed:  # another retraction of it got there first: it is the one in the log
         await record.arefresh_from_db(fields=["retracted", "retracted_by"])
         assert record.retracted is not None
         return Retracted(id=id, seq=0, by=record.retracted_by, time=protocol.iso_time(record.retracted))
-    logger.info("Broadcast %s retracted by %s (seq %d)", id, sender, entry.seq)
-    return Retracted(id=id, seq=entry.seq, by=sender, time=protocol.iso_time(now))
+    seq = appended.entry.seq if appended is not None else 0
+    logger.info("Broadcast %s retracted by %s (seq %d)", id, sender, seq)
+    retracted = Retracted(id=id, seq=seq, by=sender, time=protocol.iso_time(now))
+    await _tell(signals.broadcast_retracted, id=id, by=sender, seq=seq)
+    return retracted
 
 
 async def retractable_record(id: str) -> BroadcastRecord | None:
-    """The log's record of broadcast `id` if it went out, or may have (a send refused as not
-    replicated in time can still reach receivers from history): what `retract` takes back."""
+    """The log's record of broadcast `id` if it went out, or may have, or will (a send refused
+    as not replicated in time can still reach receivers from history; a pending one goes out
+    when Redis is back): what `retract` takes back."""
     if not protocol.is_message_id(id):
         return None
     return await (
         BroadcastRecord.objects.filter(message_id=id)
-        .filter(models.Q(status=BroadcastRecord.SENT) | models.Q(error=NOT_REPLICATED))
+        .filter(
+            models.Q(status__in=[BroadcastRecord.SENT, BroadcastRecord.PENDING])
+            | models.Q(error=NOT_REPLICATED)
+        )
         .afirst()
     )
 
 
-async def _number_and_send(*, template: str, key: str, sender: str, failed: dict[str, Any] | None,
-                           audience: tuple[str, ...]) -> tuple[Entry, int]:  # fmt: skip
-    """Number and keep a frame (message or retraction), then send it live; return it and the
-    count of `audience`'s receivers before it. `failed`: what to log as a failed broadcast if it
-    does not go out."""
+async def _number_and_send(*, template: str, key: str, sender: str, audience: tuple[str, ...]
+                           ) -> tuple[Appended, int]:  # fmt: skip
+    """Number and keep a frame (message or retraction), then send it live unless its key was
+    known (it went out before); return it and the count of `audience`'s receivers before it."""
     redis = redis_client.shared_client()
     try:
         clients = await group_presence(redis).audience_total(audience)
         history, replicas = group_history(redis), settings.BROADCAST_MIN_REPLICAS
         if replicas:
-            entry, copies, needed = await history.append_replicated(
+            appended, copies, needed = await history.append_replicated(
                 template=template, key=key, replicas=replicas, wait=REPLICA_WAIT
             )
         else:
-            entry, copies, needed = await history.append_frame(template=template, key=key), 0, 0
+            appended, copies, needed = await history.append_frame(template=template, key=key), 0, 0
     except (RedisError, OSError) as exc:
         # Where Redis is and what it said go to the server log only; senders (API clients, the
         # page, the log in the admin) are told what failed and what to do.
         logger.warning("Broadcast from %s failed: Redis at %s unreachable: %s",
                        sender, redis_client.display_url(), exc)  # fmt: skip
-        if failed is not None:
-            await _record(**failed, status=BroadcastRecord.FAILED, error=UNREACHABLE)
         raise BrokerUnavailable(UNREACHABLE) from exc
+    entry = appended.entry
     if needed < replicas and _few_replicas.due():
         logger.warning("Redis has %d replica(s) connected, fewer than BROADCAST_MIN_REPLICAS (%d): "
                        "broadcasts are acknowledged once those have them", needed, replicas)  # fmt: skip
     if copies < needed:
         logger.warning("Broadcast %s from %s (seq %d) not acknowledged: %d of %d replicas had it "
                        "after %.1f s", key, sender, entry.seq, copies, needed, REPLICA_WAIT)  # fmt: skip
-        if failed is not None:
-            await _record(**failed, status=BroadcastRecord.FAILED, error=NOT_REPLICATED)
         raise BrokerUnavailable(NOT_REPLICATED)
+    if not appended.fresh:
+        return appended, clients  # numbered and sent before: by the first try of it
     try:
         await get_channel_layer().group_send(
             protocol.BROADCAST_GROUP,
@@ -266,13 +375,4 @@ async def _number_and_send(*, template: str, key: str, sender: str, failed: dict
         # It is kept: server processes compare with history every second and send it then.
         logger.warning("Broadcast %s kept as seq %d but not sent live (%s); servers will catch up",
                        key, entry.seq, exc)  # fmt: skip
-    return entry, clients
-
-
-async def _record(**fields: Any) -> None:
-    """Put a broadcast in the log. The message's fate does not depend on it: a log failure is
-    an error line, not a lost or doubled broadcast."""
-    try:
-        await BroadcastRecord.objects.acreate(**fields)
-    except DatabaseError as exc:
-        logger.error("Broadcast from %s was not recorded in the log: %s", fields["sender"], exc)
+    return appended, clients

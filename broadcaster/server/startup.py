@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from broadcaster.backend import redis_client
 from broadcaster.fanout import transport
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
+from broadcaster.sending import log_health
 from broadcaster.server import body_limit, drain, gc_policy
 from broadcaster.server.admission import admission
 
@@ -165,6 +166,7 @@ def prepare_server(*, limit_all_bodies: bool = False) -> None:
     redis_client.redis_url()
     logger.info("Using Redis at %s", redis_client.display_url())
     check_write_path()
+    log_health.check_at_start()
     limit_request_bodies(all_bodies=limit_all_bodies)
     drain.install_when_running()
     check_channel_layer()

@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import protocol
 from broadcaster.sending import console
-from broadcaster.sending.publish import PublishError, check_audience, validate_options
+from broadcaster.sending.errors import BroadcastError
+from broadcaster.sending.publish import check_audience, validate_options
 
 
 class Command(BaseCommand):
@@ -82,7 +83,7 @@ class Command(BaseCommand):
         try:
             level, expires_in = validate_options(level=options["level"], expires_in=options["expires_in"])
             audience = asyncio.run(check_audience(options["audience"]))
-        except PublishError as exc:
+        except BroadcastError as exc:
             raise CommandError(str(exc)) from exc
         # A plain tuple: each line is checked again when it is sent (a group deleted during a
         # long console run is refused then, not sent to nobody).

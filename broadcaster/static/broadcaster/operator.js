@@ -124,7 +124,7 @@
         text.appendChild(expires);
       }
       var actions = cell(row, "actions", "");
-      if (retractUrl && r.status === "sent" && !r.retracted && r.id) actions.appendChild(retractForm(r.id));
+      if (retractUrl && (r.status === "sent" || r.status === "pending") && !r.retracted && r.id) actions.appendChild(retractForm(r.id));
       return row;
     });
     if (rows.length === 0) {
