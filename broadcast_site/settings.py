@@ -112,6 +112,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite creates its file with the process's umask (usually world-readable) and gives its
     # journal the same mode: create it private first.
     env.create_private_file(Path(DATABASES["default"]["NAME"]))
+    # Every broadcast writes its row before it goes out and marks it after: with many senders
+    # at once (the API under load, several workers) SQLite's defaults lock writers out. WAL lets
+    # readers go on beside the one writer, IMMEDIATE takes the write lock at a transaction's
+    # start (no deadlocked upgrade), and a writer waits up to 20 s for its turn. Options given
+    # in DATABASE_URL's query win.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

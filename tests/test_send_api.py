@@ -99,15 +99,16 @@ def test_committed_while_redis_is_away_goes_out_once_in_order_when_it_is_back(
         ("first", "pending"), ("second", "pending")]  # fmt: skip
     point_django_at(redis_url)
     sub = Subscriber(redis_url)
-    assert asyncio.run(outbox.flush(up_to=BroadcastRecord.objects.latest("pk").pk)) is True
+    BroadcastRecord.objects.update(created=timezone.now() - outbox.GRACE)  # (past their senders' time)
+    assert asyncio.run(outbox.flush()) is True
     assert sub.texts(2) == ["first", "second"]
-    assert asyncio.run(outbox.flush(up_to=BroadcastRecord.objects.latest("pk").pk)) is True
+    assert asyncio.run(outbox.flush()) is True
     assert kept_texts(redis_url) == ["first", "second"]
     assert set(BroadcastRecord.objects.values_list("status", flat=True)) == {"sent"}
     assert heard == [("sent", "first"), ("sent", "second")]
 
 
-def test_outside_a_transaction_a_dead_redis_is_an_error_and_a_failed_row(dead_redis_url):
+def test_outside_a_transaction_a_dead_redis_is_an_error_and_a_failed_row(redis_url, dead_redis_url):
     point_django_at(dead_redis_url)
     with pytest.raises(broadcaster.BroadcastUnavailable) as raised:
         broadcaster.send("Lost?")
@@ -117,17 +118,32 @@ def test_outside_a_transaction_a_dead_redis_is_an_error_and_a_failed_row(dead_re
         "failed",
         "Cannot reach Redis: nothing was sent. Try again in a moment.",
     )
-    assert asyncio.run(outbox.flush(up_to=row.pk)) is True  # a failed row is never sent later
+    point_django_at(redis_url)  # back: a failed row is never sent later
+    BroadcastRecord.objects.update(created=timezone.now() - outbox.GRACE)
+    assert asyncio.run(outbox.flush()) is True
+    assert kept_texts(redis_url) == []
 
 
-def test_a_row_sent_but_not_marked_goes_out_again_as_the_same_broadcast(redis_url, heard):
-    """The publish went out and the database lost its outcome (the row is still pending):
-    the outbox marks it sent with the same seq, and nothing is sent twice."""
+def test_a_row_sent_but_not_marked_goes_out_again_as_the_same_broadcast(redis_url, heard, monkeypatch):
+    """The publish went out and the database refused its outcome (the row stays pending):
+    the sender is told it was sent; the outbox marks it sent with the same seq, sends nothing
+    twice, and broadcast_sent is sent once, when the row is marked."""
+    from django.db import DatabaseError
+
+    real_update = type(BroadcastRecord.objects.all()).aupdate
+
+    async def refused(self, **fields):
+        if fields.get("status") == "sent":
+            raise DatabaseError("database is locked")
+        return await real_update(self, **fields)
+
+    monkeypatch.setattr(type(BroadcastRecord.objects.all()), "aupdate", refused)
     sent = broadcaster.send("Once")
-    a_minute_ago = timezone.now() - timedelta(minutes=1)  # (older than the outbox's grace)
-    BroadcastRecord.objects.filter(message_id=sent.id).update(
-        status="pending", seq=None, created=a_minute_ago
-    )
+    monkeypatch.undo()
+    assert sent.seq == 1 and heard == []
+    a_minute_ago = timezone.now() - timedelta(minutes=1)  # (past the outbox's grace)
+    BroadcastRecord.objects.filter(message_id=sent.id).update(created=a_minute_ago)
+    assert BroadcastRecord.objects.get(message_id=sent.id).status == "pending"
     sub = Subscriber(redis_url)
     assert asyncio.run(outbox.flush()) is True
     row = BroadcastRecord.objects.get(message_id=sent.id)
@@ -182,3 +198,40 @@ async def test_async_code_uses_asend_and_is_told_so_if_it_calls_send(redis_url, 
         broadcaster.send("wrong")
     assert (await broadcaster.aretract(sent.id)).seq == 2
     assert heard == [("sent", "From an async view"), ("retracted", sent.id)]
+
+
+def test_code_keys_are_per_sender_and_bad_senders_and_texts_are_refused(redis_url):
+    a = broadcaster.send("Same", idempotency_key="k", sender="billing")
+    b = broadcaster.send("Same", idempotency_key="k", sender="deploys")
+    assert a.id != b.id and kept_texts(redis_url) == ["Same", "Same"]
+    for bad in ("", "x" * 151, 42):
+        with pytest.raises(broadcaster.InvalidOptions, match="The sender must be a name"):
+            broadcaster.send("x", sender=bad)  # type: ignore[arg-type]
+    with pytest.raises(broadcaster.InvalidText, match="must be a string"):
+        broadcaster.send(None)  # type: ignore[arg-type]
+
+
+def test_a_sync_caller_inside_a_thread_sensitive_context_does_not_wait_for_itself(redis_url):
+    """As a sync view under ASGI runs (in its request's one-thread executor): send(), in and
+    out of a transaction, returns at once; the committed one goes out on commit, not later."""
+    import time
+
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+
+    sub = Subscriber(redis_url)
+
+    def view() -> float:
+        started = time.monotonic()
+        broadcaster.send("From a sync view")
+        with transaction.atomic():
+            broadcaster.send("From a sync view, committed")
+        return time.monotonic() - started
+
+    async def request() -> float:
+        async with ThreadSensitiveContext():
+            return await sync_to_async(view)()
+
+    took = asyncio.run(request())
+    assert sub.texts(2) == ["From a sync view", "From a sync view, committed"]
+    assert took < 5, took  # (a wait for its own executor would have timed out at 10 s)
+    assert set(BroadcastRecord.objects.values_list("status", flat=True)) == {"sent"}

@@ -110,7 +110,10 @@ class Heartbeat:
                         hub.membership.lost_redis()
                     if loop.time() - last_outbox >= OUTBOX_EVERY:
                         last_outbox = loop.time()
-                        await outbox.flush()
+                        try:
+                            await outbox.flush()
+                        except Exception:
+                            logger.exception("Could not send pending broadcasts (tried again next time)")
                 await hub.flush_reach()
                 if not hub.receivers:
                     # (With Redis lost, the report's TTL withdraws this process soon enough.)

@@ -17,15 +17,18 @@ use, again after a fork), so Redis connections are reused from call to call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
-from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, router, transaction
 from django.utils import timezone
 
 from broadcaster import audiences, protocol
@@ -35,6 +38,7 @@ from broadcaster.sending.errors import (
     BroadcastUnavailable,
     IdempotencyConflict,
     InvalidAudience,
+    InvalidOptions,
     StillInProgress,
 )
 from broadcaster.sending.idempotency import Idempotency
@@ -42,6 +46,7 @@ from broadcaster.sending.publish import (
     Retracted,
     Sent,
     check_audience,
+    deliver,
     new_record,
     publish,
     refused_write,
@@ -54,8 +59,10 @@ logger = logging.getLogger(__name__)
 
 # The sender a broadcast from code is logged under, unless given one.
 DEFAULT_SENDER = "code"
-# Idempotency keys given to code share one scope, apart from the API tokens'.
-SCOPE = "code"
+# Idempotency keys given to code: one scope per sender, apart from the API tokens'.
+SCOPE = "code:{sender}"
+# The longest sender name the log keeps.
+MAX_SENDER = 150
 # How long the committing thread waits for its broadcast to go out before leaving it to the
 # outbox (Redis unreachable: the connect timeout and its retries).
 AFTER_COMMIT_WAIT = 10.0
@@ -74,15 +81,11 @@ def send(text: str, *, level: str = protocol.LEVEL_INFO, expires_in: float | Non
     The same `idempotency_key` within 24 hours returns the first broadcast, sending nothing.
     Raises InvalidBroadcast (nothing to retry) or BroadcastUnavailable (nothing was sent)."""
     _not_in_async("send", "asend")
-    validate(text)
-    level, expires_in = validate_options(level=level, expires_in=expires_in)
+    level, expires_in = _checked(text, level, expires_in)
     to = _checked_audience(audience)
-    who = sender or DEFAULT_SENDER
-    key = None
-    if idempotency_key is not None:
-        key = Idempotency.of(
-            SCOPE, idempotency_key, text=text, level=level, expires_in=expires_in, audience=to
-        )
+    who, key = _who_and_key(
+        sender, idempotency_key, text=text, level=level, expires_in=expires_in, audience=to
+    )
     using = router.db_for_write(BroadcastRecord)
     if not transaction.get_connection(using).in_atomic_block:
         return _run(publish(text=text, sender=who, level=level, expires_in=expires_in, audience=to,
@@ -101,16 +104,14 @@ async def asend(text: str, *, level: str = protocol.LEVEL_INFO, expires_in: floa
                 audience: object = protocol.AUDIENCE_EVERYONE[0], idempotency_key: str | None = None,
                 sender: str | None = None) -> Sent:  # fmt: skip
     """`send()` for async code: sent at once (Django's async ORM has no transactions)."""
-    validate(text)
-    level, expires_in = validate_options(level=level, expires_in=expires_in)
+    level, expires_in = _checked(text, level, expires_in)
     to = await check_audience(audience)
-    key = None
-    if idempotency_key is not None:
-        key = Idempotency.of(
-            SCOPE, idempotency_key, text=text, level=level, expires_in=expires_in, audience=to
-        )
-    return await publish(text=text, sender=sender or DEFAULT_SENDER, level=level, expires_in=expires_in,
-                         audience=to, idempotency=key)  # fmt: skip
+    who, key = _who_and_key(
+        sender, idempotency_key, text=text, level=level, expires_in=expires_in, audience=to
+    )
+    return await publish(
+        text=text, sender=who, level=level, expires_in=expires_in, audience=to, idempotency=key
+    )
 
 
 def retract(id: str, *, sender: str | None = None) -> Retracted:
@@ -121,7 +122,30 @@ def retract(id: str, *, sender: str | None = None) -> Retracted:
 
 async def aretract(id: str, *, sender: str | None = None) -> Retracted:
     """`retract()` for async code."""
-    return await retract_broadcast(id=id, sender=sender or DEFAULT_SENDER)
+    return await retract_broadcast(id=id, sender=_sender(sender))
+
+
+def _checked(text: object, level: object, expires_in: object) -> tuple[str, float | None]:
+    validate(text)
+    return validate_options(level=level, expires_in=expires_in)
+
+
+def _who_and_key(sender: object, key: object, *, text: str, level: str, expires_in: float | None,
+                 audience: tuple[str, ...]) -> tuple[str, Idempotency | None]:  # fmt: skip
+    """The sender logged, and the idempotency key in that sender's scope."""
+    who = _sender(sender)
+    if key is None:
+        return who, None
+    return who, Idempotency.of(SCOPE.format(sender=who), key, text=text, level=level, expires_in=expires_in,
+                               audience=audience)  # fmt: skip
+
+
+def _sender(sender: object) -> str:
+    if sender is None:
+        return DEFAULT_SENDER
+    if not isinstance(sender, str) or not sender.strip() or len(sender) > MAX_SENDER:
+        raise InvalidOptions(f"The sender must be a name of 1 to {MAX_SENDER} characters; got {sender!r}.")
+    return sender
 
 
 def _checked_audience(audience: object) -> tuple[str, ...]:
@@ -171,44 +195,71 @@ def _write_in_transaction(
 
 
 def _after_commit(pk: int) -> None:
-    """The caller's transaction committed: send its broadcast (and any older pending ones
-    first, in order). If Redis cannot take it, it stays pending for the outbox."""
+    """The caller's transaction committed: send its broadcast (after any older pending ones,
+    in order). If Redis cannot take it now, it stays pending for the outbox."""
     try:
-        done = _run(outbox.flush(up_to=pk), timeout=AFTER_COMMIT_WAIT)
+        _run(_committed(pk), timeout=AFTER_COMMIT_WAIT)
     except (BroadcastUnavailable, DatabaseError, TimeoutError) as exc:
-        done, why = False, str(exc) or type(exc).__name__
-    else:
-        why = "Redis is unreachable"
-    if not done:
-        logger.warning(
-            "Committed broadcast (row %d) kept pending: it goes out when Redis is back (%s)", pk, why
-        )
+        logger.warning("Committed broadcast (row %d) kept pending: it goes out when Redis is back (%s)",
+                       pk, str(exc) or type(exc).__name__)  # fmt: skip
+
+
+async def _committed(pk: int) -> None:
+    await outbox.flush(before=pk)
+    record = await BroadcastRecord.objects.filter(pk=pk, status=BroadcastRecord.PENDING).afirst()
+    if record is not None:
+        await deliver(record, keep_pending=True)
 
 
 class _Runner:
-    """One event loop thread per process for sync callers (a new one after a fork)."""
+    """For sync callers, per process (again after a fork): an event loop thread for the async
+    publish path, and one thread for its database work. Each call runs in a context of its
+    own, so nothing of the caller's (a request's thread-sensitive executor under ASGI, a
+    `sync_to_async` caller's) is waited on: no call can wait for its own caller."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._database: ThreadPoolExecutor | None = None
 
-    def loop(self) -> asyncio.AbstractEventLoop:
+    def get(self) -> tuple[asyncio.AbstractEventLoop, ThreadPoolExecutor]:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="broadcaster-send", daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
+            if self._loop is None or self._database is None or self._pid != os.getpid():
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="broadcaster-send", daemon=True).start()
+                self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broadcaster-db")
+                self._pid = os.getpid()
+            return self._loop, self._database
 
 
 _runner = _Runner()
 
 
 def _run(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-    future = asyncio.run_coroutine_threadsafe(coro, _runner.loop())
-    try:
-        return future.result(timeout)
-    except TimeoutError:
-        future.cancel()
-        raise
+    """Run `coro` on the runner and wait for its result (up to `timeout` seconds: past it,
+    TimeoutError, and it goes on: a written row is decided by its own end, or the outbox)."""
+    loop, database = _runner.get()
+    result: Future[T] = Future()
+
+    async def isolated() -> T:
+        async with ThreadSensitiveContext(executor=database):
+            await sync_to_async(close_old_connections)()
+            try:
+                return await coro
+            finally:
+                await sync_to_async(close_old_connections)()
+
+    def settle(task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            result.cancel()
+        elif (exc := task.exception()) is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(task.result())
+
+    def start() -> None:
+        loop.create_task(isolated()).add_done_callback(settle)
+
+    loop.call_soon_threadsafe(start, context=contextvars.Context())
+    return result.result(timeout)

@@ -46,7 +46,14 @@ class BroadcastUnavailable(BroadcastError):
 
 
 class BrokerUnavailable(BroadcastUnavailable):
-    """Redis could not be reached (or did not copy the broadcast to enough replicas)."""
+    """Redis could not be reached (or did not copy the broadcast to enough replicas).
+
+    `uncertain`: Redis may have taken it (no answer in time, or too few replicas): its row
+    stays pending and the outbox settles it, so it may still go out, once."""
+
+    def __init__(self, message: str, *, uncertain: bool = False) -> None:
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 class LogUnavailable(BroadcastUnavailable):

@@ -109,7 +109,11 @@ class Idempotency:
                 raise StillInProgress("A request with this idempotency key is still being sent; "
                                       "retry in a moment for its answer.")  # fmt: skip
             await asyncio.sleep(POLL)
-            await earlier.arefresh_from_db()
+            try:
+                await earlier.arefresh_from_db()
+            except BroadcastRecord.DoesNotExist:  # the first was turned away (the rate limit)
+                raise StillInProgress("The first request with this idempotency key was refused; "
+                                      "try again.") from None  # fmt: skip
         if earlier.status == BroadcastRecord.FAILED:
             raise BrokerUnavailable(earlier.error or "It was not sent.")
         return Sent.of(earlier)

@@ -2,8 +2,8 @@
 
 A broadcast sent inside a transaction (`broadcaster.send()` in `atomic()`) has its row written
 there, `pending`, and goes out after commit. If Redis cannot take it then, the row stays
-pending, and every server process's heartbeat sends pending rows, oldest first, once Redis is
-back; a commit also sends the older pending rows before its own. Sending a row is idempotent
+pending, and every server process's heartbeat sends pending rows past their GRACE, oldest first,
+once Redis is back; every later send sends them before its own. Sending a row is idempotent
 (the history append is keyed by the broadcast's id, and only the append that numbers it sends
 it live): two processes sending one row make one broadcast.
 
@@ -19,6 +19,7 @@ import logging
 from datetime import timedelta
 
 from django.db import DatabaseError
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from broadcaster import metrics
@@ -27,40 +28,49 @@ from broadcaster.sending.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
-# A pending row younger than this is its sender's to send (the heartbeat leaves it alone).
-GRACE = timedelta(seconds=2)
-# Rows sent per call at most.
+# A pending row younger than this is its sender's to send: the outbox leaves it alone (a
+# publish takes at most a few seconds: a connect timeout and its retries, a replica wait).
+GRACE = timedelta(seconds=10)
+# Rows read per query.
 BATCH = 100
 EXPIRED = "It expired before Redis could take it: not sent."
 
 
-async def flush(*, up_to: int | None = None) -> bool:
-    """Send pending rows, oldest first: every one up to row `up_to` (a commit's own), or
-    those older than GRACE (the heartbeat). Stops at the first Redis cannot take (the rest
-    keep their order). True if every row it looked at is decided (sent, expired or retracted)."""
+def waiting(*, before: int | None = None) -> QuerySet[BroadcastRecord]:
+    """Pending rows the outbox sends, oldest first: past their GRACE (and written before row
+    `before`), not retracted."""
+    rows = BroadcastRecord.objects.filter(status=BroadcastRecord.PENDING, retracted__isnull=True,
+                                          created__lte=timezone.now() - GRACE)  # fmt: skip
+    if before is not None:
+        rows = rows.filter(pk__lt=before)
+    return rows.order_by("pk")
+
+
+def expired(row: BroadcastRecord) -> bool:
+    return row.expires is not None and row.expires <= timezone.now()
+
+
+async def flush(*, before: int | None = None) -> bool:
+    """Send the waiting rows, oldest first (those written before row `before`, for a send
+    that goes after them). Stops at the first Redis cannot take (the rest keep their order).
+    True when none is left waiting. Never raises: a database error is logged."""
     from broadcaster.sending.publish import deliver
 
-    rows = BroadcastRecord.objects.filter(status=BroadcastRecord.PENDING, retracted__isnull=True)
-    if up_to is not None:
-        rows = rows.filter(pk__lte=up_to)
-    else:
-        rows = rows.filter(created__lte=timezone.now() - GRACE)
     try:
-        pending = [row async for row in rows.order_by("pk")[:BATCH]]
+        while pending := [row async for row in waiting(before=before)[:BATCH]]:
+            for row in pending:
+                if expired(row):
+                    await BroadcastRecord.objects.filter(pk=row.pk, status=BroadcastRecord.PENDING).aupdate(
+                        status=BroadcastRecord.FAILED, error=EXPIRED, idempotency_key=None
+                    )
+                    continue
+                try:
+                    await deliver(row, keep_pending=True)
+                except BrokerUnavailable:
+                    return False
+                metrics.OUTBOX_SENT.inc()
+                logger.info("Pending broadcast %s sent by the outbox", row.message_id)
     except DatabaseError as exc:
-        logger.warning("Could not read the outbox (pending broadcasts): %s", exc)
+        logger.warning("Could not work through the outbox (pending broadcasts): %s", exc)
         return False
-    for row in pending:
-        if row.expires is not None and row.expires <= timezone.now():
-            await BroadcastRecord.objects.filter(pk=row.pk, status=BroadcastRecord.PENDING).aupdate(
-                status=BroadcastRecord.FAILED, error=EXPIRED, idempotency_key=None
-            )
-            continue
-        try:
-            await deliver(row, keep_pending=True)
-        except BrokerUnavailable:
-            return False
-        if up_to is None or row.pk != up_to:
-            metrics.OUTBOX_SENT.inc()
-            logger.info("Pending broadcast %s sent by the outbox", row.message_id)
     return True

@@ -12,6 +12,7 @@ This is the only module that calls `group_send`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time as clock
 import uuid
@@ -20,11 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, models
+from django.dispatch import Signal
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from broadcaster import audiences, protocol, signals
 from broadcaster.backend import redis_client
@@ -52,13 +56,17 @@ __all__ = ["BroadcastError", "BroadcastUnavailable", "Sent", "check_audience", "
 logger = logging.getLogger(__name__)
 
 
-# What a sender is told when Redis cannot be reached.
+# What a sender is told when Redis cannot be reached (nothing was sent: the row is marked failed).
 UNREACHABLE = "Cannot reach Redis: nothing was sent. Try again in a moment."
 # ... and when fewer than BROADCAST_MIN_REPLICAS replicas took a copy in time: a failover now
 # could lose it, so it is not acknowledged (and not sent live); the master may still hand it
 # to receivers from history, so a resend can arrive twice.
-NOT_REPLICATED = ("Not confirmed: Redis did not copy it to enough replicas in time. It was not "
-                  "sent; try again in a moment (it may still appear once Redis catches up).")  # fmt: skip
+NOT_REPLICATED = ("Not confirmed: Redis did not copy it to enough replicas in time. It was not sent "
+                  "live; it may still appear once Redis catches up (its row is pending until then). "
+                  "Retry with the same idempotency key to learn its fate.")  # fmt: skip
+# ... and when Redis took the command and did not answer in time.
+NO_ANSWER = ("Not confirmed: Redis did not answer in time. It may still go out, once: its row is "
+             "pending until then. Retry with the same idempotency key to learn its fate.")  # fmt: skip
 # How long a broadcast waits for its replicas.
 REPLICA_WAIT = 1.0
 # Fewer replicas connected than BROADCAST_MIN_REPLICAS is logged at most once a minute.
@@ -130,8 +138,10 @@ class Retracted:
     time: str
 
 
-def validate(text: str) -> str:
-    """Return `text` if any sending path may publish it, else raise a PublishError."""
+def validate(text: object) -> str:
+    """Return `text` if any sending path may publish it, else raise an InvalidBroadcast."""
+    if not isinstance(text, str):
+        raise InvalidText(f"The message must be a string; got {type(text).__name__}.")
     if not text.strip():
         raise EmptyMessage("The message is empty.")
     try:
@@ -219,61 +229,99 @@ async def publish(*, text: str, sender: str, level: str = protocol.LEVEL_INFO,
         except BaseException:
             await BroadcastRecord.objects.filter(pk=record.pk).adelete()
             raise
-    # Committed broadcasts still waiting for Redis go first: broadcasts go out in order.
-    await outbox.flush(up_to=record.pk - 1)
-    return await deliver(record, keep_pending=False)
+    # Committed broadcasts still waiting for Redis go first: broadcasts go out in order. Then
+    # this one, to the end even if the request is cancelled (its client hung up): a row once
+    # written is decided, here or by the outbox.
+    await outbox.flush(before=record.pk)
+    return await asyncio.shield(deliver(record, keep_pending=False))
 
 
 async def deliver(record: BroadcastRecord, *, keep_pending: bool) -> Sent:
     """Number, keep and send a written row's broadcast, then mark its row. If Redis cannot
-    take it: `keep_pending` (a committed send: the outbox tries again) leaves the row pending,
-    else it is marked failed; BrokerUnavailable either way. A row whose first send was not
-    recorded goes out again as the same broadcast (the append is idempotent by id): nothing
-    is sent twice, and `broadcast_sent` is sent once."""
-    to, id = record.audiences, record.message_id
-    time = protocol.iso_time(record.created)
-    expires = protocol.iso_time(record.expires) if record.expires is not None else None
-    template = protocol.message_frame(seq=0, epoch="", id=id, text=record.text, time=time, level=record.level,
-                                      expires=expires, audience=to)  # fmt: skip
+    take it: `keep_pending` (a committed send: the outbox tries again), or a failure that
+    leaves it unknown whether Redis took it, leaves the row pending; else it is marked failed.
+    BrokerUnavailable either way. Marks are decided once, by the row: only a pending row is
+    marked, and the one mark that makes it sent sends `broadcast_sent`. A row sent before
+    (its outcome not recorded) goes out again as the same broadcast, sending nothing twice."""
     try:
-        appended, clients = await _number_and_send(
-            template=template, key=id, sender=record.sender, audience=to
-        )
+        appended, clients = await send_out(record)
     except BrokerUnavailable as exc:
-        if not keep_pending:
-            await _mark(record, status=BroadcastRecord.FAILED, error=str(exc), idempotency_key=None)
+        if keep_pending or exc.uncertain:
+            raise
+        decided = await _decide(record, status=BroadcastRecord.FAILED, error=str(exc), idempotency_key=None)
+        if decided is False:  # another process sent it meanwhile (the outbox): that is its outcome
+            return await _outcome(record)
         raise
-    entry = appended.entry
-    if appended.fresh:
-        logger.info("Broadcast %s (seq %d) from %s to %s: %d characters", id, entry.seq, record.sender,
-                    ", ".join(to), len(record.text))  # fmt: skip
-    await _mark(record, status=BroadcastRecord.SENT, clients=clients, seq=entry.seq)
-    sent = Sent(id=id, text=record.text, time=time, level=record.level, expires=expires, audience=to,
-                seq=entry.seq, clients=clients, epoch=entry.epoch)  # fmt: skip
-    if appended.fresh:
+    sent = outcome(record, appended, clients)
+    decided = await _decide(record, status=BroadcastRecord.SENT, clients=clients, seq=sent.seq)
+    if decided:
         await _tell(signals.broadcast_sent, broadcast=sent)
+    elif decided is False:
+        return await _outcome(record)
     return sent
 
 
-async def _mark(record: BroadcastRecord, **fields: Any) -> None:
-    """Record what became of a row's broadcast. A failure is logged and counted, not raised:
-    the broadcast's fate is decided (a sent one stays pending in the log, and the outbox marks
-    it, sending nothing again)."""
-    for name, value in fields.items():
-        setattr(record, name, value)
+async def send_out(record: BroadcastRecord) -> tuple[Appended, int]:
+    """Redis only: number, keep and send live a written row's broadcast (once: a known id is
+    not sent again); with the count of its audience's receivers."""
+    return await _number_and_send(template=template_of(record), key=record.message_id,
+                                  sender=record.sender, audience=record.audiences)  # fmt: skip
+
+
+def template_of(record: BroadcastRecord) -> str:
+    """The frame of a row's broadcast, with seq 0 and epoch "" for the history to number."""
+    expires = protocol.iso_time(record.expires) if record.expires is not None else None
+    return protocol.message_frame(seq=0, epoch="", id=record.message_id, text=record.text,
+                                  time=protocol.iso_time(record.created), level=record.level,
+                                  expires=expires, audience=record.audiences)  # fmt: skip
+
+
+def outcome(record: BroadcastRecord, appended: Appended, clients: int) -> Sent:
+    """What the sender is told of a broadcast that went out (and logged, the first time)."""
+    entry = appended.entry
+    if appended.fresh:
+        logger.info("Broadcast %s (seq %d) from %s to %s: %d characters", record.message_id, entry.seq,
+                    record.sender, ", ".join(record.audiences), len(record.text))  # fmt: skip
+    sent = Sent.of(record)
+    return Sent(
+        **{**sent.__dict__, "seq": entry.seq, "clients": clients, "pending": False, "epoch": entry.epoch}
+    )
+
+
+async def _decide(record: BroadcastRecord, **fields: Any) -> bool | None:
+    """Record what became of a pending row's broadcast: True if this call decided it, False
+    if it was decided already (by another process), None if the database refused (logged and
+    counted, not raised: a sent broadcast's row stays pending, and the outbox marks it later,
+    sending nothing again)."""
     try:
-        await BroadcastRecord.objects.filter(pk=record.pk).aupdate(**fields)
+        changed = await BroadcastRecord.objects.filter(pk=record.pk, status=BroadcastRecord.PENDING).aupdate(
+            **fields
+        )
     except DatabaseError as exc:
         log_health.failed(exc, what=f"outcome of broadcast {record.message_id}")
-    else:
-        log_health.succeeded()
+        return None
+    log_health.succeeded()
+    if changed:
+        for name, value in fields.items():
+            setattr(record, name, value)
+    return bool(changed)
 
 
-async def _tell(signal: Any, **kwargs: Any) -> None:
-    """Send a signal to the host's receivers; one that raises is logged, never the sender's problem."""
-    for receiver, result in await signal.asend_robust(sender=BroadcastRecord, **kwargs):
+async def _outcome(record: BroadcastRecord) -> Sent:
+    """The outcome another process recorded for this row."""
+    await record.arefresh_from_db()
+    if record.status == BroadcastRecord.FAILED:
+        raise BrokerUnavailable(record.error or UNREACHABLE)
+    return Sent.of(record)
+
+
+async def _tell(signal: Signal, **kwargs: Any) -> None:
+    """Send a signal to the host's receivers; one that raises is logged, never the sender's
+    problem. In a thread of their own (not thread-sensitive): a receiver may send again."""
+    told = await sync_to_async(signal.send_robust, thread_sensitive=False)(sender=BroadcastRecord, **kwargs)
+    for receiver, result in told:
         if isinstance(result, Exception):
-            logger.error("A %s receiver (%s) raised: %r", "broadcaster.signals", receiver, result)
+            logger.error("A broadcaster.signals receiver (%s) raised", receiver, exc_info=result)
 
 
 async def retract(*, id: str, sender: str) -> Retracted:
@@ -348,6 +396,11 @@ async def _number_and_send(*, template: str, key: str, sender: str, audience: tu
             )
         else:
             appended, copies, needed = await history.append_frame(template=template, key=key), 0, 0
+    except RedisTimeout as exc:
+        # Sent, and not answered: Redis may have run it.
+        logger.warning("Broadcast from %s uncertain: Redis at %s did not answer in time: %s",
+                       sender, redis_client.display_url(), exc)  # fmt: skip
+        raise BrokerUnavailable(NO_ANSWER, uncertain=True) from exc
     except (RedisError, OSError) as exc:
         # Where Redis is and what it said go to the server log only; senders (API clients, the
         # page, the log in the admin) are told what failed and what to do.
@@ -361,7 +414,7 @@ async def _number_and_send(*, template: str, key: str, sender: str, audience: tu
     if copies < needed:
         logger.warning("Broadcast %s from %s (seq %d) not acknowledged: %d of %d replicas had it "
                        "after %.1f s", key, sender, entry.seq, copies, needed, REPLICA_WAIT)  # fmt: skip
-        raise BrokerUnavailable(NOT_REPLICATED)
+        raise BrokerUnavailable(NOT_REPLICATED, uncertain=True)
     if not appended.fresh:
         return appended, clients  # numbered and sent before: by the first try of it
     try:
