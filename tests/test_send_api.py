@@ -235,3 +235,25 @@ def test_a_sync_caller_inside_a_thread_sensitive_context_does_not_wait_for_itsel
     assert sub.texts(2) == ["From a sync view", "From a sync view, committed"]
     assert took < 5, took  # (a wait for its own executor would have timed out at 10 s)
     assert set(BroadcastRecord.objects.values_list("status", flat=True)) == {"sent"}
+
+
+def test_a_pending_broadcast_retracted_before_it_went_out_never_goes_out(redis_url, dead_redis_url, heard):
+    """Committed while Redis was away: retracted with Redis back, before the outbox got to it
+    (the retraction is kept first), or retracted while Redis is still away (the log alone):
+    neither is ever sent, and both rows say why."""
+    point_django_at(dead_redis_url)
+    with transaction.atomic():
+        first = broadcaster.send("Retracted once back")
+    with transaction.atomic():
+        second = broadcaster.send("Retracted while away")
+    assert broadcaster.retract(second.id).seq == 0  # Redis away: in the log only
+    point_django_at(redis_url)
+    assert broadcaster.retract(first.id).seq == 1
+    BroadcastRecord.objects.update(created=timezone.now() - outbox.GRACE)
+    assert asyncio.run(outbox.flush()) is True
+    assert kept_texts(redis_url) == []
+    rows = dict(BroadcastRecord.objects.values_list("text", "error"))
+    assert rows == {"Retracted once back": "Retracted before it went out: not sent.",
+                    "Retracted while away": "Retracted before it went out: not sent."}  # fmt: skip
+    assert set(BroadcastRecord.objects.values_list("status", flat=True)) == {"failed"}
+    assert [kind for kind, _ in heard] == ["retracted", "retracted"]

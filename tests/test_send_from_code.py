@@ -165,7 +165,7 @@ async def test_a_client_that_hangs_up_at_once_and_retries_gets_one_broadcast(dap
 
 def _private_database(tmp_path: Path, *, then: str = "") -> tuple[list[str], Path]:
     """A command prefix that runs daphne in a mount namespace of its own, its database on a
-    2 MB tmpfs there (a copy of the suite's migrated one), after the shell step `then`."""
+    64 MB tmpfs there (a copy of the suite's migrated one), after the shell step `then`."""
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
         pytest.skip("needs unshare and nsenter (util-linux)")
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
@@ -174,7 +174,10 @@ def _private_database(tmp_path: Path, *, then: str = "") -> tuple[list[str], Pat
     source = Path(support.SHARED_DATABASE_URL.removeprefix("sqlite:///"))
     where = tmp_path / "db"
     where.mkdir()
-    script = (f'mount -t tmpfs -o size=2m tmpfs "$1" && cp "$2" "$1/db.sqlite3" && {then or "true"} '
+    # (Copied by SQLite's backup, not cp: the suite's database is in WAL mode.)
+    backup = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))"
+    copy = f"{sys.executable} -c '{backup}'"
+    script = (f'mount -t tmpfs -o size=64m tmpfs "$1" && {copy} "$2" "$1/db.sqlite3" && {then or "true"} '
               '&& shift 2 && exec "$@"')  # fmt: skip
     return [
         "unshare",

@@ -61,7 +61,8 @@ end
 # count, ARGV[3] max age ms, ARGV[4] an epoch to use if none is set yet, ARGV[5] the
 # placeholder in ARGV[1] to replace with the real seq and epoch, ARGV[6] now ms or "",
 # ARGV[7] the message id.
-# Returns {seq, epoch, frame, fresh}: fresh is 1 when this call numbered it, 0 when it was known.
+# Returns {seq, epoch, frame, fresh}: fresh is 1 when this call numbered it, 0 when it was known,
+# 2 when its retraction is (a late send of a retracted message, the outbox's: nothing is kept).
 # Idempotent by message id: the same message appended again (a client retrying after its
 # connection dropped with the reply in flight, the outbox sending a row whose first send was
 # not recorded) gets its first seq back, not a second one.
@@ -88,6 +89,9 @@ local known = redis.call('ZSCORE', KEYS[5], ARGV[7])
 if known then
   if ARGV[8] == '1' then acknowledge(tonumber(known)) end
   return {tonumber(known), epoch, numbered(tonumber(known)), 0}
+end
+if redis.call('ZSCORE', KEYS[5], 'retract:' .. ARGV[7]) then
+  return {0, epoch, '', 2}
 end
 local seq = redis.call('INCR', KEYS[1])
 if ARGV[8] == '1' then
@@ -262,6 +266,7 @@ class Appended(NamedTuple):
 
     entry: Entry
     fresh: bool
+    retracted: bool = False  # its retraction is kept: it was not appended
 
 
 @dataclass(frozen=True)
@@ -321,7 +326,8 @@ class History:
         and `fresh` False)."""
         args = [*self._append_args(template, key), "1"]
         seq, epoch, frame, fresh = await self._append(keys=self._keys, args=args)
-        return Appended(Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), bool(int(fresh)))
+        return Appended(Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame)), int(fresh) == 1,
+                        int(fresh) == 2)  # fmt: skip
 
     async def append_replicated(self, *, template: str, key: str, replicas: int, wait: float
                                 ) -> tuple[Appended, int, int]:  # fmt: skip
@@ -341,7 +347,7 @@ class History:
                 # Only now may readers (servers, resuming clients) see it, and those before it.
                 await self._ack(keys=self._keys, args=[int(seq)], client=conn)
         entry = Entry(seq=int(seq), epoch=_text(epoch), frame=_text(frame))
-        return Appended(entry, bool(int(fresh))), copies, needed
+        return Appended(entry, int(fresh) == 1, int(fresh) == 2), copies, needed
 
     async def raise_floor(self, *, epoch: str, floor: int) -> bool:
         """Make the next seq of `epoch` at least `floor` + 1; True if it was lower."""

@@ -3,8 +3,9 @@
 Every broadcast's row is written before it goes out, so a database that refuses writes
 refuses broadcasts (errors.LogUnavailable). A refused write marks this process's log as
 failing: /health/ready/ answers 503 until a write goes through again (tried at most every
-PROBE_EVERY seconds, on a one-row table), and the server's start-up tries one write so a
-read-only or missing database is said at once, not at the first broadcast.
+PROBE_EVERY seconds, on a one-row table; every HEALTHY_PROBE_EVERY seconds while writes go
+through, so a database that stops taking them is noticed with no broadcast tried), and the
+server's start-up tries one write so a read-only or missing database is said at once.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from broadcaster import metrics
 
 logger = logging.getLogger(__name__)
 
-# Seconds between two write checks while the log is failing.
+# Seconds between two write checks while the log is failing, and while it is not (a database
+# that stops taking writes is noticed by readiness within that, with no broadcast tried).
 PROBE_EVERY = 2.0
+HEALTHY_PROBE_EVERY = 10.0
 
 _failing: str | None = None  # why the last write failed, until one succeeds
 _checked_at = 0.0
@@ -69,12 +72,10 @@ def write_check() -> None:
 
 
 async def failing() -> str | None:
-    """Why the log cannot be written now, or None. While failing, tries a write (at most
-    every PROBE_EVERY seconds) to notice the database is back."""
+    """Why the log cannot be written now, or None. Tries a write at most every PROBE_EVERY
+    seconds while failing (to notice the database is back), every HEALTHY_PROBE_EVERY else."""
     global _checked_at
-    if _failing is None:
-        return None
-    if time.monotonic() - _checked_at >= PROBE_EVERY:
+    if time.monotonic() - _checked_at >= (HEALTHY_PROBE_EVERY if _failing is None else PROBE_EVERY):
         _checked_at = time.monotonic()
         try:
             await database_sync_to_async(write_check)()

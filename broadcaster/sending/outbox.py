@@ -38,9 +38,10 @@ EXPIRED = "It expired before Redis could take it: not sent."
 
 def waiting(*, before: int | None = None) -> QuerySet[BroadcastRecord]:
     """Pending rows the outbox sends, oldest first: past their GRACE (and written before row
-    `before`), not retracted."""
-    rows = BroadcastRecord.objects.filter(status=BroadcastRecord.PENDING, retracted__isnull=True,
-                                          created__lte=timezone.now() - GRACE)  # fmt: skip
+    `before`)."""
+    # (Retracted ones too: Redis refuses a message whose retraction it keeps, and the row is
+    # marked so; one retracted while Redis was away was marked then.)
+    rows = BroadcastRecord.objects.filter(status=BroadcastRecord.PENDING, created__lte=timezone.now() - GRACE)
     if before is not None:
         rows = rows.filter(pk__lt=before)
     return rows.order_by("pk")

@@ -67,6 +67,8 @@ NOT_REPLICATED = ("Not confirmed: Redis did not copy it to enough replicas in ti
 # ... and when Redis took the command and did not answer in time.
 NO_ANSWER = ("Not confirmed: Redis did not answer in time. It may still go out, once: its row is "
              "pending until then. Retry with the same idempotency key to learn its fate.")  # fmt: skip
+# ... and of a pending broadcast retracted before it could go out.
+RETRACTED_FIRST = "Retracted before it went out: not sent."
 # How long a broadcast waits for its replicas.
 REPLICA_WAIT = 1.0
 # Fewer replicas connected than BROADCAST_MIN_REPLICAS is logged at most once a minute.
@@ -252,6 +254,9 @@ async def deliver(record: BroadcastRecord, *, keep_pending: bool) -> Sent:
         if decided is False:  # another process sent it meanwhile (the outbox): that is its outcome
             return await _outcome(record)
         raise
+    if appended.retracted:  # taken back while it waited (the outbox): it never goes out
+        await _decide(record, status=BroadcastRecord.FAILED, error=RETRACTED_FIRST, idempotency_key=None)
+        return Sent.of(record)
     sent = outcome(record, appended, clients)
     decided = await _decide(record, status=BroadcastRecord.SENT, clients=clients, seq=sent.seq)
     if decided:
@@ -346,9 +351,11 @@ async def retract(*, id: str, sender: str) -> Retracted:
         if record.status != BroadcastRecord.PENDING:
             raise
         appended = None  # never went out (the outbox skips a retracted row)
+    # Taken back before it went out (Redis away): its row is decided, never to be sent.
+    never_sent = {"status": BroadcastRecord.FAILED, "error": RETRACTED_FIRST} if appended is None else {}
     try:
         claimed = await BroadcastRecord.objects.filter(pk=record.pk, retracted__isnull=True).aupdate(
-            retracted=now, retracted_by=sender
+            retracted=now, retracted_by=sender, **never_sent
         )
     except DatabaseError as exc:
         if appended is None:
