@@ -94,3 +94,44 @@ def test_listen_without_a_token_says_what_to_do(daphne, env_for, redis_url):
         "CommandError: The server refused this receiver (close code 4401: it takes only signed-in "
         "receivers): pass a receiver token (--token)."
     )
+
+
+@pytest.mark.parametrize(
+    "end_it",
+    [
+        "Session.objects.filter(session_key=key).update(expire_date=timezone.now() - timedelta(seconds=1))",
+        "Session.objects.filter(session_key=key).delete()",
+    ],
+)
+async def test_a_session_that_expires_or_is_deleted_without_a_logout_is_closed_within_5_s(
+    end_it, daphne, env_for, redis_url
+):
+    """A receiver signed in by its session cookie (the admin's login form); the session then
+    expires, or is deleted by a queryset (as `clearsessions` or a cache eviction would), in
+    another process, with no logout signal: the sweep closes it with 4401 within 5 s."""
+    from tests.support import AdminSession
+
+    env = env_for(redis_url)
+    server = daphne(BROADCAST_RECEIVERS="authenticated")
+    name = f"ses-{uuid.uuid4().hex[:8]}"
+    # Staff: the admin's login form is the one that signs it in.
+    made = ("from django.contrib.auth.models import User\n"
+            f"User.objects.create_user({name!r}, password='pw', is_staff=True)")  # fmt: skip
+    assert manage(["shell", "-c", made], env=env, timeout=60).returncode == 0
+    session = await asyncio.to_thread(lambda: AdminSession(server.http).log_in(name, "pw"))
+    taken = await Client(server.ws).connect(additional_headers=session.headers())
+    try:
+        await asyncio.to_thread(server.wait_for_clients, 1)
+        code = ("import time\nfrom datetime import timedelta\nfrom django.utils import timezone\n"
+                "from django.contrib.sessions.models import Session\n"
+                f"key = {session.session_key!r}\n{end_it}\nprint(time.time())")  # fmt: skip
+        done = manage(["shell", "-c", code], env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        ended_at = float(done.stdout.strip().splitlines()[-1])
+        assert taken.task is not None
+        await asyncio.wait_for(asyncio.shield(taken.task), 10)  # the reader ends with the connection
+        took = time.time() - ended_at
+        print(f"session {'expired' if 'update' in end_it else 'deleted'}: closed after {took:.2f} s")
+        assert took <= 5 and taken.ws.close_code == 4401 and taken.frames[-1] == ERROR
+    finally:
+        await taken.close()
