@@ -47,6 +47,17 @@ def receiver_token(env: dict[str, str], username: str) -> str:
     return done.stdout.splitlines()[1].strip()
 
 
+async def closed_after(taken: Client, code: str, env: dict[str, str]) -> float:
+    """Run `code` (which prints the time.time() of its change) in another process; the seconds
+    from that change until the server closed `taken`."""
+    done = manage(["shell", "-c", code], env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    changed_at = float(done.stdout.strip().splitlines()[-1])
+    assert taken.task is not None
+    await asyncio.wait_for(asyncio.shield(taken.task), 10)  # the reader ends with the connection
+    return time.time() - changed_at
+
+
 @pytest.mark.parametrize(
     "revoke", ["t.save()", "ReceiverToken.objects.filter(pk=t.pk).update(revoked=t.revoked)"]
 )
@@ -70,12 +81,7 @@ async def test_only_authenticated_receivers_are_taken_and_a_revoked_token_is_clo
                   "from broadcaster.models import ReceiverToken\n"
                   f"t = ReceiverToken.objects.get(user__username={name!r}); t.revoked = timezone.now(); "
                   f"{revoke}; print(time.time())")  # fmt: skip
-        done = manage(["shell", "-c", code], env=env, timeout=60)
-        assert done.returncode == 0, done.stderr
-        revoked_at = float(done.stdout.strip().splitlines()[-1])
-        assert taken.task is not None
-        await asyncio.wait_for(asyncio.shield(taken.task), 10)  # the reader ends with the connection
-        took = time.time() - revoked_at
+        took = await closed_after(taken, code, env)
         print(f"revoked token closed after {took:.2f} s")
         assert took <= 5
         assert taken.ws.close_code == 4401
@@ -125,12 +131,7 @@ async def test_a_session_that_expires_or_is_deleted_without_a_logout_is_closed_w
         code = ("import time\nfrom datetime import timedelta\nfrom django.utils import timezone\n"
                 "from django.contrib.sessions.models import Session\n"
                 f"key = {session.session_key!r}\n{end_it}\nprint(time.time())")  # fmt: skip
-        done = manage(["shell", "-c", code], env=env, timeout=60)
-        assert done.returncode == 0, done.stderr
-        ended_at = float(done.stdout.strip().splitlines()[-1])
-        assert taken.task is not None
-        await asyncio.wait_for(asyncio.shield(taken.task), 10)  # the reader ends with the connection
-        took = time.time() - ended_at
+        took = await closed_after(taken, code, env)
         print(f"session {'expired' if 'update' in end_it else 'deleted'}: closed after {took:.2f} s")
         assert took <= 5 and taken.ws.close_code == 4401 and taken.frames[-1] == ERROR
     finally:

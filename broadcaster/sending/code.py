@@ -29,15 +29,12 @@ from typing import Any, TypeVar
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DatabaseError, IntegrityError, close_old_connections, router, transaction
-from django.utils import timezone
 
-from broadcaster import audiences, protocol
+from broadcaster import protocol
 from broadcaster.models import BroadcastRecord
-from broadcaster.sending import idempotency, log_health, outbox
+from broadcaster.sending import log_health, outbox
 from broadcaster.sending.errors import (
     BroadcastUnavailable,
-    IdempotencyConflict,
-    InvalidAudience,
     InvalidOptions,
     StillInProgress,
 )
@@ -46,6 +43,7 @@ from broadcaster.sending.publish import (
     Retracted,
     Sent,
     check_audience,
+    checked_audience,
     deliver,
     new_record,
     publish,
@@ -82,7 +80,7 @@ def send(text: str, *, level: str = protocol.LEVEL_INFO, expires_in: float | Non
     Raises InvalidBroadcast (nothing to retry) or BroadcastUnavailable (nothing was sent)."""
     _not_in_async("send", "asend")
     level, expires_in = _checked(text, level, expires_in)
-    to = _checked_audience(audience)
+    to = checked_audience(audience)
     who, key = _who_and_key(
         sender, idempotency_key, text=text, level=level, expires_in=expires_in, audience=to
     )
@@ -148,13 +146,6 @@ def _sender(sender: object) -> str:
     return sender
 
 
-def _checked_audience(audience: object) -> tuple[str, ...]:
-    try:
-        return audiences.check(audience)
-    except audiences.InvalidAudience as exc:
-        raise InvalidAudience(str(exc)) from None
-
-
 def _not_in_async(name: str, instead: str) -> None:
     try:
         asyncio.get_running_loop()
@@ -177,15 +168,13 @@ def _write_in_transaction(
         except IntegrityError:
             if key is None:
                 raise
-            holding = {"idempotency_scope": key.scope, "idempotency_key": key.key}
-            earlier = BroadcastRecord.objects.using(using).filter(**holding).first()
+            earlier = key.rows().using(using).first()
             if earlier is None:
                 continue  # freed meanwhile: take it
-            if earlier.created < timezone.now() - idempotency.WINDOW:
+            if key.stale(earlier):
                 BroadcastRecord.objects.using(using).filter(pk=earlier.pk).update(idempotency_key=None)
                 continue
-            if earlier.request_hash != key.fingerprint:
-                raise IdempotencyConflict(idempotency.CONFLICT) from None
+            key.same_request(earlier)
             return earlier
         except DatabaseError as exc:
             raise refused_write(exc, record) from exc

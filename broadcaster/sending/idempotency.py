@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from broadcaster.models import BroadcastRecord
@@ -71,15 +72,25 @@ class Idempotency:
         body = json.dumps([text, level, expires_in, list(audience)], ensure_ascii=False)
         return cls(scope=scope, key=checked_key(key), fingerprint=hashlib.sha256(body.encode()).hexdigest())
 
-    def _rows(self) -> object:
+    def rows(self) -> QuerySet[BroadcastRecord]:
+        """The row holding this key (one at most)."""
         return BroadcastRecord.objects.filter(idempotency_scope=self.scope, idempotency_key=self.key)
+
+    def stale(self, earlier: BroadcastRecord) -> bool:
+        """Whether the key's window has passed for the row holding it (the key is free)."""
+        return earlier.created < timezone.now() - WINDOW
+
+    def same_request(self, earlier: BroadcastRecord) -> None:
+        """IdempotencyConflict unless `earlier` was sent for what this send asks."""
+        if earlier.request_hash != self.fingerprint:
+            raise IdempotencyConflict(CONFLICT)
 
     async def find(self) -> BroadcastRecord | None:
         """The broadcast this key was given to within its window, if any; a key older than
         that is freed (its broadcast keeps its row, and the key goes to the new one)."""
         try:
-            earlier = await self._rows().afirst()  # type: ignore[attr-defined]
-            if earlier is not None and earlier.created < timezone.now() - WINDOW:
+            earlier = await self.rows().afirst()
+            if earlier is not None and self.stale(earlier):
                 await BroadcastRecord.objects.filter(pk=earlier.pk).aupdate(idempotency_key=None)
                 return None
         except DatabaseError as exc:
@@ -100,8 +111,7 @@ class Idempotency:
         wait, a pending broadcast's answer is that it is pending)."""
         from broadcaster.sending.publish import Sent
 
-        if earlier.request_hash != self.fingerprint:
-            raise IdempotencyConflict(CONFLICT)
+        self.same_request(earlier)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while wait and earlier.status == BroadcastRecord.PENDING:

@@ -17,7 +17,7 @@ import logging
 import time as clock
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,11 +85,16 @@ async def check_audience(audience: object) -> tuple[str, ...]:
     saying what is wrong (a database read unless it is everyone or was checked already)."""
     if isinstance(audience, CheckedAudience) or audience is audiences.EVERYONE_ONLY:
         return audience
+    return await database_sync_to_async(checked_audience)(audience)
+
+
+def checked_audience(audience: object) -> tuple[str, ...]:
+    """`check_audience` for sync code (database reads)."""
+    if isinstance(audience, CheckedAudience) or audience is audiences.EVERYONE_ONLY:
+        return audience
     try:
         parsed = audiences.parse(audience)
-        if parsed is audiences.EVERYONE_ONLY:
-            return parsed
-        return CheckedAudience(await database_sync_to_async(audiences.check)(parsed))
+        return parsed if parsed is audiences.EVERYONE_ONLY else CheckedAudience(audiences.check(parsed))
     except audiences.InvalidAudience as exc:
         raise InvalidAudience(str(exc)) from None
 
@@ -287,10 +292,7 @@ def outcome(record: BroadcastRecord, appended: Appended, clients: int) -> Sent:
     if appended.fresh:
         logger.info("Broadcast %s (seq %d) from %s to %s: %d characters", record.message_id, entry.seq,
                     record.sender, ", ".join(record.audiences), len(record.text))  # fmt: skip
-    sent = Sent.of(record)
-    return Sent(
-        **{**sent.__dict__, "seq": entry.seq, "clients": clients, "pending": False, "epoch": entry.epoch}
-    )
+    return replace(Sent.of(record), seq=entry.seq, clients=clients, pending=False, epoch=entry.epoch)
 
 
 async def _decide(record: BroadcastRecord, **fields: Any) -> bool | None:
