@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -53,13 +54,14 @@ class FrameReader:
         return f"{base}{'&' if '?' in base else '?'}{query}"
 
     def render(self, frame: str) -> list[str]:
-        """The lines to print for one frame from the server (a batch holds several)."""
+        """The lines to print for one frame from the server (a batch holds several), with
+        control characters shown, not obeyed (`visible`)."""
         self.printed = []
         try:
             obj = json.loads(frame)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [f"(unreadable frame: {frame[:80]!r})"]
-        return self._render(obj)
+        return [visible(line) for line in self._render(obj)]
 
     def _render(self, obj: Any) -> list[str]:
         kind = obj.get("type") if isinstance(obj, dict) else None
@@ -106,6 +108,24 @@ class FrameReader:
         while len(self._texts) > REMEMBER_TEXTS:
             del self._texts[next(iter(self._texts))]
         return f"[{_local_time(obj.get('time'))}] {prefix}{text}"
+
+
+# Characters a terminal would obey rather than show: C0 controls but newline and tab (ESC starts
+# the sequences that move the cursor, set the title or write the clipboard with OSC 52; CR
+# rewrites the line; BEL rings), DEL, C1 controls (U+009B is a one-character CSI), the line and
+# paragraph separators, and the bidi overrides and isolates that reorder what follows them.
+_OBEYED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """`text` with every character a terminal would act on written as its escape (`\\x1b`,
+    `\\u202e`); newlines and tabs are kept."""
+    return _OBEYED.sub(_shown, text)
 
 
 # How many of the newest messages' texts `listen` keeps, to print what a retraction took back.

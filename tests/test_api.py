@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from broadcaster.sending import ratelimit
+from broadcaster.sending.publish import EMPTY
 from tests.conftest import point_django_at
 from tests.support import Subscriber
 
@@ -57,8 +58,18 @@ async def test_201_publishes_and_reports_id_seq_and_clients(secret, redis_url):
         (b"{not json", 400, "The body is not JSON."),
         (b'{"text": 5}', 400, 'Send a JSON object with a string "text".'),
         (b'["text"]', 400, 'Send a JSON object with a string "text".'),
-        (b'{"text": "   "}', 400, "The message is empty."),
+        (b'{"text": "   "}', 400, EMPTY),
         (b'{"text": "a\\ud800b"}', 400, "The message is not valid UTF-8 text (at character 2)."),
+        # Only zero-width and invisible characters: a blank announcement (issue 26, item 8).
+        ('{"text": "\u200b\u2060\ufeff\u200e\u200f"}'.encode(), 400, EMPTY),
+        ('{"text": "\u202a \u2066\u3164\u2800\U000e0041\\n\\t"}'.encode(), 400, EMPTY),
+        # 2,000 deep: RecursionError in the parser, once answered with Django's HTML 500 (item 6).
+        (
+            b'{"text": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+            400,
+            "The body is nested too deep to be a broadcast.",
+        ),
+        (b"[" * 100_000, 400, "The body is nested too deep to be a broadcast."),
     ],
 )
 async def test_400_for_malformed_bodies(secret, raw, status, error):

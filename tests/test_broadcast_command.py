@@ -43,6 +43,16 @@ def test_piped_lines_all_sent_empty_ignored(redis_url):
     assert sub.texts(3) == ["one", "two", "three"]
 
 
+def test_a_line_of_invisible_characters_is_refused_as_empty(redis_url):
+    """Zero-width and direction characters only would show a blank announcement: refused."""
+    sub = Subscriber(redis_url)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError, match="1 line"):
+        call_command("broadcast", stdin=io.StringIO("one\n\u200b\u200e\ufeff\ntwo\n"), stdout=out, stderr=err)
+    assert "The message is empty: nothing in it would show" in err.getvalue()
+    assert sub.texts(2) == ["one", "two"]
+
+
 def test_eof_at_once_sends_nothing(redis_url):
     """Empty input is a clean exit."""
     assert run_command(stdin="") == ("Sent 0 messages.\n", "")

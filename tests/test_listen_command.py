@@ -27,6 +27,14 @@ def test_prints_broadcasts_and_reconnects_after_restart(daphne, env_for, redis_u
         assert manage(["broadcast", "-m", "first <b>one</b>"], env=env_for(redis_url)).returncode == 0
         line = out.wait_for(lambda s: bool(TIMED.match(s)), timeout=20, what="first message")
         assert TIMED.match(line).group(1) == "first <b>one</b>"
+        # Terminal controls are shown, not obeyed: a title set, a screen clear, the clipboard
+        # written with OSC 52, a carriage return over the line, a bell (issue 26, item 7).
+        hostile = "a\x1b]0;owned\x07\x1b[2J\x1b]52;c;SGk=\x07\rb\x9b2Jc\u202ed\tkept"
+        assert manage(["broadcast", "-m", hostile], env=env_for(redis_url)).returncode == 0
+        line = out.wait_for(lambda s: bool(TIMED.match(s)), timeout=20, what="hostile message")
+        assert TIMED.match(line).group(1) == (
+            "a\\x1b]0;owned\\x07\\x1b[2J\\x1b]52;c;SGk=\\x07\\x0db\\x9b2Jc\\u202ed\tkept"
+        )
 
         server.stop()
         err.wait_for(
@@ -65,6 +73,11 @@ def test_render_frames():
         '{"type":"message","id":"b","text":"two","time":"2026-01-01T12:00:01Z"}]}'
     )
     assert [TIMED.match(line).group(1) for line in batch] == ["one", "two"]
+    [line] = render(
+        '{"type":"message","id":"a","text":"x\\u0000\\u0007\\r\\n\\u007fy","time":"2026-01-01T12:00:00Z"}'
+    )
+    assert line.split("] ", 1)[1] == "x\\x00\\x07\\x0d\n\\x7fy"  # the newline kept
+    assert render("[" * 5000) == [f"(unreadable frame: {'[' * 80!r})"]
 
 
 def test_says_cannot_connect_until_the_first_connection(env_for, redis_url):

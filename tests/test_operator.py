@@ -16,6 +16,7 @@ from broadcaster.backend import redis_client
 from broadcaster.history.kept import group_history
 from broadcaster.models import BroadcastRecord
 from broadcaster.presence import group_presence
+from broadcaster.sending.publish import EMPTY
 from tests.conftest import point_django_at
 from tests.support import Subscriber
 
@@ -170,7 +171,10 @@ async def test_empty_and_too_long_are_refused_and_the_text_is_kept():
     client = await client_for("ann", can_send=True)
     empty = await client.post(PAGE, {"text": "   "})
     assert empty.status_code == 400
-    assert '<p class="errornote" id="error">The message is empty.</p>' in empty.content.decode()
+    refusal = f'<p class="errornote" id="error">{EMPTY}</p>'
+    assert refusal in empty.content.decode()
+    invisible = await client.post(PAGE, {"text": "\u200b\u2060\ufeff\u200e"})
+    assert invisible.status_code == 400 and refusal in invisible.content.decode()
     with override_settings(BROADCAST_MAX_LENGTH=5):
         long = await client.post(PAGE, {"text": "123456"})
     body = long.content.decode()

@@ -171,7 +171,8 @@ def test_the_same_idempotency_key_is_one_broadcast_for_24_hours(redis_url, heard
 
 
 def test_errors_are_one_family_and_nothing_is_written_for_them(redis_url):
-    cases = [("", {}, broadcaster.EmptyMessage), ("x" * 5000, {}, broadcaster.MessageTooLong),
+    cases = [("", {}, broadcaster.EmptyMessage), ("\u200b\u2060\ufeff \u200f", {}, broadcaster.EmptyMessage),
+             ("x" * 5000, {}, broadcaster.MessageTooLong),
              ("x", {"audience": "group:nobody"}, broadcaster.InvalidAudience),
              ("x", {"level": "loud"}, broadcaster.InvalidOptions)]  # fmt: skip
     for text, options, error in cases:

@@ -104,6 +104,8 @@ async def broadcasts(request: HttpRequest) -> JsonResponse:
         return error(413, f"The body is over {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).")
     except (ValueError, UnicodeDecodeError):
         return error(400, "The body is not JSON.")
+    except RecursionError:  # arrays or objects nested about a thousand deep
+        return error(400, "The body is nested too deep to be a broadcast.")
     text = body.get("text") if isinstance(body, dict) else None
     if not isinstance(text, str):
         return error(400, 'Send a JSON object with a string "text".')

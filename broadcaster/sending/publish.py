@@ -50,12 +50,15 @@ from broadcaster.sending.errors import (
     UnknownBroadcast,
 )
 from broadcaster.sending.idempotency import Idempotency
+from broadcaster.sending.text import is_blank
 
 __all__ = ["BroadcastError", "BroadcastUnavailable", "Sent", "check_audience", "publish", "retract"]
 
 logger = logging.getLogger(__name__)
 
 
+# What a sender is told when nothing of the message would show.
+EMPTY = "The message is empty: nothing in it would show (only spaces or invisible characters)."
 # What a sender is told when Redis cannot be reached (nothing was sent: the row is marked failed).
 UNREACHABLE = "Cannot reach Redis: nothing was sent. Try again in a moment."
 # ... and when fewer than BROADCAST_MIN_REPLICAS replicas took a copy in time: a failover now
@@ -149,8 +152,8 @@ def validate(text: object) -> str:
     """Return `text` if any sending path may publish it, else raise an InvalidBroadcast."""
     if not isinstance(text, str):
         raise InvalidText(f"The message must be a string; got {type(text).__name__}.")
-    if not text.strip():
-        raise EmptyMessage("The message is empty.")
+    if is_blank(text):
+        raise EmptyMessage(EMPTY)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
