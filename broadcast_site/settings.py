@@ -199,6 +199,16 @@ BROADCAST_LATEST_AGE = env.get_float("BROADCAST_LATEST_AGE", DEFAULTS["BROADCAST
 BROADCAST_MAX_UNSENT_BYTES = env.get_int(
     "BROADCAST_MAX_UNSENT_BYTES", DEFAULTS["BROADCAST_MAX_UNSENT_BYTES"], minimum=1024
 )
+# What the kernel may hold unsent for one receiver (SO_SNDBUF; Linux keeps twice this): with
+# MAX_UNSENT_BYTES, what a client that stopped reading costs before it is closed with 4408.
+BROADCAST_SOCKET_SEND_BUFFER = env.get_int(
+    "BROADCAST_SOCKET_SEND_BUFFER", DEFAULTS["BROADCAST_SOCKET_SEND_BUFFER"], minimum=4096
+)
+# Seconds a connection has to send a request's head (and its body, where bodies are limited):
+# else 408 and closed (broadcaster/server/guard.py). Slow or idle clients cannot hold sockets.
+BROADCAST_REQUEST_TIMEOUT = env.get_float(
+    "BROADCAST_REQUEST_TIMEOUT", DEFAULTS["BROADCAST_REQUEST_TIMEOUT"], minimum=0.5
+)
 # Receivers one server process takes; past it new ones are refused with 1013 (try again
 # later). 0: the open-file limit less 128 (broadcaster/server/admission.py).
 BROADCAST_MAX_CONNECTIONS = env.get_int(

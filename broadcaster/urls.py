@@ -9,20 +9,21 @@ from __future__ import annotations
 from django.urls import path, re_path
 
 from broadcaster import views
+from broadcaster.headers import no_store, strict_page
 from broadcaster.sending import api, operator_page
 
 app_name = "broadcaster"
 
 urlpatterns = [
-    path("", views.receiver_page, name="receiver"),
+    path("", strict_page(views.receiver_page), name="receiver"),
     path("health/", views.health, name="health"),
     path("health/ready/", views.ready, name="ready"),
     path("metrics", views.metrics_view, name="metrics"),
     # The API answers with and without the trailing slash: Django's APPEND_SLASH cannot redirect
     # a POST or DELETE (under DEBUG it raises, a 500), and API clients do not follow redirects.
-    re_path(r"^api/broadcasts/?$", api.broadcasts, name="api-broadcasts"),
-    re_path(r"^api/broadcasts/(?P<id>[^/]+)/?$", api.broadcast, name="api-broadcast"),
-    path("operator/", operator_page.operator_page, name="operator"),
-    path("operator/status/", operator_page.operator_status, name="operator-status"),
-    path("operator/retract/", operator_page.operator_retract, name="operator-retract"),
+    re_path(r"^api/broadcasts/?$", no_store(api.broadcasts), name="api-broadcasts"),
+    re_path(r"^api/broadcasts/(?P<id>[^/]+)/?$", no_store(api.broadcast), name="api-broadcast"),
+    path("operator/", strict_page(operator_page.operator_page, private=True), name="operator"),
+    path("operator/status/", no_store(operator_page.operator_status), name="operator-status"),
+    path("operator/retract/", no_store(operator_page.operator_retract), name="operator-retract"),
 ]

@@ -18,6 +18,7 @@ from broadcaster.presence import group_presence
 from broadcaster.sending import log_health
 from broadcaster.sending.api import bearer
 from broadcaster.server.drain import drain
+from broadcaster.server.guard import TOO_MANY_CONNECTIONS, out_of_files
 
 
 def receiver_page(request: HttpRequest) -> HttpResponse:
@@ -31,7 +32,10 @@ async def health(request: HttpRequest) -> JsonResponse:
     try:
         await redis.ping()
         clients = await group_presence(redis).total()
-    except (RedisError, OSError):
+    except (RedisError, OSError) as exc:
+        if out_of_files(exc):  # Redis is fine: this process cannot open a connection to it
+            return JsonResponse({"status": "unavailable", "error": TOO_MANY_CONNECTIONS, "clients": None},
+                                status=503)  # fmt: skip
         # Where Redis is and what it said stay in the server log, not in a public answer.
         return JsonResponse({"status": "unavailable", "redis": "unreachable", "clients": None}, status=503)
     return JsonResponse({"status": "ok", "redis": "ok", "clients": clients})

@@ -34,6 +34,7 @@ from broadcaster.protocol import CloseCode
 from broadcaster.reach import REMEMBER
 from broadcaster.server.admission import admission
 from broadcaster.server.drain import drain
+from broadcaster.server.guard import out_of_files
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +107,10 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
             if getattr(self, "channel_name", None) is not None:
                 raise
             # The channel layer could not even create this consumer's channel.
-            _refused_for_redis(self._peer(), exc)
+            code = _refused_for_redis(self._peer(), exc)
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
-            await send(protocol.close_event(CloseCode.TRY_AGAIN_LATER))
+            await send(protocol.close_event(code))
         finally:
             # Also on cancel (server shutdown), when disconnect() does not run.
             self._stop_catching_up()
@@ -173,8 +174,8 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         except (RedisError, OSError) as exc:
             self.joined = False
             get_hub().discard(self)
-            _refused_for_redis(self._peer(), exc)  # (after leaving the hub: no `delayed` for it)
-            await self.close(code=int(CloseCode.TRY_AGAIN_LATER))
+            code = _refused_for_redis(self._peer(), exc)  # (after leaving the hub: no `delayed` for it)
+            await self.close(code=int(code))
             return
         metrics.ACCEPTED.inc()
         if resume is not None:
@@ -314,10 +315,17 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
 _redis_refusals = Throttle()
 
 
-def _refused_for_redis(peer: str, exc: BaseException) -> None:
-    """Log a receiver refused (4503, try again later) because Redis is unreachable, at most
-    every 10 s: during an outage every reconnecting client is refused."""
+def _refused_for_redis(peer: str, exc: BaseException) -> CloseCode:
+    """The code to refuse a receiver with, its Redis command having failed: 1013 (over
+    capacity) when the process is out of file descriptors, else 4503 (Redis unreachable).
+    Logged at most every 10 s: during an outage every reconnecting client is refused."""
+    if out_of_files(exc):
+        if _redis_refusals.due():
+            logger.warning("Refusing receiver %s with 1013: too many open files%s", peer,
+                           _redis_refusals.more("more refused"))  # fmt: skip
+        return CloseCode.OVER_CAPACITY
     get_hub().redis.failed(exc, what="receiver handshake")
     if _redis_refusals.due():
         logger.warning("Refusing receiver %s with 4503: Redis unreachable: %s%s", peer, exc,
                        _redis_refusals.more("more refused"))  # fmt: skip
+    return CloseCode.TRY_AGAIN_LATER

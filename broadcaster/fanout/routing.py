@@ -75,6 +75,7 @@ class Router:
         if isinstance(link, DirectLink):
             # Twisted leaves Nagle's algorithm on; with delayed ACKs it holds small frames back.
             link.transport.setTcpNoDelay(True)
+        link.cap_kernel_buffer(settings.BROADCAST_SOCKET_SEND_BUFFER)
         return ReceiverConsumer(link)(scope, receive, send)
 
 

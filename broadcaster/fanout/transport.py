@@ -22,6 +22,7 @@ stalls the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -145,6 +146,12 @@ class Link:
     def shed_handshake(self) -> None:
         """Once the connection is open: drop what the server keeps of the opening handshake."""
 
+    def cap_kernel_buffer(self, size: int) -> None:
+        """Let the kernel hold at most about 2 x `size` bytes unsent for this client (SO_SNDBUF;
+        Linux doubles it): past that, output waits in the process, where the slow-consumer
+        bound counts it. Unbounded, Linux's autotuning took 1-3 MB per client that stopped
+        reading, and the bound saw none of it. Where the socket is not reachable, nothing."""
+
 
 try:
     from twisted.internet.tcp import Connection as _TcpConnection
@@ -216,6 +223,14 @@ class TwistedLink(Link):
     def refuse(self, code: int, reason: str) -> None:
         # autobahn's own closing handshake, which takes any code (its sendClose checks them).
         self.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+
+    def cap_kernel_buffer(self, size: int) -> None:
+        transport = getattr(self.protocol, "transport", None)
+        while transport is not None and not _is_tcp(transport):  # down through TLS
+            transport = vars(transport).get("transport") if hasattr(transport, "__dict__") else None
+        if transport is not None:
+            with contextlib.suppress(OSError):
+                transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
     def shed_handshake(self) -> None:
         # autobahn keeps the raw request and response and the parsed headers, and daphne its

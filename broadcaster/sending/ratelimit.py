@@ -3,6 +3,9 @@ failed token checks per client address."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -55,3 +58,23 @@ async def peek(redis: aioredis.Redis, key: str, *, limit: int) -> Verdict:
     counting it."""
     count, ttl_ms = await redis.eval(_PEEK, 1, key)
     return _verdict(int(count) < limit, int(count), int(ttl_ms))
+
+
+class Turns:
+    """One holder at a time per key, in this process (an asyncio lock per key, dropped when
+    nobody holds or waits for it)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]

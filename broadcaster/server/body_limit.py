@@ -182,15 +182,9 @@ _refusals = Throttle()
 
 
 def _route(request: Any) -> bytes:
-    """The request's path, %-decoded as Django routes it, without its query string (the
-    request line is in; the body is not).
-
-    Twisted keeps the request line on the channel until the body is in; if a release stops
-    doing so, every path gets the general limit and the API's token is checked by the view
-    only (said once).
-    """
-    path, method = getattr(request.channel, "_path", None), getattr(request.channel, "_command", None)
-    if not isinstance(path, bytes) or not isinstance(method, bytes):
+    """The request's path (`route_of` its channel), or b"" when Twisted does not say."""
+    route = route_of(request.channel)
+    if route is None:
         global _said_no_path
         if not _said_no_path:
             _said_no_path = True
@@ -199,6 +193,20 @@ def _route(request: Any) -> bytes:
                 "early token check and smaller body limit are off (DATA_UPLOAD_MAX_MEMORY_SIZE applies)"
             )
         return b""
+    return route
+
+
+def route_of(channel: Any) -> bytes | None:
+    """The path of the request whose head `channel` (Twisted's HTTPChannel) is reading,
+    %-decoded as Django routes it, without its query string; None if Twisted does not say.
+
+    Twisted keeps the request line on the channel until the body is in; if a release stops
+    doing so, every path gets the general limit and the API's token is checked by the view
+    only (said once).
+    """
+    path, method = getattr(channel, "_path", None), getattr(channel, "_command", None)
+    if not isinstance(path, bytes) or not isinstance(method, bytes):
+        return None
     target = path.split(b"?", 1)[0]
     if not target.startswith(b"/"):  # absolute form: http://host/path
         target = b"/" + target.partition(b"://")[2].partition(b"/")[2]

@@ -16,7 +16,7 @@ from broadcaster.backend import redis_client
 from broadcaster.fanout import transport
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 from broadcaster.sending import log_health
-from broadcaster.server import body_limit, drain, gc_policy
+from broadcaster.server import body_limit, drain, gc_policy, guard
 from broadcaster.server.admission import admission
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,14 @@ def limit_request_bodies(*, all_bodies: bool) -> None:
         logger.warning("Request bodies are limited only after daphne has read them: %s", problem)
 
 
+def guard_connections(open_file_limit: int) -> None:
+    """Deadlines and answered limits for every connection's request, and the descriptors kept
+    for Redis and the database (broadcaster/server/guard.py)."""
+    problem = guard.install(open_file_limit)
+    if problem is not None:
+        logger.warning("Requests have no deadline and the open-file reserve is not kept: %s", problem)
+
+
 def check_channel_layer() -> None:
     """Check, once at start-up, that broadcasts reach the layer's fast path.
 
@@ -168,5 +176,6 @@ def prepare_server(*, limit_all_bodies: bool = False) -> None:
     check_write_path()
     log_health.check_at_start()
     limit_request_bodies(all_bodies=limit_all_bodies)
+    guard_connections(limit)
     drain.install_when_running()
     check_channel_layer()
