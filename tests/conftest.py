@@ -160,9 +160,10 @@ def daphne(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Daphne]]:
     started: list[Daphne] = []
 
     def start(*, url: str | None = None, port: int | None = None, tls: tuple[Path, Path] | None = None,
-              **extra: str) -> Daphne:  # fmt: skip
+              prefix: list[str] | None = None, **extra: str) -> Daphne:  # fmt: skip
         env = base_env(url or redis_url, tmp_path / "var", **extra)
-        server = Daphne(env=env, log=tmp_path / f"daphne-{len(started)}.log", port=port, tls=tls).start()
+        log = tmp_path / f"daphne-{len(started)}.log"
+        server = Daphne(env=env, log=log, port=port, tls=tls, prefix=prefix).start()
         started.append(server)
         return server
 

@@ -76,6 +76,7 @@ async def test_400_for_malformed_bodies(secret, raw, status, error):
     """Malformed JSON, a wrong type and an empty text each get a JSON error."""
     response = await post(None, secret=secret, raw=raw)
     assert (response.status_code, response.json()) == (status, {"error": error})
+    assert response["Cache-Control"] == "no-store"
 
 
 async def test_413_over_the_size_limit(secret):
