@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test test-fast lint format bench bench-drain bench-audiences bench-memory stop-redis clean
+.PHONY: run serve test test-fast audit lint format bench bench-drain bench-audiences bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,17 @@ test-fast: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PYTEST) -m "not integration"
+
+# pip-audit in a virtualenv of its own (its dependencies stay out of the project's).
+AUDIT_VENV := $(VENV)/audit
+$(AUDIT_VENV)/.installed: requirements-audit.txt
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install -q -r requirements-audit.txt
+	touch $@
+
+## audit: fail on a pinned dependency with a published vulnerability (offline: a warning)
+audit: $(AUDIT_VENV)/.installed
+	$(AUDIT_VENV)/bin/python deploy/audit.py $(AUDIT_VENV)/bin/pip-audit requirements.txt
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
