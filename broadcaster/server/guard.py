@@ -152,6 +152,9 @@ def _channel_class() -> type:
             self._deadline = None
             if self.transport is None:
                 return  # handed over (a WebSocket)
+            if any(getattr(request, "refused", False) for request in self.requests):
+                self.transport.abortConnection()  # answered already (body_limit), and still sending
+                return
             if self._head_started:
                 self._refuse_now(408, "Request Timeout", TOO_SLOW)
             else:
@@ -203,10 +206,13 @@ def _channel_class() -> type:
             super().allContentReceived()
 
         def requestDone(self, request: Any) -> None:
-            super().requestDone(request)
             if self.transport is not None and self.persistent and not self._refused:
+                # The next request on this connection has its own deadline: armed before
+                # Twisted reads what the client already sent of it (a pipelined request,
+                # which may then disarm it).
                 self._head_started = False
-                self._arm()  # the next request on this connection has its own deadline
+                self._arm()
+            super().requestDone(request)
 
         def connectionLost(self, reason: Any) -> None:
             self._disarm()
