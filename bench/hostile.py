@@ -255,7 +255,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def soak(
-    args: argparse.Namespace, port: int, serve: subprocess.Popen[bytes], env: dict[str, str]
+    args: argparse.Namespace, port: int, serve: subprocess.Popen[bytes] | None, env: dict[str, str]
 ) -> dict:
     loop = asyncio.get_running_loop()
     seen = Seen()
@@ -275,7 +275,7 @@ async def soak(
     hostile += [asyncio.create_task(guesser(port, i, guesses, stop)) for i in range(args.guessers)]
     await until(lambda: scrape(port)["broadcaster_connections"] >= args.healthy + args.never_read * 0.9,
                 timeout=120, what="healthy and never-reading receivers connected")  # fmt: skip
-    rss_start = worker_rss(serve.pid)
+    rss_start = worker_rss(serve.pid) if serve is not None else 0
     publisher = subprocess.Popen([sys.executable, "manage.py", "broadcast"], cwd=ROOT, env=env,
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)  # fmt: skip
     assert publisher.stdin is not None
@@ -290,7 +290,7 @@ async def soak(
         sent += 1
         health_answers.append(await asyncio.to_thread(health, port))
         if sent % 5 == 0:
-            rss.append(worker_rss(serve.pid))
+            rss.append(worker_rss(serve.pid) if serve is not None else 0)
         if sent % 30 == 0:
             print(f"  {elapsed:5.0f} s: {sent} sent; never-read {dict(never)}; slowloris {dict(loris)}; "
                   f"guesses {dict(guesses)}; RSS {rss[-1] / 2**20:.0f} MB", flush=True)  # fmt: skip
@@ -332,6 +332,10 @@ async def soak(
 async def run(args: argparse.Namespace) -> dict:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.port:  # a server already running (`make run`, say), with its own settings
+        return await soak(
+            args, args.port, None, {**os.environ, "BROADCAST_DOTENV": os.environ.get("BROADCAST_DOTENV", "")}
+        )
     workdir = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
     redis_proc, redis_url = start_redis(workdir)
     port = free_port()
@@ -371,6 +375,12 @@ def main() -> int:
     parser.add_argument("--guessers", type=int, default=200)
     parser.add_argument("--size", type=int, default=4000, help="characters per broadcast")
     parser.add_argument("--max-unsent", type=int, default=65_536, help="BROADCAST_MAX_UNSENT_BYTES")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="soak a server already listening on this loopback port "
+        "(its publisher: manage.py broadcast with this environment; no RSS figures)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     result = asyncio.run(run(args))

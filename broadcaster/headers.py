@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpResponseBase
 
-__all__ = ["PAGE_POLICY", "no_store", "strict_page"]
+__all__ = ["PAGE_POLICY", "no_store", "page_policy", "strict_page"]
 
 # Scripts, styles, fonts and images from this origin only; the WebSocket to this origin
 # ('self' covers ws: and wss: to it); no plugins, no framing, forms post back here only.
@@ -30,6 +32,11 @@ def _with_headers(view: View, headers: dict[str, str]) -> View:
             response.headers.setdefault(name, value)
         return response
 
+    return _after(view, add)
+
+
+def _after(view: View, add: Callable[[HttpResponseBase], HttpResponseBase]) -> View:
+    """`view`, its answer passed through `add`, sync or async as `view` is."""
     if iscoroutinefunction(view):
 
         @functools.wraps(view)
@@ -50,9 +57,27 @@ def no_store(view: View) -> View:
     return _with_headers(view, {"Cache-Control": "no-store"})
 
 
+def page_policy() -> str:
+    """PAGE_POLICY, with the origin of STATIC_URL added where the static files are served from
+    another origin (a CDN)."""
+    static = urlsplit(str(getattr(settings, "STATIC_URL", "") or ""))
+    if not static.scheme or not static.netloc:
+        return PAGE_POLICY
+    origin = f"{static.scheme}://{static.netloc}"
+    return ";".join(part + f" {origin}" if part.split()[0] in _STATIC_DIRECTIVES else part
+                    for part in PAGE_POLICY.split(";"))  # fmt: skip
+
+
+_STATIC_DIRECTIVES = frozenset({"script-src", "style-src", "img-src", "font-src"})
+
+
 def strict_page(view: View, *, private: bool = False) -> View:
-    """`view`'s pages under PAGE_POLICY (and, `private`, kept by no cache)."""
-    headers = {"Content-Security-Policy": PAGE_POLICY}
-    if private:
-        headers["Cache-Control"] = "no-store"
-    return _with_headers(view, headers)
+    """`view`'s pages under `page_policy()` (and, `private`, kept by no cache)."""
+
+    def add(response: HttpResponseBase) -> HttpResponseBase:
+        response.headers.setdefault("Content-Security-Policy", page_policy())
+        if private:
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return _after(view, add)

@@ -61,7 +61,8 @@ class FrameReader:
             obj = json.loads(frame)
         except (ValueError, RecursionError):
             return [f"(unreadable frame: {frame[:80]!r})"]
-        return [visible(line) for line in self._render(obj)]
+        # A message's later lines indented: none can pass for a line of its own ("[12:00:00] ...").
+        return [visible(line).replace("\n", "\n  ") for line in self._render(obj)]
 
     def _render(self, obj: Any) -> list[str]:
         kind = obj.get("type") if isinstance(obj, dict) else None

@@ -56,5 +56,10 @@ def test_a_finding_fails_the_audit_and_no_network_is_a_warning(tmp_path, capsys)
     assert audit.main(_fake_pip_audit(tmp_path, clean), str(requirements)) == 0
     assert audit.main(_fake_pip_audit(tmp_path, None), str(requirements)) == 0
     assert "could not be reached" in capsys.readouterr().err
+    crash = tmp_path / "crash"
+    crash.write_text(f"#!{sys.executable}\nraise SystemExit('ValueError: unreadable requirements')\n")
+    crash.chmod(0o755)
+    assert audit.main(str(crash), str(requirements)) == 1  # not the network: a failure
+    assert audit.main(str(tmp_path / "absent"), str(requirements)) == 0  # not installed: the floors only
     requirements.write_text("daphne==4.2.0\n")
     assert audit.main(_fake_pip_audit(tmp_path, clean), str(requirements)) == 1

@@ -1,4 +1,4 @@
-"""broadcaster/server/guard.py without a server: the answers it writes and how it tells a
+"""broadcaster/server/guard.py and answers.py without a server: the answers it writes and how it tells a
 process out of descriptors from a service that is down (the live behaviour: test_hostile.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from broadcaster.server.guard import answer, out_of_files
+from broadcaster.server.answers import answer
+from broadcaster.server.guard import out_of_files
 
 
 def test_out_of_files_is_told_from_a_service_that_is_down():
@@ -29,7 +30,7 @@ def test_out_of_files_is_told_from_a_service_that_is_down():
 
 
 def test_answers_are_whole_json_responses_that_close():
-    raw = answer(503, "Service Unavailable", "Too many open connections.", retry_after=5)
+    raw = answer(503, "Service Unavailable", "Too many open connections.", headers={"Retry-After": "5"})
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[0] == "HTTP/1.1 503 Service Unavailable"

@@ -76,7 +76,7 @@ def test_render_frames():
     [line] = render(
         '{"type":"message","id":"a","text":"x\\u0000\\u0007\\r\\n\\u007fy","time":"2026-01-01T12:00:00Z"}'
     )
-    assert line.split("] ", 1)[1] == "x\\x00\\x07\\x0d\n\\x7fy"  # the newline kept
+    assert line.split("] ", 1)[1] == "x\\x00\\x07\\x0d\n  \\x7fy"  # the newline kept, the next line indented
     assert render("[" * 5000) == [f"(unreadable frame: {'[' * 80!r})"]
 
 

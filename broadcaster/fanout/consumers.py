@@ -107,10 +107,7 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
             if getattr(self, "channel_name", None) is not None:
                 raise
             # The channel layer could not even create this consumer's channel.
-            code = _refused_for_redis(self._peer(), exc)
-            await receive()  # websocket.connect
-            await send({"type": "websocket.accept"})
-            await send(protocol.close_event(code))
+            await self._refuse(receive, *_refused_for_redis(self._peer(), exc))
         finally:
             # Also on cancel (server shutdown), when disconnect() does not run.
             self._stop_catching_up()
@@ -174,8 +171,9 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
         except (RedisError, OSError) as exc:
             self.joined = False
             get_hub().discard(self)
-            code = _refused_for_redis(self._peer(), exc)  # (after leaving the hub: no `delayed` for it)
-            await self.close(code=int(code))
+            # (After leaving the hub: no `delayed` for it.) Through the link: daphne's close
+            # takes only 1000 and 3000-4999, and 1013 is neither.
+            self.link.refuse(*_refused_for_redis(self._peer(), exc))
             return
         metrics.ACCEPTED.inc()
         if resume is not None:
@@ -315,17 +313,18 @@ class ReceiverConsumer(Delivery, AsyncWebsocketConsumer):
 _redis_refusals = Throttle()
 
 
-def _refused_for_redis(peer: str, exc: BaseException) -> CloseCode:
-    """The code to refuse a receiver with, its Redis command having failed: 1013 (over
-    capacity) when the process is out of file descriptors, else 4503 (Redis unreachable).
-    Logged at most every 10 s: during an outage every reconnecting client is refused."""
+def _refused_for_redis(peer: str, exc: BaseException) -> tuple[CloseCode, str]:
+    """The code and reason to refuse a receiver with, its Redis command having failed: 1013
+    (over capacity) when the process is out of file descriptors, else 4503 (Redis
+    unreachable). Logged at most every 10 s: during an outage every reconnecting client is
+    refused."""
     if out_of_files(exc):
         if _redis_refusals.due():
             logger.warning("Refusing receiver %s with 1013: too many open files%s", peer,
                            _redis_refusals.more("more refused"))  # fmt: skip
-        return CloseCode.OVER_CAPACITY
+        return CloseCode.OVER_CAPACITY, "too many open files; try again later"
     get_hub().redis.failed(exc, what="receiver handshake")
     if _redis_refusals.due():
         logger.warning("Refusing receiver %s with 4503: Redis unreachable: %s%s", peer, exc,
                        _redis_refusals.more("more refused"))  # fmt: skip
-    return CloseCode.TRY_AGAIN_LATER
+    return CloseCode.TRY_AGAIN_LATER, "Redis unreachable; try again later"

@@ -159,15 +159,27 @@ except ImportError:  # not under daphne: only AsgiLink is used
     _TcpConnection = None
 
 
-def _is_tcp(transport: Any) -> bool:
+def is_tcp(transport: Any) -> bool:
     """Whether `transport` is Twisted's own TCP connection (not a wrapper such as TLS, whose
     attribute lookups fall through to the TCP transport underneath)."""
     return _TcpConnection is not None and isinstance(transport, _TcpConnection)
 
 
+_is_tcp = is_tcp
+
+
 def _tcp_unsent(transport: Any) -> int:
     """What Twisted's TCP transport holds that the kernel has not taken (its two buffers)."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def unsent_bytes(transport: Any) -> int | None:
+    """What a Twisted TCP transport holds unsent; None for any other transport (TLS)."""
+    if not is_tcp(transport) or not all(
+        hasattr(transport, n) for n in ("dataBuffer", "offset", "_tempDataLen")
+    ):
+        return None
+    return _tcp_unsent(transport)
 
 
 class TwistedLink(Link):

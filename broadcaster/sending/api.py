@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 ASK_FOR_BEARER = "Send 'Authorization: Bearer <token>'."
 TOO_MANY_FAILURES = "Too many failed token checks from this address; retry later."
+CHECKS_BUSY = "Too many token checks from this address at once; retry shortly."
 
 
 def error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -65,6 +67,8 @@ def _client_network(address: str) -> str:
 # Across processes, at most the limit plus one per process get a lookup. A valid token waits
 # behind the checks ahead of it from its network, each one indexed read.
 _checks = ratelimit.Turns()
+# How long a request waits for its turn (and its check) before it is answered 503.
+TURN_WAIT = 10.0
 
 
 async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
@@ -74,8 +78,13 @@ async def _token(request: HttpRequest) -> PublishToken | JsonResponse:
     if not secret:
         return error(401, ASK_FOR_BEARER, **{"WWW-Authenticate": "Bearer"})
     network = _client_network(request.META.get("REMOTE_ADDR") or "")
-    async with _checks.of(network):
-        return await _check(request, secret, ratelimit.failures_key(network))
+    try:
+        async with asyncio.timeout(TURN_WAIT), _checks.of(network):
+            return await _check(request, secret, ratelimit.failures_key(network))
+    except TimeoutError:  # the checks ahead of it are slow (Redis or the database is)
+        return error(
+            503, "Too many token checks from this address at once; retry shortly.", **{"Retry-After": "1"}
+        )
 
 
 async def _check(request: HttpRequest, secret: str, failures: str) -> PublishToken | JsonResponse:

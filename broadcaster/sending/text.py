@@ -8,12 +8,15 @@ import unicodedata
 
 __all__ = ["is_blank"]
 
-# Characters that draw nothing but are not in the categories below: Hangul fillers, the blank
-# Braille pattern, the combining grapheme joiner, variation selectors, Mongolian free variation
-# selectors.
-_INVISIBLE = frozenset(
-    "\u115f\u1160\u3164\uffa0\u2800\u034f\u180b\u180c\u180d\u180f" + "".join(map(chr, range(0xFE00, 0xFE10)))
-)
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt): drawn as nothing
+# when not supported, whatever their category (U+115F and U+3164 are letters, U+2065 and the
+# U+E0000 block mostly unassigned); plus the blank Braille pattern U+2800.
+_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800),
+    (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
 # Unicode categories that draw nothing on their own: controls (Cc), format characters (Cf: zero-
 # width spaces and joiners, the word joiner, U+FEFF, bidi marks and isolates, tag characters) and
 # separators (Zs spaces, Zl, Zp).
@@ -21,7 +24,8 @@ _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 
 def _invisible(char: str) -> bool:
-    if char in _INVISIBLE or 0xE0100 <= ord(char) <= 0xE01EF:  # variation selectors supplement
+    code = ord(char)
+    if any(first <= code <= last for first, last in _IGNORABLE):
         return True
     return unicodedata.category(char) in _INVISIBLE_CATEGORIES
 

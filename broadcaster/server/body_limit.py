@@ -19,7 +19,6 @@ path has Django's DATA_UPLOAD_MAX_MEMORY_SIZE.
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.parse
 from typing import Any
@@ -28,6 +27,7 @@ from django.conf import settings
 
 from broadcaster.log_throttle import Throttle
 from broadcaster.sending.api import ASK_FOR_BEARER
+from broadcaster.server.answers import answer, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +62,6 @@ def body_limit(route: bytes) -> int | None:
     if _is_api(route):
         return api_body_limit()
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE if _limit_others else None
-
-
-def _answer(status: int, reason: str, message: str, headers: dict[str, str]) -> bytes:
-    body = json.dumps({"error": message}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json",
-             f"Content-Length: {len(body)}", "Connection: close"]  # fmt: skip
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def _has_bearer_token(request: Any) -> bool:
@@ -134,20 +126,11 @@ def _limited_request_class() -> type | None:
         def _refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
                     ) -> None:  # fmt: skip
             """Answer now, then read and drop the rest for up to LINGER seconds."""
-            from twisted.internet import reactor
-
             self.refused = True
             self.content = _Discard()
             # No "100 Continue" after the answer: the client need not send the body.
             self.requestHeaders.removeHeader(b"Expect")
-            transport = self.channel.transport
-            transport.write(_answer(status, reason, message, headers or {}))
-            half_close = getattr(transport, "loseWriteConnection", None)
-            if half_close is not None:
-                half_close()
-            else:
-                transport.loseConnection()
-            reactor.callLater(LINGER, _abort, transport)
+            refuse(self.channel.transport, answer(status, reason, message, headers=headers), linger=LINGER)
 
     return LimitedRequest
 
@@ -171,11 +154,6 @@ class _Discard:
 
     def close(self) -> None:
         self.closed = True
-
-
-def _abort(transport: Any) -> None:
-    if not getattr(transport, "disconnected", True):
-        transport.abortConnection()
 
 
 _refusals = Throttle()

@@ -3,12 +3,15 @@ limits, and leave the process descriptors for Redis and the database.
 
 `install()` makes daphne's HTTP factory build `GuardedChannel`s (Twisted's HTTPChannel):
 
-- A deadline (BROADCAST_REQUEST_TIMEOUT) for each request's head, from the connection's open or
-  the end of the previous request: a client that sends its request a byte at a time, or
-  nothing (slowloris, idle half-open connections), gets 408 and is closed. Where the path's
-  body is limited (the publish API; every path on the standalone site) the body must be in by
-  the same deadline. A WebSocket's handshake is its request head; after it daphne's own
-  handshake timeout and autobahn's pings apply.
+- A deadline (BROADCAST_REQUEST_TIMEOUT) for each request's head: the first from the
+  connection's open, a later one (keep-alive) from its first byte. A client that sends its
+  request a byte at a time, or nothing (slowloris, idle half-open connections), gets 408 and
+  is closed. Where the path's body is limited (the publish API; every path on the standalone
+  site) the body must be in by the same deadline. A connection idle after an answer is closed
+  after the same time, once the answer has gone out (while the client still reads it, the
+  time starts again; a client that took none of it in a whole period is dropped). A
+  WebSocket's handshake is its request head; after it daphne's own handshake timeout and
+  autobahn's pings apply.
 - A request line over 16 KB gets 414 and a header block over 16 KB (or over 500 headers)
   gets 431, each a JSON answer; Twisted closed the first without a word and answered the
   second with a bare 400.
@@ -23,22 +26,21 @@ number is a count of the descriptors open below it: no count of connections to k
 from __future__ import annotations
 
 import errno
-import json
 import logging
 from typing import Any
 
 from django.conf import settings
 
+from broadcaster.fanout.transport import unsent_bytes
 from broadcaster.log_throttle import Throttle
+from broadcaster.server.answers import answer, refuse
 
 logger = logging.getLogger(__name__)
 
 # Descriptors a new connection may not take (the admission ceiling keeps receivers under the
 # open-file limit less admission.RESERVED_FILES, more than this).
 RESERVED_FILES = 64
-# How long a refused client may go on sending before the connection is dropped; at the
-# open-file limit, a shorter time (each refused connection holds a descriptor until then).
-LINGER = 5.0
+# How long a connection refused at the open-file limit may linger (it holds a descriptor).
 FULL_LINGER = 1.0
 
 TOO_MANY_CONNECTIONS = (
@@ -67,35 +69,6 @@ def out_of_files(exc: BaseException) -> bool:
     return False
 
 
-def answer(status: int, reason: str, message: str, *, retry_after: int | None = None) -> bytes:
-    """A whole HTTP/1.1 answer with a JSON error body, closing the connection."""
-    body = json.dumps({"error": message}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", "Cache-Control: no-store",
-             f"Content-Length: {len(body)}", "Connection: close"]  # fmt: skip
-    if retry_after is not None:
-        lines.append(f"Retry-After: {retry_after}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def _abort(transport: Any) -> None:
-    if not getattr(transport, "disconnected", True):
-        transport.abortConnection()
-
-
-def refuse(transport: Any, data: bytes, *, linger: float = LINGER) -> None:
-    """Write `data` and close: half-close first, so a client still sending reads the answer
-    instead of a reset, and drop the connection after `linger` seconds whatever it does."""
-    from twisted.internet import reactor
-
-    transport.write(data)
-    half_close = getattr(transport, "loseWriteConnection", None)
-    if half_close is not None:
-        half_close()
-    else:
-        transport.loseConnection()
-    reactor.callLater(linger, _abort, transport)
-
-
 def _channel_class() -> type:
     from twisted.web import http
 
@@ -106,6 +79,8 @@ def _channel_class() -> type:
 
         _deadline: Any = None
         _refused = False
+        _served = False
+        _unsent: int | None = None
         _head_started = False
         _head_bytes = 0
         _head_lines = 0
@@ -129,7 +104,7 @@ def _channel_class() -> type:
                 self.transport.abortConnection()  # deep in the reserve: not even an answer
             else:
                 # Answered and closed at once: a refusal must not hold its descriptor long.
-                full = answer(503, "Service Unavailable", TOO_MANY_CONNECTIONS, retry_after=5)
+                full = answer(503, "Service Unavailable", TOO_MANY_CONNECTIONS, headers={"Retry-After": "5"})
                 refuse(self.transport, full, linger=FULL_LINGER)
             if _refusals.due():
                 logger.warning("Refusing new connections with 503: descriptor %d of %d (the open-file limit; "
@@ -149,29 +124,40 @@ def _channel_class() -> type:
             self._deadline = None
 
         def _too_slow(self) -> None:
+            """The deadline passed: a request still coming is answered 408; a connection idle
+            after its last answer is closed, once that answer has gone out (re-armed while the
+            client still takes it; aborted if it took nothing for a whole period)."""
             self._deadline = None
-            if self.transport is None:
-                return  # handed over (a WebSocket)
             if any(getattr(request, "refused", False) for request in self.requests):
-                self.transport.abortConnection()  # answered already (body_limit), and still sending
-                return
+                return  # answered already (body_limit), which closes it in its own time
             if self._head_started:
                 self._refuse_now(408, "Request Timeout", TOO_SLOW)
-            else:
-                self._refused = True
-                refuse(self.transport, b"")  # idle: nothing to answer
+                return
+            unsent = unsent_bytes(self.transport)
+            if unsent:
+                if self._unsent is None or unsent < self._unsent:
+                    self._unsent = unsent  # a slow download, still moving
+                    self._arm()
+                else:
+                    self.transport.abortConnection()  # it stopped reading the answer
+                return
+            self._refused = True
+            refuse(self.transport, b"")  # idle: nothing to answer
 
-        def _refuse_now(
-            self, status: int, reason: str, message: str, *, retry_after: int | None = None
-        ) -> None:
+        def _refuse_now(self, status: int, reason: str, message: str) -> None:
             self._refused = True
             self._disarm()
-            refuse(self.transport, answer(status, reason, message, retry_after=retry_after))
+            refuse(self.transport, answer(status, reason, message))
 
         def dataReceived(self, data: bytes) -> None:
             if self._refused:
                 return  # answered: read and dropped until the connection closes
-            self._head_started = True
+            if not self._head_started:
+                self._head_started = True
+                if self._served:
+                    # A keep-alive request: its whole deadline from its first byte, whatever
+                    # the idle time before it.
+                    self._arm()
             super().dataReceived(data)
 
         def lineReceived(self, line: bytes) -> None:
@@ -206,11 +192,13 @@ def _channel_class() -> type:
             super().allContentReceived()
 
         def requestDone(self, request: Any) -> None:
-            if self.transport is not None and self.persistent and not self._refused:
-                # The next request on this connection has its own deadline: armed before
-                # Twisted reads what the client already sent of it (a pipelined request,
-                # which may then disarm it).
+            if self.transport is not None and not self._refused:
+                # Armed before Twisted reads what the client already sent of the next request
+                # (a pipelined one, which then disarms it); for a connection that closes after
+                # this answer, it bounds how long the answer may take to go out.
                 self._head_started = False
+                self._served = True
+                self._unsent = None
                 self._arm()
             super().requestDone(request)
 

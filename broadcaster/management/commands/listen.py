@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import protocol
-from broadcaster.listener import Refused, listen
+from broadcaster.listener import Refused, listen, visible
 
 
 def local_server_url(environ: Mapping[str, str]) -> str:
@@ -49,7 +49,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         def status(line: str) -> None:
-            self.stderr.write(line)
+            self.stderr.write(visible(line))  # close reasons and errors come from the server
             self.stderr.flush()
 
         token = options["token"] or os.environ.get("BROADCAST_RECEIVER_TOKEN", "").strip() or None
