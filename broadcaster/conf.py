@@ -30,8 +30,10 @@ DEFAULTS: dict[str, Any] = {
     # A receiver the server holds more unsent output for is closed with SLOW_CONSUMER (4408).
     "BROADCAST_MAX_UNSENT_BYTES": 1_048_576,
     # What the kernel may hold unsent for one receiver (its socket's SO_SNDBUF; Linux keeps
-    # twice this): a client that stops reading is then held to about MAX_UNSENT_BYTES + 2x this.
-    "BROADCAST_SOCKET_SEND_BUFFER": 65_536,
+    # twice this): a client that stops reading is then held to about MAX_UNSENT_BYTES + 2x this,
+    # and a burst a reading client takes at once may be about that large (a 2 MB replay after
+    # a lost subscription, tests/test_fanout.py).
+    "BROADCAST_SOCKET_SEND_BUFFER": 524_288,
     # Seconds a connection has to send a request's head (and a limited body): else 408, closed.
     "BROADCAST_REQUEST_TIMEOUT": 10.0,
     # Receivers one server process takes (0: the open-file limit less 128).

@@ -87,4 +87,4 @@ async def test_redis_down_refuses_with_try_again_later(dead_redis_url):
     # (Its server may find Redis lost, and say so, while this handshake is still retrying.)
     if output.get("text") == '{"type":"status","broadcasts":"delayed"}':
         output = await comm.receive_output(timeout=10)
-    assert output == {"type": "websocket.close", "code": 4503}
+    assert output == {"type": "websocket.close", "code": 4503, "reason": "Redis unreachable; try again later"}
