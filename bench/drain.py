@@ -26,19 +26,14 @@ import json
 import math
 import os
 import random
-import resource
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.run import free_port, start_redis, wait_port
+from bench.serving import scrape, serving, until, worker_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 RESTART = 1012
@@ -90,20 +85,8 @@ class DrainClient(asyncio.Protocol):
         self._frames()
 
     def _frames(self) -> None:
-        while len(self.buffer) >= 2:
-            opcode, size = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-            start = 2
-            if size == 126:
-                if len(self.buffer) < 4:
-                    return
-                size, start = struct.unpack("!H", self.buffer[2:4])[0], 4
-            elif size == 127:
-                if len(self.buffer) < 10:
-                    return
-                size, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
-            if len(self.buffer) < start + size:
-                return
-            payload, self.buffer = self.buffer[start : start + size], self.buffer[start + size :]
+        frames, self.buffer = take_frames(self.buffer)
+        for opcode, payload in frames:
             if opcode == 0x9:  # ping: pong with the same payload (masked, as a client must)
                 self._send(0xA, payload)
             elif opcode == 0x8:
@@ -113,16 +96,44 @@ class DrainClient(asyncio.Protocol):
                 self.transport.close()
 
     def _send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         assert self.transport is not None
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        self.transport.write(client_frame(opcode, payload))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
             self.opened.set_result(False)
         if not self.done.done():
             self.done.set_result(self.code)
+
+
+def take_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole server frames (opcode, payload) at the start of `buffer`, and what is left."""
+    frames = []
+    while len(buffer) >= 2:
+        opcode, size, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+        if size == 126:
+            if len(buffer) < 4:
+                break
+            size, start = struct.unpack("!H", buffer[2:4])[0], 4
+        elif size == 127:
+            if len(buffer) < 10:
+                break
+            size, start = struct.unpack("!Q", buffer[2:10])[0], 10
+        if len(buffer) < start + size:
+            break
+        frames.append((opcode, bytes(buffer[start : start + size])))
+        buffer = buffer[start + size :]
+    return frames, buffer
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (a pong, a close) of under 126 bytes."""
+    mask = os.urandom(4)
+    return (
+        bytes([0x80 | opcode, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
 
 
 def request(port: int) -> bytes:
@@ -171,41 +182,6 @@ async def receiver(port: int, record: Record) -> None:
         await asyncio.sleep(delay)
 
 
-def scrape(port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        body = resp.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            key = sample.name + (f":{sample.labels['pid']}" if "pid" in sample.labels else "")
-            samples[key] = sample.value
-    return samples
-
-
-async def until(predicate, *, timeout: float, what: str, poll: float = 0.2) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if await asyncio.to_thread(predicate):
-                return
-        except OSError:
-            pass
-        await asyncio.sleep(poll)
-    raise SystemExit(f"timed out after {timeout} s waiting for {what}")
-
-
-def worker_rss(serve_pid: int) -> int:
-    """Resident memory of the daphne workers under `serve_pid` (supervisord), in bytes."""
-    import psutil
-
-    workers = [
-        p for p in psutil.Process(serve_pid).children(recursive=True) if "daphne" in " ".join(p.cmdline()[:2])
-    ]
-    return sum(p.memory_info().rss for p in workers)
-
-
 def per_worker(port: int) -> dict[int, int]:
     return {int(k.split(":")[1]): int(v) for k, v in scrape(port).items()
             if k.startswith("broadcaster_worker_connections:")}  # fmt: skip
@@ -237,71 +213,51 @@ async def scenario(name: str, sig: signal.Signals, *, port: int, n: int, record:
 
 
 async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    workdir = Path(tempfile.mkdtemp(prefix="bench-drain-"))
-    redis_proc, redis_url = start_redis(workdir)
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_", "PROMETHEUS_"))}
-    env.update(REDIS_URL=redis_url, BROADCAST_VAR_DIR=str(workdir / "var"), BROADCAST_DOTENV="",
-               DATABASE_URL=f"sqlite:///{workdir}/db.sqlite3", DJANGO_SECRET_KEY="bench-" + "x" * 50,
-               BROADCAST_DRAIN_SECONDS=str(args.drain_seconds), BROADCAST_LOG_LEVEL="WARNING",
-               WORKERS="2", HOST="127.0.0.1", PORT=str(port), BIN=bin_dir,
-               RUN_DIR=str(workdir / "run"))  # fmt: skip
-    migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
-    subprocess.run(migrate, cwd=ROOT, env=env, check=True)
-    log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - for the server's whole life
-    serve = subprocess.Popen([str(ROOT / "deploy" / "serve.sh")], cwd=ROOT, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     tasks: list[asyncio.Task[None]] = []
-    try:
-        wait_port(port, serve, timeout=60)
-        await until(lambda: "broadcaster_connections" in scrape(port), timeout=30, what="metrics")
-        record = Record()
-        results: dict[str, dict[str, float]] = {}
-        memory: dict[str, float] = {}
-        rss_before = worker_rss(serve.pid)
-        for name, sig in ((f"SIGTERM (drain over {args.drain_seconds:g} s)", signal.SIGTERM),
-                          ("SIGKILL", signal.SIGKILL)):  # fmt: skip
-            # Fresh receivers for each, spread over both workers by the kernel.
-            await until(lambda: len(per_worker(port)) == 2 or not tasks, timeout=60, what="two workers")
+    async with serving(name="drain", BROADCAST_DRAIN_SECONDS=str(args.drain_seconds)) as served:
+        port, serve = served.port, served.proc
+        try:
+            return await _scenarios(args, port, serve, tasks)
+        finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            tasks.clear()
-            await until(lambda: scrape(port)["broadcaster_connections"] == 0, timeout=60, what="none left")
-            for i in range(args.n):
-                tasks.append(asyncio.create_task(receiver(port, record)))
-                if i % 250 == 249:
-                    await asyncio.sleep(0.1)
-            await until(lambda: scrape(port)["broadcaster_connections"] == args.n
-                        and len(per_worker(port)) == 2, timeout=120, what="all on both workers")  # fmt: skip
-            held = sorted(per_worker(port).values())
-            print(f"\n{args.n} receivers; per worker: {held}")
-            if not results:
-                # Sizing: what the receivers cost the workers (RSS growth, both workers).
-                grown = worker_rss(serve.pid) - rss_before
-                memory = {"kb_per_connection": round(grown / 1024 / args.n, 1),
-                          "worker_rss_mb": round(worker_rss(serve.pid) / 2**20 / 2, 1)}  # fmt: skip
-                print(f"memory: {memory['kb_per_connection']} KB per connection (RSS growth of both workers "
-                      f"over {args.n} receivers); {memory['worker_rss_mb']} MB per worker")  # fmt: skip
-            results["drain" if sig == signal.SIGTERM else "kill"] = await scenario(
-                name, sig, port=port, n=args.n, record=record
-            )
-        return {**results, "memory": memory}
-    finally:
+
+
+async def _scenarios(args: argparse.Namespace, port: int, serve: subprocess.Popen[bytes],
+                     tasks: list[asyncio.Task[None]]) -> dict[str, dict[str, float]]:  # fmt: skip
+    record = Record()
+    results: dict[str, dict[str, float]] = {}
+    memory: dict[str, float] = {}
+    rss_before = worker_rss(serve.pid)
+    for name, sig in ((f"SIGTERM (drain over {args.drain_seconds:g} s)", signal.SIGTERM),
+                      ("SIGKILL", signal.SIGKILL)):  # fmt: skip
+        # Fresh receivers for each, spread over both workers by the kernel.
+        await until(lambda: len(per_worker(port)) == 2 or not tasks, timeout=60, what="two workers")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-        redis_proc.kill()
-        redis_proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        tasks.clear()
+        await until(lambda: scrape(port)["broadcaster_connections"] == 0, timeout=60, what="none left")
+        for i in range(args.n):
+            tasks.append(asyncio.create_task(receiver(port, record)))
+            if i % 250 == 249:
+                await asyncio.sleep(0.1)
+        await until(lambda: scrape(port)["broadcaster_connections"] == args.n
+                    and len(per_worker(port)) == 2, timeout=120, what="all on both workers")  # fmt: skip
+        held = sorted(per_worker(port).values())
+        print(f"\n{args.n} receivers; per worker: {held}")
+        if not results:
+            # Sizing: what the receivers cost the workers (RSS growth, both workers).
+            grown = worker_rss(serve.pid) - rss_before
+            memory = {"kb_per_connection": round(grown / 1024 / args.n, 1),
+                      "worker_rss_mb": round(worker_rss(serve.pid) / 2**20 / 2, 1)}  # fmt: skip
+            print(f"memory: {memory['kb_per_connection']} KB per connection (RSS growth of both workers "
+                  f"over {args.n} receivers); {memory['worker_rss_mb']} MB per worker")  # fmt: skip
+        results["drain" if sig == signal.SIGTERM else "kill"] = await scenario(
+            name, sig, port=port, n=args.n, record=record
+        )
+    return {**results, "memory": memory}
 
 
 def main() -> int:

@@ -27,23 +27,19 @@ import asyncio
 import collections
 import json
 import os
-import resource
-import shutil
-import signal
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.drain import request, scrape, until, worker_rss
-from bench.run import free_port, start_redis, wait_port
+from bench.drain import client_frame, request, take_frames
+from bench.serving import scrape, serving, until, worker_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +60,7 @@ class Healthy(asyncio.Protocol):
         self.seen, self.opened, self.port = seen, opened, port
         self.got: collections.Counter[int] = collections.Counter()
         seen.per_client.append(self.got)
-        self.buffer = bytearray()
+        self.buffer = b""
         self.upgraded = False
         self.transport: asyncio.Transport | None = None
         self.code: int | None = None
@@ -81,27 +77,16 @@ class Healthy(asyncio.Protocol):
             if end < 0:
                 return
             self.upgraded = self.buffer.startswith(b"HTTP/1.1 101")
-            del self.buffer[: end + 4]
+            self.buffer = self.buffer[end + 4 :]
             if not self.opened.done():
                 self.opened.set_result(self.upgraded)
-        while len(self.buffer) >= 2:
-            opcode, size, start = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
-            if size == 126:
-                if len(self.buffer) < 4:
-                    return
-                size, start = struct.unpack("!H", self.buffer[2:4])[0], 4
-            elif size == 127:
-                if len(self.buffer) < 10:
-                    return
-                size, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
-            if len(self.buffer) < start + size:
-                return
-            payload = bytes(self.buffer[start : start + size])
-            del self.buffer[: start + size]
+        frames, self.buffer = take_frames(self.buffer)
+        for opcode, payload in frames:
             if opcode == 0x1:
                 self._frame(json.loads(payload))
             elif opcode == 0x9:
-                self._send(0xA, payload)
+                assert self.transport is not None
+                self.transport.write(client_frame(0xA, payload))
             elif opcode == 0x8:
                 self.code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
 
@@ -112,12 +97,6 @@ class Healthy(asyncio.Protocol):
                 _, number, sent, _ = message["text"].split(" ", 3)
                 self.got[int(number)] += 1
                 self.seen.delays[int(number)].append(now - float(sent))
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert self.transport is not None
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -330,40 +309,11 @@ async def soak(
 
 
 async def run(args: argparse.Namespace) -> dict:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.port:  # a server already running (`make run`, say), with its own settings
-        return await soak(
-            args, args.port, None, {**os.environ, "BROADCAST_DOTENV": os.environ.get("BROADCAST_DOTENV", "")}
-        )
-    workdir = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
-    redis_proc, redis_url = start_redis(workdir)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BROADCAST_", "PROMETHEUS_"))}
-    env.update(REDIS_URL=redis_url, BROADCAST_VAR_DIR=str(workdir / "var"), BROADCAST_DOTENV="",
-               DATABASE_URL=f"sqlite:///{workdir}/db.sqlite3", DJANGO_SECRET_KEY="bench-" + "x" * 50,
-               BROADCAST_LOG_LEVEL="WARNING", BROADCAST_MAX_UNSENT_BYTES=str(args.max_unsent),
-               WORKERS="2", HOST="127.0.0.1", PORT=str(port), BIN=str(Path(sys.executable).parent),
-               RUN_DIR=str(workdir / "run"))  # fmt: skip
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - for the server's whole life
-    serve = subprocess.Popen([str(ROOT / "deploy" / "serve.sh")], cwd=ROOT, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        wait_port(port, serve, timeout=60)
-        await until(lambda: "broadcaster_connections" in scrape(port), timeout=30, what="metrics")
-        return await soak(args, port, serve, env)
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-        redis_proc.kill()
-        redis_proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        env = {**os.environ, "BROADCAST_DOTENV": os.environ.get("BROADCAST_DOTENV", "")}
+        return await soak(args, args.port, None, env)
+    async with serving(name="hostile", BROADCAST_MAX_UNSENT_BYTES=str(args.max_unsent)) as served:
+        return await soak(args, served.port, served.proc, served.env)
 
 
 def main() -> int:
