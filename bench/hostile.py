@@ -312,7 +312,10 @@ async def run(args: argparse.Namespace) -> dict:
     if args.port:  # a server already running (`make run`, say), with its own settings
         env = {**os.environ, "BROADCAST_DOTENV": os.environ.get("BROADCAST_DOTENV", "")}
         return await soak(args, args.port, None, env)
-    async with serving(name="hostile", BROADCAST_MAX_UNSENT_BYTES=str(args.max_unsent)) as served:
+    settings = {"BROADCAST_MAX_UNSENT_BYTES": str(args.max_unsent)}
+    if args.send_buffer:
+        settings["BROADCAST_SOCKET_SEND_BUFFER"] = str(args.send_buffer)
+    async with serving(name="hostile", **settings) as served:
         return await soak(args, served.port, served.proc, served.env)
 
 
@@ -330,6 +333,9 @@ def main() -> int:
         type=int,
         help="soak a server already listening on this loopback port "
         "(its publisher: manage.py broadcast with this environment; no RSS figures)",
+    )
+    parser.add_argument(
+        "--send-buffer", type=int, help="BROADCAST_SOCKET_SEND_BUFFER (default: the project's own)"
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
