@@ -10,8 +10,10 @@ class BroadcasterConfig(AppConfig):
 
     def ready(self) -> None:
         """Called once Django's apps are loaded: fills in the app's default settings,
-        registers its system checks and watches membership changes (broadcaster/watch.py)."""
+        registers its system checks, watches membership changes (broadcaster/watch.py) and gives
+        the outbox its deliverer (broadcaster/sending/publish.py)."""
         from broadcaster import checks, conf, watch  # noqa: F401
+        from broadcaster.sending import publish  # noqa: F401 - registers the outbox's deliverer
 
         conf.apply_defaults()
         watch.connect()

@@ -15,7 +15,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 from django.db.models import QuerySet
@@ -29,9 +28,7 @@ from broadcaster.sending.errors import (
     LogUnavailable,
     StillInProgress,
 )
-
-if TYPE_CHECKING:
-    from broadcaster.sending.publish import Sent
+from broadcaster.sending.results import Sent
 
 # How long a key holds (Stripe and Centrifugo keep theirs as long).
 WINDOW = timedelta(hours=24)
@@ -109,8 +106,6 @@ class Idempotency:
         """The first answer for this key: what became of the broadcast `earlier`, once it is
         decided (waiting up to `wait` seconds for a first request still sending it; with no
         wait, a pending broadcast's answer is that it is pending)."""
-        from broadcaster.sending.publish import Sent
-
         self.same_request(earlier)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

@@ -16,7 +16,9 @@ overlap on PostgreSQL go out in the order of their first write. A pending row th
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from django.db import DatabaseError
 from django.db.models import QuerySet
@@ -47,6 +49,17 @@ def waiting(*, before: int | None = None) -> QuerySet[BroadcastRecord]:
     return rows.order_by("pk")
 
 
+Deliver = Callable[..., Awaitable[Any]]
+_deliver: Deliver | None = None
+
+
+def deliver_with(deliver: Deliver) -> None:
+    """Called once by broadcaster/sending/publish.py: how a pending row goes out
+    (publish.deliver, with keep_pending=True)."""
+    global _deliver
+    _deliver = deliver
+
+
 def expired(row: BroadcastRecord) -> bool:
     return row.expires is not None and row.expires <= timezone.now()
 
@@ -55,8 +68,10 @@ async def flush(*, before: int | None = None) -> bool:
     """Send the waiting rows, oldest first (those written before row `before`, for a send
     that goes after them). Stops at the first Redis cannot take (the rest keep their order).
     True when none is left waiting. Never raises: a database error is logged."""
-    from broadcaster.sending.publish import deliver
-
+    deliver = _deliver
+    if deliver is None:
+        logger.warning("The outbox has no deliverer (broadcaster.sending.publish not imported): nothing sent")
+        return False
     try:
         while pending := [row async for row in waiting(before=before)[:BATCH]]:
             for row in pending:

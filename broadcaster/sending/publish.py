@@ -17,7 +17,7 @@ import logging
 import time as clock
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,6 +50,7 @@ from broadcaster.sending.errors import (
     UnknownBroadcast,
 )
 from broadcaster.sending.idempotency import Idempotency
+from broadcaster.sending.results import Retracted, Sent
 from broadcaster.sending.text import is_blank
 
 __all__ = ["BroadcastError", "BroadcastUnavailable", "Sent", "check_audience", "publish", "retract"]
@@ -104,48 +105,6 @@ def checked_audience(audience: object) -> tuple[str, ...]:
 
 # The longest expiry a broadcast may have, in seconds (30 days).
 MAX_EXPIRES_IN = 30 * 24 * 3600
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A broadcast: its id, and once it went out its number and the count of its audience's
-    receivers then (`pending`: its row is written, it goes out after the caller's transaction
-    commits, or when Redis is back). `time` is when it was sent (the sender's call)."""
-
-    id: str
-    text: str
-    time: str
-    level: str = protocol.LEVEL_INFO
-    expires: str | None = None
-    audience: tuple[str, ...] = protocol.AUDIENCE_EVERYONE
-    seq: int | None = None
-    clients: int | None = None
-    pending: bool = False
-    epoch: str | None = None  # the numbering seq belongs to, when this call sent it
-
-    @classmethod
-    def of(cls, record: BroadcastRecord) -> Sent:
-        """What the log's row says of its broadcast."""
-        return cls(id=record.message_id, text=record.text, time=protocol.iso_time(record.created),
-                   level=record.level, expires=protocol.iso_time(record.expires) if record.expires else None,
-                   audience=record.audiences, seq=record.seq, clients=record.clients,
-                   pending=record.status == BroadcastRecord.PENDING)  # fmt: skip
-
-    def answer(self) -> dict[str, Any]:
-        """The HTTP API's answer body (docs/API.md)."""
-        return {"id": self.id, "seq": self.seq, "time": self.time, "clients": self.clients,
-                "level": self.level, "expires": self.expires, "audience": list(self.audience)}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Retracted:
-    """A retraction: the message it took back, the retraction's own number (0 when the
-    message was retracted already and nothing new was sent), who took it back and when."""
-
-    id: str
-    seq: int
-    by: str
-    time: str
 
 
 def validate(text: object) -> str:
@@ -441,3 +400,7 @@ async def _number_and_send(*, template: str, key: str, sender: str, audience: tu
         logger.warning("Broadcast %s kept as seq %d but not sent live (%s); servers will catch up",
                        key, entry.seq, exc)  # fmt: skip
     return appended, clients
+
+
+# The outbox sends what is left pending through here (registered, so it need not import this).
+outbox.deliver_with(deliver)
