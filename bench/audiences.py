@@ -88,7 +88,7 @@ def joined(hub_class: type, memberships: list[frozenset[str]]) -> tuple[int, obj
 async def measure(args: argparse.Namespace) -> None:
     from broadcaster import protocol
     from broadcaster.fanout.hub import Hub
-    from broadcaster.history.kept import Entry
+    from broadcaster.history.entry import Entry
 
     memberships = world(args.receivers, args.users, args.groups)
     anonymous_bytes, _ = joined(Hub, [protocol.ANONYMOUS] * args.receivers)

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from broadcaster import metrics, protocol
-from broadcaster.history.kept import Entry
+from broadcaster.history.entry import Entry
 
 if TYPE_CHECKING:
     from broadcaster.models import BroadcastRecord

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from broadcaster import audiences, protocol
 from broadcaster.fanout.hub import Hub
 from broadcaster.history import current
-from broadcaster.history.kept import Entry
+from broadcaster.history.entry import Entry
 from broadcaster.identity import NOBODY
 
 pytestmark = pytest.mark.django_db

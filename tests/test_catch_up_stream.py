@@ -17,7 +17,8 @@ from broadcaster.backend import redis_client
 from broadcaster.fanout.consumers import ReceiverConsumer
 from broadcaster.fanout.transport import Link
 from broadcaster.history import resume
-from broadcaster.history.kept import Entry, group_history
+from broadcaster.history.entry import Entry
+from broadcaster.history.kept import group_history
 
 
 class RecordingLink(Link):

@@ -14,7 +14,8 @@ from broadcaster import protocol
 from broadcaster.backend import redis_client
 from broadcaster.fanout.consumers import ReceiverConsumer
 from broadcaster.fanout.hub import get_hub
-from broadcaster.history.kept import Entry, group_history
+from broadcaster.history.entry import Entry
+from broadcaster.history.kept import group_history
 from broadcaster.history.recent import RecentBroadcasts
 from broadcaster.history.resume import ResumePoint, backlog, catch_up
 from broadcaster.sending.publish import publish

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer
-from broadcaster.history.kept import Entry, Since
+from broadcaster.history.entry import Entry, Since
 
 
 def entry(seq: int, epoch: str = "e1") -> Entry:

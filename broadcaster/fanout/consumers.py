@@ -26,7 +26,7 @@ from broadcaster.fanout.delivery import Delivery
 from broadcaster.fanout.hub import get_hub
 from broadcaster.fanout.membership import authenticated_only
 from broadcaster.fanout.transport import AsgiLink, Link
-from broadcaster.history.kept import Entry
+from broadcaster.history.entry import Entry
 from broadcaster.history.resume import catch_up, resume_point
 from broadcaster.identity import NOBODY, Credential, Identity
 from broadcaster.log_throttle import Throttle

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from broadcaster import metrics, protocol
 from broadcaster.fanout.hub import get_hub
 from broadcaster.fanout.transport import Link, text_frame
-from broadcaster.history.kept import Entry
+from broadcaster.history.entry import Entry
 from broadcaster.history.resume import Backlog, next_page
 from broadcaster.protocol import CloseCode
 

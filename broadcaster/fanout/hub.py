@@ -42,7 +42,8 @@ from broadcaster.fanout.membership import Members
 from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
 from broadcaster.fanout.transport import text_frame
 from broadcaster.history import resume
-from broadcaster.history.kept import Entry, group_history
+from broadcaster.history.entry import Entry
+from broadcaster.history.kept import group_history
 from broadcaster.history.recent import RecentBroadcasts
 from broadcaster.history.resume import Backlog, ResumePoint
 from broadcaster.identity import Credential, Identity

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broadcaster.history.kept import Entry, Since
+from broadcaster.history.entry import Entry, Since
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,9 @@ newest is retracted or expires. One rule for both sources of a backlog, history 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from broadcaster import protocol
-
-if TYPE_CHECKING:
-    from broadcaster.history.kept import Entry
+from broadcaster.history.entry import Entry
 
 # At most this many of the newest entries are looked at (retractions after the newest message
 # included); more retractions in a row than that mean no current announcement.

@@ -22,7 +22,7 @@ from django.conf import settings
 
 from broadcaster import protocol
 from broadcaster.history import current
-from broadcaster.history.kept import Entry, Since
+from broadcaster.history.entry import Entry, Since
 
 # At most this many messages (and never more than BROADCAST_HISTORY_COUNT).
 KEEP = 256

@@ -17,7 +17,8 @@ from django.conf import settings
 
 from broadcaster import protocol
 from broadcaster.backend import redis_client
-from broadcaster.history.kept import Entry, Since, group_history
+from broadcaster.history.entry import Entry, Since
+from broadcaster.history.kept import group_history
 
 logger = logging.getLogger(__name__)
 
