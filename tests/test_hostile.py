@@ -195,6 +195,28 @@ async def test_a_keep_alive_request_has_its_whole_deadline_and_tls_gets_its_answ
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout") and 1.5 < closed < 8, (closed, answer[:200])
 
 
+async def test_pipelined_requests_behind_unread_answers_are_dropped_not_buffered(daphne):
+    """800 GETs of a static file pipelined on one connection that reads nothing (61 KB sent):
+    once more than BROADCAST_MAX_UNSENT_BYTES of answers wait unread, the connection goes,
+    instead of the worker buffering every answer (it once grew 250 MB in 2 s)."""
+    server = daphne()
+    before = await asyncio.to_thread(server.steady_rss)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    ask = b"GET /static/admin/js/vendor/xregexp/xregexp.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    sock.sendall(ask * 800)
+
+    def dropped() -> bool:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        return state != 1  # no longer ESTABLISHED: the server reset or closed it
+
+    wait_until(dropped, timeout=30, what="the server to drop the pipelining connection")
+    sock.close()
+    grown = await asyncio.to_thread(server.rss) - before
+    assert grown < 64 * 2**20, grown / 2**20
+
+
 async def test_oversized_request_lines_and_header_blocks_are_answered(daphne):
     """A request line over 16 KB: 414; headers over 16 KB, or over 500 of them: 431; each with
     a JSON error, where Twisted closed without a word or answered a bare 400."""
@@ -209,6 +231,8 @@ async def test_oversized_request_lines_and_header_blocks_are_answered(daphne):
 
     cases = {
         b"GET /?q=" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n": 414,
+        # The request line alone just over the block's 16,384 bytes (with its CRLF): 414, not 431.
+        b"GET /?q=" + b"a" * 16_370 + b" HTTP/1.1\r\nHost: x\r\n\r\n": 414,
         b"GET /ws/broadcast/?" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n": 414,
         b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 17_000 + b"\r\n\r\n": 431,
         b"GET / HTTP/1.1\r\nHost: x\r\n"

@@ -56,6 +56,10 @@ def _client_network(address: str) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address or "unknown"
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        # An IPv4 client on a dual-stack socket (HOST=::): counted as the IPv4 address it is,
+        # not in the one /64 that every such client would share.
+        return str(ip.ipv4_mapped)
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)

@@ -95,7 +95,9 @@ def _limited_request_class() -> type | None:
             route = _route(self)
             self.limit = body_limit(route)
             method = getattr(self.channel, "_command", None)
-            if _is_api(route) and method == b"POST" and not _has_bearer_token(self):
+            # (Django routes any spelling of the method as its upper case.)
+            post = isinstance(method, bytes) and method.upper() == b"POST"
+            if _is_api(route) and post and not _has_bearer_token(self):
                 self._refuse(401, "Unauthorized", ASK_FOR_BEARER, {"WWW-Authenticate": "Bearer"})
             elif length is not None and self.limit is not None and length > self.limit:
                 self._refuse_size(f"{length:,} bytes")
