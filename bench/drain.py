@@ -71,15 +71,14 @@ class DrainClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if not self.upgraded:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+            head = split_head(self.buffer)
+            if head is None:
                 return
-            if not self.buffer.startswith(b"HTTP/1.1 101"):
+            if not head[0]:
                 assert self.transport is not None
                 self.transport.close()
                 return
-            self.upgraded = True
-            self.buffer = self.buffer[end + 4 :]
+            self.upgraded, self.buffer = head
             if not self.opened.done():
                 self.opened.set_result(True)
         self._frames()
@@ -104,6 +103,14 @@ class DrainClient(asyncio.Protocol):
             self.opened.set_result(False)
         if not self.done.done():
             self.done.set_result(self.code)
+
+
+def split_head(buffer: bytes) -> tuple[bool, bytes] | None:
+    """Once the handshake's answer is in: (whether it upgraded, the bytes after it)."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    return buffer.startswith(b"HTTP/1.1 101"), buffer[end + 4 :]
 
 
 def take_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:

@@ -38,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.drain import client_frame, request, take_frames
+from bench.drain import client_frame, request, split_head, take_frames
 from bench.serving import scrape, serving, until, worker_rss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,11 +73,10 @@ class Healthy(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if not self.upgraded:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+            head = split_head(self.buffer)
+            if head is None:
                 return
-            self.upgraded = self.buffer.startswith(b"HTTP/1.1 101")
-            self.buffer = self.buffer[end + 4 :]
+            self.upgraded, self.buffer = head
             if not self.opened.done():
                 self.opened.set_result(self.upgraded)
         frames, self.buffer = take_frames(self.buffer)

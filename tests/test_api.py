@@ -163,22 +163,24 @@ async def test_failed_token_checks_are_limited_per_address(secret, caplog):
     assert ours == ["Refusing token checks from 203.0.113.7 for up to 60 s: 3 failed"]
 
 
+async def _post_from(address: str, token: str) -> int:
+    """The status of one publish from `address` with `token`."""
+    client = FromAddress(address)
+    response = await client.post(URL, data=b'{"text": "x"}', content_type="application/json",
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    return response.status_code
+
+
 async def test_ipv4_clients_on_a_dual_stack_socket_are_counted_as_ipv4(secret):
     """HOST=:: gives IPv4 clients IPv4-mapped addresses: each is its own address, not one /64
     that all IPv4 clients would share."""
 
-    async def try_from(address: str, token: str) -> int:
-        client = FromAddress(address)
-        response = await client.post(URL, data=b'{"text": "x"}', content_type="application/json",
-                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        return response.status_code
-
     with override_settings(BROADCAST_API_FAILED_AUTH_LIMIT=1):
         codes = [
-            await try_from("::ffff:203.0.113.20", "wrong"),
-            await try_from("::ffff:203.0.113.21", secret),
+            await _post_from("::ffff:203.0.113.20", "wrong"),
+            await _post_from("::ffff:203.0.113.21", secret),
         ]
-        codes.append(await try_from("203.0.113.20", secret))
+        codes.append(await _post_from("203.0.113.20", secret))
     assert codes == [401, 201, 429]
 
 
@@ -186,15 +188,13 @@ async def test_ipv6_clients_are_counted_by_their_64(secret):
     """Two addresses in one IPv6 /64 share one budget (a host can pick from its whole /64);
     another /64 has its own."""
 
-    async def try_from(address: str, token: str) -> int:
-        client = FromAddress(address)
-        response = await client.post(URL, data=b'{"text": "x"}', content_type="application/json",
-                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        return response.status_code
-
     with override_settings(BROADCAST_API_FAILED_AUTH_LIMIT=1):
-        codes = [await try_from("2001:db8:1:2::10", "wrong"), await try_from("2001:db8:1:2:ffff::1", secret),
-                 await try_from("2001:db8:1:3::10", secret)]  # fmt: skip
+        tries = [
+            ("2001:db8:1:2::10", "wrong"),
+            ("2001:db8:1:2:ffff::1", secret),
+            ("2001:db8:1:3::10", secret),
+        ]
+        codes = [await _post_from(address, token) for address, token in tries]
     assert codes == [401, 429, 201]
 
 

@@ -165,9 +165,6 @@ def is_tcp(transport: Any) -> bool:
     return _TcpConnection is not None and isinstance(transport, _TcpConnection)
 
 
-_is_tcp = is_tcp
-
-
 def _tcp_unsent(transport: Any) -> int:
     """What Twisted's TCP transport holds that the kernel has not taken (its two buffers)."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -196,7 +193,7 @@ class TwistedLink(Link):
         total = 0
         transport = getattr(self.protocol, "transport", None)
         # Down the wrappers (TLS keeps what it cannot encrypt yet) to the TCP transport.
-        while transport is not None and not _is_tcp(transport):
+        while transport is not None and not is_tcp(transport):
             own = vars(transport) if hasattr(transport, "__dict__") else {}
             total += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
             transport = own.get("transport")
@@ -238,7 +235,7 @@ class TwistedLink(Link):
 
     def cap_kernel_buffer(self, size: int) -> None:
         transport = getattr(self.protocol, "transport", None)
-        while transport is not None and not _is_tcp(transport):  # down through TLS
+        while transport is not None and not is_tcp(transport):  # down through TLS
             transport = vars(transport).get("transport") if hasattr(transport, "__dict__") else None
         if transport is not None:
             with contextlib.suppress(OSError):
@@ -350,7 +347,7 @@ def link_for(send: Any, *, max_unsent: int) -> Link:
         _say_once("other", "Receivers on this process are served through the ASGI send path (not daphne)")
         return AsgiLink(send, max_unsent=max_unsent)
     transport = getattr(protocol, "transport", None)
-    if _is_tcp(transport) and _has(transport, _TRANSPORT_NEEDS):
+    if is_tcp(transport) and _has(transport, _TRANSPORT_NEEDS):
         return DirectLink(send, protocol, transport, max_unsent=max_unsent)
     _say_once(
         "twisted", "Receivers on this process are written through daphne's send (no raw socket, e.g. TLS)"
