@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-# Where receivers connect.
+# Where receivers connect: the WebSocket, and the Server-Sent Events fallback with the path
+# its `seen` acks are posted to.
 RECEIVER_PATH = "/ws/broadcast/"
+SSE_PATH = "/sse/broadcast/"
+SSE_SEEN_PATH = "/sse/broadcast/seen/"
 
 # The channel-layer group every receiver joins.
 BROADCAST_GROUP = "broadcast"
@@ -31,6 +34,10 @@ FRAME_STATUS = "status"
 FRAME_ERROR = "error"
 # A numbered frame that takes back an earlier message (its `id`).
 FRAME_RETRACT = "retract"
+# SSE only: the stream's first frame (its token for `seen` acks), and its last (the close
+# code and reason a WebSocket close frame would carry).
+FRAME_STREAM = "stream"
+FRAME_CLOSE = "close"
 
 # Frame types a client may send.
 FRAME_PING = "ping"
@@ -267,6 +274,73 @@ def pong_frame() -> str:
 def error_frame(*, code: int, reason: str) -> str:
     """Sent just before the server closes a connection for a protocol error."""
     return dumps({"type": FRAME_ERROR, "code": code, "reason": reason})
+
+
+def stream_frame(*, token: str) -> str:
+    """SSE: the stream's first frame; `token` ties `seen` acks posted to SSE_SEEN_PATH to it."""
+    return dumps({"type": FRAME_STREAM, "token": token})
+
+
+# Why the server closed, by code, where the close itself says no more (a close frame's reason).
+CLOSE_REASONS: dict[int, str] = {
+    CloseCode.NORMAL: "closed",
+    CloseCode.SERVICE_RESTART: "server restarting; reconnect now",
+    CloseCode.OVER_CAPACITY: "server full; try again later",
+    CloseCode.SLOW_CONSUMER: "slow consumer: too much output queued",
+    CloseCode.TRY_AGAIN_LATER: "Redis unreachable; try again later",
+}
+
+
+def close_frame(*, code: int, reason: str | None = None) -> str:
+    """SSE: the stream's last frame, with the code (and reason) a WebSocket would close with."""
+    if reason is None:
+        reason = CLOSE_REASONS.get(code, "closed")
+    return dumps({"type": FRAME_CLOSE, "code": code, "reason": reason})
+
+
+# SSE: how long an EventSource waits before it reconnects on its own, by close code (ms; a
+# random part is added): at once after a drain, later when only signing in can help.
+SSE_RETRY_MS = {CloseCode.SERVICE_RESTART: 0, CloseCode.UNAUTHENTICATED: 60_000}
+SSE_RETRY_DEFAULT_MS = 2_000
+SSE_RETRY_JITTER_MS = 2_000
+
+_NUMBERED = (FRAME_MESSAGE, FRAME_RETRACT, FRAME_BATCH)
+_SEQ_FIELD = '"seq":'
+_EPOCH_FIELD = ',"epoch":"'
+
+
+def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
+    """A server frame as one Server-Sent Event: `event:` its type, `data:` the frame as the
+    WebSocket carries it (one line: JSON has no raw line breaks), and `id:` `<epoch>:<seq>` of
+    the newest message in it (numbered frames), or empty (a reset: the client's place is gone).
+
+    The place is read without decoding: the last `"seq":` in the frame is the newest message's
+    (inside a JSON string every quote is escaped), with its epoch right after it."""
+    kind = frame_type(frame)
+    head = f"event: {kind}\n"
+    if kind in _NUMBERED:
+        at = frame.rindex(_SEQ_FIELD) + len(_SEQ_FIELD)
+        comma = frame.index(",", at)
+        start = comma + len(_EPOCH_FIELD)
+        assert frame.startswith(_EPOCH_FIELD, comma), "a numbered frame not built here"
+        head = f"id: {frame[start : frame.index(chr(34), start)]}:{frame[at:comma]}\n" + head
+    elif kind == FRAME_RESET:
+        head = "id\n" + head
+    if retry_ms is not None:
+        head = f"retry: {retry_ms}\n" + head
+    return f"{head}data: {frame}\n\n".encode()
+
+
+# SSE: a comment line, sent when nothing else was, so proxies keep the stream open.
+SSE_KEEPALIVE = b":\n\n"
+
+
+def last_event_id(value: str) -> tuple[int, str] | None:
+    """(seq, epoch) of an SSE Last-Event-ID as `sse_event` writes it, or None."""
+    epoch, sep, seq = value.strip().rpartition(":")
+    if not sep or not epoch or not seq.isdigit() or len(seq) > 18:
+        return None
+    return int(seq), epoch
 
 
 def send_event(frame: str) -> dict[str, Any]:

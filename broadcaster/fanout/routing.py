@@ -1,4 +1,5 @@
-"""The ASGI application's routing: HTTP to Django, WebSockets to the receiver endpoint.
+"""The ASGI application's routing: HTTP to Django, the receiver endpoints (WebSocket and SSE) to
+the receivers.
 
 `Router` has no coroutine frame of its own: each call returns the coroutine of the
 application that handles the connection. Channels' ProtocolTypeRouter, OriginValidator and
@@ -16,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from broadcaster import protocol
+from broadcaster.fanout import sse
 from broadcaster.fanout.consumers import ReceiverConsumer
 from broadcaster.fanout.origin import OriginCheck
 from broadcaster.fanout.transport import DirectLink, link_for
@@ -54,6 +56,10 @@ class Router:
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         if scope["type"] == "http":
+            if scope["path"] == protocol.SSE_PATH:
+                return sse.sse_receiver(scope, receive, send, self.origins)
+            if scope["path"] == protocol.SSE_SEEN_PATH:
+                return sse.seen_endpoint(scope, receive, send, self.origins)
             if self.static is not None and self.static.serves(scope["path"]):
                 return self.static.app(scope, receive, send)
             return self.http(scope, receive, send)

@@ -179,6 +179,50 @@ def unsent_bytes(transport: Any) -> int | None:
     return _tcp_unsent(transport)
 
 
+def twisted_unsent(transport: Any) -> int:
+    """What a Twisted transport holds unsent, down its wrappers (TLS keeps what it cannot
+    encrypt yet) to the TCP transport."""
+    total = 0
+    while transport is not None and not is_tcp(transport):
+        own = vars(transport) if hasattr(transport, "__dict__") else {}
+        total += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
+        transport = own.get("transport")
+    if transport is not None:
+        total += _tcp_unsent(transport)
+    return total
+
+
+def tcp_of(transport: Any) -> Any:
+    """The TCP transport under `transport` (itself, or under TLS), or None."""
+    while transport is not None and not is_tcp(transport):
+        transport = vars(transport).get("transport") if hasattr(transport, "__dict__") else None
+    return transport
+
+
+def cap_send_buffer(transport: Any, size: int) -> None:
+    """SO_SNDBUF = `size` on the socket under a Twisted transport, if there is one."""
+    tcp = tcp_of(transport)
+    if tcp is not None:
+        with contextlib.suppress(OSError):
+            tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def write_now(transport: Any, sock: socket.socket, data: bytes, unsent: int) -> None:
+    """Write `data` to a Twisted TCP transport: straight to its socket when nothing is queued
+    ahead of it (`unsent` is 0), the rest (or all) to Twisted's buffer."""
+    if not unsent:
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the connection broke; Twisted notices and closes it
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 class TwistedLink(Link):
     """A daphne connection written through daphne's `send` (autobahn frames it)."""
 
@@ -190,16 +234,7 @@ class TwistedLink(Link):
         self.protocol = protocol
 
     def unsent(self) -> int:
-        total = 0
-        transport = getattr(self.protocol, "transport", None)
-        # Down the wrappers (TLS keeps what it cannot encrypt yet) to the TCP transport.
-        while transport is not None and not is_tcp(transport):
-            own = vars(transport) if hasattr(transport, "__dict__") else {}
-            total += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
-            transport = own.get("transport")
-        if transport is not None:
-            total += _tcp_unsent(transport)
-        return total
+        return twisted_unsent(getattr(self.protocol, "transport", None))
 
     def _write(self, message: dict[str, Any], frame: bytes | None) -> None:
         send_now(self.send, message)
@@ -234,12 +269,7 @@ class TwistedLink(Link):
         self.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
 
     def cap_kernel_buffer(self, size: int) -> None:
-        transport = getattr(self.protocol, "transport", None)
-        while transport is not None and not is_tcp(transport):  # down through TLS
-            transport = vars(transport).get("transport") if hasattr(transport, "__dict__") else None
-        if transport is not None:
-            with contextlib.suppress(OSError):
-                transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        cap_send_buffer(getattr(self.protocol, "transport", None), size)
 
     def shed_handshake(self) -> None:
         # autobahn keeps the raw request and response and the parsed headers, and daphne its
@@ -282,18 +312,7 @@ class DirectLink(TwistedLink):
             return True
         if transport.disconnecting or transport.disconnected:
             return True  # closing: nothing more goes out, as with daphne's own send
-        if not unsent:
-            # Nothing queued ahead of it, so the socket may take it at once.
-            try:
-                sent = self.sock.send(frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return True  # the connection broke; Twisted notices and closes it
-            if sent == len(frame):
-                return True
-            frame = frame[sent:]
-        transport.write(frame)
+        write_now(transport, self.sock, frame, unsent)
         return True
 
 
