@@ -348,6 +348,67 @@ class Client:
             await self.task
 
 
+def sse_url(ws_url: str) -> str:
+    """The SSE endpoint beside a WebSocket receiver URL (its query kept)."""
+    url = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    return url.replace("/ws/broadcast/", "/sse/broadcast/", 1)
+
+
+@dataclass
+class SseClient(Client):
+    """A real SSE receiver that records every frame as `Client` does (the same JSON frames),
+    given the WebSocket URL: it opens the SSE endpoint beside it. Its stream token is `token`;
+    the `close` frame that ends a stream is `closed_with` (not in `frames`)."""
+
+    token: str = ""
+    closed_with: dict[str, Any] | None = None
+    last_id: str = ""
+    # The stream's last event id after each frame in `frames`.
+    event_ids: list[str] = field(default_factory=list)
+    stream: Any = None
+
+    async def connect(self, **kwargs: Any) -> SseClient:
+        from broadcaster import sse_client
+
+        headers = kwargs.get("additional_headers") or {}
+        self.stream = await sse_client.open_stream(sse_url(self.url), headers=headers, last_id=self.last_id)
+        self.task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            async for event in self.stream.events():
+                frame = json.loads(event.data)
+                assert frame["type"] == event.type, (frame, event)
+                self.last_id = event.last_id
+                if frame["type"] == "stream":
+                    self.token = frame["token"]
+                elif frame["type"] == "close":
+                    self.closed_with = frame
+                else:
+                    self.frames.append(frame)
+                    self.event_ids.append(event.last_id)
+                self.changed.set()
+        self.changed.set()
+
+    @property
+    def ended(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def ack(self, base_url: str, ids: list[str]) -> int:
+        """Post `seen` acks for this stream to `base_url` (any process); the answer's status."""
+        from broadcaster import sse_client
+
+        body = {"stream": self.token, "seen": ids}
+        return await sse_client.post_json(f"{base_url}/sse/broadcast/seen/", body)
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if self.task is not None:
+            await self.task
+
+
 class ResumingClient:
     """A receiver that reconnects by itself (at once, with jitter, after 1012) and resumes with
     `since`: every message it gets, and when each connection closed and with what code."""

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.support import AdminSession, Client, create_token, http_request, manage
+from tests.support import AdminSession, Client, SseClient, create_token, http_request, manage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -134,6 +134,8 @@ class Receiver:
     user: str | None
     how: str  # "session", "token" or "anonymous"
     client: Client
+    # Its transport: Client (WebSocket) or SseClient (Server-Sent Events).
+    kind: type[Client] = Client
 
 
 def headers_for(world: World, user: str | None, how: str) -> dict[str, str]:
@@ -160,9 +162,10 @@ def two_servers(daphne, env_for, redis_url):
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(world=worlds(), data=st.data())
 async def test_every_receiver_gets_exactly_what_its_audiences_contain(two_servers, world, data):
-    """Random users, groups, permissions, sessions and tokens; receivers on two processes;
-    random audiences: live, on resume and as the current announcement, each receiver gets
-    the broadcasts whose audience contains it, nothing else, none twice."""
+    """Random users, groups, permissions, sessions and tokens; receivers on two processes, each
+    on a random transport (WebSocket or SSE); random audiences: live, on resume and as the
+    current announcement, each receiver gets the broadcasts whose audience contains it, nothing
+    else, none twice."""
     servers, token, env, log = two_servers
     opened: list[Client] = []
     try:
@@ -181,11 +184,17 @@ async def _example(servers: list[Any], token: str, env: dict[str, str], world: W
     # (A process that has not had it live yet answers a new client from memory with the one
     # before, then sends this one live: see `earlier` below.)
     start = (await post(servers[1].port, token, f"{world.prefix} start", "everyone"))["id"]
-    receivers: list[Receiver] = [Receiver(None, "anonymous", _track(opened, servers[0].ws))]
+    receivers: list[Receiver] = []
+    transports = st.sampled_from([Client, SseClient])
+    for user, how in [(None, "anonymous"), (None, "anonymous")]:
+        kind = data.draw(transports, label="anonymous transport")
+        receivers.append(Receiver(user, how, _track(opened, servers[len(receivers) % 2].ws, kind), kind))
     for u in world.users:
         hows = ["session", "token"] if world.credentials[u["name"]]["token"] else ["session"]
         for how in data.draw(st.lists(st.sampled_from(hows), min_size=0, max_size=2), label=u["name"]):
-            receivers.append(Receiver(u["name"], how, _track(opened, servers[len(receivers) % 2].ws)))
+            kind = data.draw(transports, label=f"{u['name']} transport")
+            client = _track(opened, servers[len(receivers) % 2].ws, kind)
+            receivers.append(Receiver(u["name"], how, client, kind))
     for r in receivers:
         await r.client.connect(additional_headers=headers_for(world, r.user, r.how))
     # Everyone connected (and counted) on both processes before anything is sent.
@@ -223,7 +232,7 @@ async def _example(servers: list[Any], token: str, env: dict[str, str], world: W
             r.how,
             before,
         )
-        assert after == expected(r), (r.user, r.how, sorted(world.memberships(r.user)))
+        assert after == expected(r), (r.user, r.how, r.kind.__name__, sorted(world.memberships(r.user)))
     # Resuming from before its first message, through the other process: the same again (history
     # holds them all; what was not for it is left out).
     for r in receivers:
@@ -231,20 +240,20 @@ async def _example(servers: list[Any], token: str, env: dict[str, str], world: W
     for i, r in enumerate(receivers):
         first = next(f for f in _messages(r.client) if f["id"] == start)
         resumed = _track(
-            opened, servers[(i + 1) % 2].ws + f"?since={first['seq'] - 1}&epoch={first['epoch']}"
+            opened, servers[(i + 1) % 2].ws + f"?since={first['seq'] - 1}&epoch={first['epoch']}", r.kind
         )
         await resumed.connect(additional_headers=headers_for(world, r.user, r.how))
         await resumed.wait_for(
             lambda c: end in ids(c), timeout=20, what=f"the resumed end marker at {r.user}"
         )
-        assert ids(resumed) == expected(r), (r.user, r.how)
+        assert ids(resumed) == expected(r), (r.user, r.how, r.kind.__name__)
         await resumed.close()
     # The current announcement for a new client: the newest broadcast that is for it.
     last_audience = data.draw(st.lists(st.sampled_from(universe), min_size=1, max_size=2), label="last")
     last = (await post(servers[1].port, token, f"{world.prefix} last", last_audience))["id"]
     log.append((last, set(last_audience)))
     for i, r in enumerate(receivers):
-        fresh = _track(opened, servers[i % 2].ws)
+        fresh = _track(opened, servers[i % 2].ws, r.kind)
         await fresh.connect(additional_headers=headers_for(world, r.user, r.how))
         member = bool(set(last_audience) & world.memberships(r.user))
         want = last if member else end
@@ -265,8 +274,8 @@ def _messages(client: Client) -> list[dict[str, Any]]:
     return found
 
 
-def _track(opened: list[Client], url: str) -> Client:
-    client = Client(url)
+def _track(opened: list[Client], url: str, kind: type[Client] = Client) -> Client:
+    client = kind(url)
     opened.append(client)
     return client
 

@@ -50,8 +50,10 @@ def _encoded(message: dict[str, Any]) -> tuple[bytes, bytes]:
 
 def retry_ms(code: int | None = None) -> int:
     """The `retry:` hint for an EventSource, with jitter (docs/PROTOCOL.md, "SSE")."""
-    base = protocol.SSE_RETRY_DEFAULT_MS if code is None else protocol.SSE_RETRY_MS.get(
-        code, protocol.SSE_RETRY_DEFAULT_MS
+    base = (
+        protocol.SSE_RETRY_DEFAULT_MS
+        if code is None
+        else protocol.SSE_RETRY_MS.get(code, protocol.SSE_RETRY_DEFAULT_MS)
     )
     jitter = 1000 if code == protocol.CloseCode.SERVICE_RESTART else protocol.SSE_RETRY_JITTER_MS
     return base + random.randrange(jitter)
