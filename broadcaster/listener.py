@@ -8,6 +8,7 @@ backoff and jitter whenever the connection is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -20,7 +21,7 @@ from urllib.parse import urlencode
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from broadcaster import protocol
+from broadcaster import protocol, sse_client
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -151,6 +152,14 @@ class Refused(Exception):
     """The server will not take this receiver as it is (4401: no user): retrying cannot help."""
 
 
+def _raise_if_refused(code: int, token: str | None) -> None:
+    if code == int(protocol.CloseCode.UNAUTHENTICATED):
+        hint = "the token is unknown or revoked" if token else "pass a receiver token (--token)"
+        raise Refused(
+            f"The server refused this receiver (close code 4401: it takes only signed-in receivers): {hint}."
+        ) from None
+
+
 async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str], None],
                  token: str | None = None) -> None:  # fmt: skip
     """Receive from `url` forever, reconnecting (and resuming) after every loss; cancel to stop.
@@ -187,12 +196,7 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
             else:
                 said = f": {exc.rcvd.reason}" if exc.rcvd.reason else ""
                 reason = f"closed by the server (code {exc.rcvd.code}{said})"
-                if exc.rcvd.code == int(protocol.CloseCode.UNAUTHENTICATED):
-                    hint = "the token is unknown or revoked" if token else "pass a receiver token (--token)"
-                    raise Refused(
-                        f"The server refused this receiver (close code 4401: it takes only "
-                        f"signed-in receivers): {hint}."
-                    ) from None
+                _raise_if_refused(exc.rcvd.code, token)
                 if exc.rcvd.code == SERVICE_RESTART:
                     # The server is draining: another one takes this client at once. The
                     # server spreads these closes out; the jitter spreads them a little more.
@@ -210,3 +214,88 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
         else:
             status(f"Cannot connect to {url} ({reason}); retrying in {delay:.1f} s")
         await asyncio.sleep(delay)
+
+
+def sse_url(url: str) -> str:
+    """The SSE endpoint for a receiver URL: a WebSocket one (ws://host/ws/broadcast/) becomes
+    the SSE one beside it; an http(s) URL is taken as it is."""
+    if url.startswith(("ws://", "wss://")):
+        url = "http" + url[2:]
+        scheme, _, rest = url.partition("://")
+        host, slash, path = rest.partition("/")
+        if slash + path == protocol.RECEIVER_PATH or (slash + path).startswith(protocol.RECEIVER_PATH + "?"):
+            path = protocol.SSE_PATH[1:] + (slash + path)[len(protocol.RECEIVER_PATH) :]
+        url = f"{scheme}://{host}/{path}"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"Not a receiver URL (ws://, wss://, http:// or https://): {url!r}")
+    return url
+
+
+async def listen_sse(url: str, *, out: Callable[[str], None], status: Callable[[str], None],
+                     token: str | None = None) -> None:  # fmt: skip
+    """As `listen`, over the SSE fallback (for terminals behind a proxy that strips the
+    WebSocket upgrade): the same lines, resume, backoff and `seen` reports."""
+    base = sse_url(url)
+    seen_url = base.split("?", 1)[0].removesuffix(protocol.SSE_PATH) + protocol.SSE_SEEN_PATH
+    attempt = 0
+    receiver = FrameReader()
+    connected_once = False
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    acks: set[asyncio.Task[None]] = set()
+    while True:
+        closed: dict[str, Any] | None = None
+        try:
+            stream = await asyncio.wait_for(sse_client.open_stream(receiver.url(base), headers=headers), 10)
+            try:
+                stream_token, taken = "", False
+                async for event in stream.events():
+                    if event.type == protocol.FRAME_STREAM:
+                        stream_token = str(json.loads(event.data).get("token", ""))
+                        continue
+                    if event.type == protocol.FRAME_CLOSE:
+                        closed = json.loads(event.data)
+                        break
+                    if not taken:
+                        # The first frame after the stream's own says it took the client (a
+                        # full server answers with a `close` at once): only now the backoff resets.
+                        taken, connected_once, attempt = True, True, 0
+                        status(f"Connected to {base} (SSE)")
+                    for line in receiver.render(event.data):
+                        out(line)
+                    if receiver.printed and stream_token:
+                        task = asyncio.create_task(_report_seen(seen_url, stream_token, receiver.printed))
+                        acks.add(task)
+                        task.add_done_callback(acks.discard)
+            finally:
+                stream.close()
+            if closed is None:
+                reason = "the stream ended"
+            else:
+                code = int(closed.get("code", 0))
+                reason = f"closed by the server (code {code}: {closed.get('reason', '')})"
+                _raise_if_refused(code, token)
+                if code == SERVICE_RESTART:
+                    attempt = 0
+                    delay = random.uniform(0, RESTART_JITTER)
+                    status(f"Server restarting ({reason}); reconnecting in {delay:.1f} s")
+                    await asyncio.sleep(delay)
+                    continue
+        except sse_client.HttpError as exc:
+            reason = str(exc)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            if isinstance(exc, ValueError) and "URL" in str(exc):
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+        delay = backoff_delay(attempt)
+        attempt += 1
+        if connected_once:
+            status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
+        else:
+            status(f"Cannot connect to {base} ({reason}); retrying in {delay:.1f} s")
+        await asyncio.sleep(delay)
+
+
+async def _report_seen(url: str, stream: str, ids: list[str]) -> None:
+    """Report printed messages seen on an SSE stream (a lost report is not retried)."""
+    with contextlib.suppress(OSError, ConnectionError, TimeoutError, ValueError):
+        await asyncio.wait_for(sse_client.post_json(url, {"stream": stream, "seen": list(ids)}), 10)

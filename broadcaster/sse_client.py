@@ -150,6 +150,6 @@ async def open_stream(url: str, *, headers: dict[str, str] | None = None, last_i
 async def post_json(url: str, payload: object, *, headers: dict[str, str] | None = None) -> int:
     """POST `payload` as JSON to `url`; the answer's status."""
     sent = {"Content-Type": "application/json", "Connection": "close", **(headers or {})}
-    reader, writer, status, _ = await _request(url, "POST", sent, json.dumps(payload).encode())
+    _, writer, status, _ = await _request(url, "POST", sent, json.dumps(payload).encode())
     writer.close()
     return status

@@ -9,6 +9,8 @@ import asyncio
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -16,7 +18,17 @@ from typing import Any
 import pytest
 
 from broadcaster import sse_client
-from tests.support import Client, Daphne, SseClient, create_token, http_request, manage, sse_url
+from tests.support import (
+    ROOT,
+    Client,
+    Daphne,
+    LineReader,
+    SseClient,
+    create_token,
+    http_request,
+    manage,
+    sse_url,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -246,3 +258,41 @@ async def test_acks_reach_the_stream_from_any_process_once(daphne, env_for, redi
     assert await sse_client.post_json(seen_url, ["not", "an", "object"]) == 400
     for stream in streams:
         await stream.close()
+
+
+async def test_listen_over_sse_prints_resumes_and_reports_seen(daphne, env_for, redis_url):
+    """`manage.py listen --transport sse` with the WebSocket URL: it prints each broadcast,
+    reports it seen (the report counts it), and after the server restarts it resumes with
+    no loss and no duplicate."""
+    server = daphne()
+    env = env_for(redis_url)
+    publisher = await asyncio.to_thread(create_token, f"lsse-{uuid.uuid4().hex[:8]}", env=env)
+    command = [sys.executable, "manage.py", "listen", "--transport", "sse", server.ws]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        errors = LineReader(proc.stderr)
+        errors.wait_for(
+            lambda line: line.startswith("Connected") and "(SSE)" in line, timeout=30, what="connect"
+        )
+        out = LineReader(proc.stdout)
+        sent = (await post(server, publisher, {"text": "Over SSE", "level": "warning"})).json()
+        await asyncio.to_thread(out.wait_for, lambda line: line.endswith("] WARNING: Over SSE"),
+                                timeout=15, what="the line")  # fmt: skip
+        deadline = time.monotonic() + 15
+        while (report := (await http_request(server.port, "GET", f"/api/broadcasts/{sent['id']}/",
+                          headers={"Authorization": f"Bearer {publisher}"})).json())["seen"] < 1:  # fmt: skip
+            assert time.monotonic() < deadline, report
+        server.stop()
+        assert (await asyncio.to_thread(manage, ["broadcast", "-m", "While away"], env=env)).returncode == 0
+        server.start()
+        await asyncio.to_thread(out.wait_for, lambda line: line.endswith("] While away"),
+                                timeout=30, what="the missed line")  # fmt: skip
+        assert (await asyncio.to_thread(manage, ["broadcast", "-m", "After"], env=env)).returncode == 0
+        await asyncio.to_thread(out.wait_for, lambda line: line.endswith("] After"), timeout=15, what="after")
+        printed = [line for line in out.seen if line.startswith("[")]
+        assert [line.split("] ", 1)[1] for line in printed] == ["WARNING: Over SSE", "While away", "After"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

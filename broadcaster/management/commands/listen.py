@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import protocol
-from broadcaster.listener import Refused, listen, visible
+from broadcaster.listener import Refused, listen, listen_sse, visible
 
 
 def local_server_url(environ: Mapping[str, str]) -> str:
@@ -31,7 +31,8 @@ class Command(BaseCommand):
             "url",
             nargs="?",
             default=None,
-            help="WebSocket URL (default: the local server's, from HOST and PORT in the environment "
+            help="Receiver URL, ws:// or wss:// (with --transport sse, the SSE endpoint beside it, or an "
+            "http(s) URL; default: the local server's, from HOST and PORT in the environment "
             "or .env, as `make run` uses them: ws://127.0.0.1:8000/ws/broadcast/ when unset).",
         )
         parser.add_argument(
@@ -39,6 +40,14 @@ class Command(BaseCommand):
             default=None,
             help="A receiver token's secret (manage.py create_receiver_token): hear what its user "
             "would. Default: BROADCAST_RECEIVER_TOKEN from the environment; without one, anonymous.",
+        )
+
+        parser.add_argument(
+            "--transport",
+            choices=["websocket", "sse"],
+            default="websocket",
+            help="websocket (default), or sse: Server-Sent Events over plain HTTP, for networks whose "
+            "proxy strips the WebSocket upgrade.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -54,7 +63,8 @@ class Command(BaseCommand):
 
         token = options["token"] or os.environ.get("BROADCAST_RECEIVER_TOKEN", "").strip() or None
         try:
-            asyncio.run(listen(url, out=out, status=status, token=token))
+            run = listen_sse if options["transport"] == "sse" else listen
+            asyncio.run(run(url, out=out, status=status, token=token))
         except (ValueError, Refused) as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
