@@ -23,7 +23,11 @@ from broadcaster.server.guard import TOO_MANY_CONNECTIONS, out_of_files
 
 def receiver_page(request: HttpRequest) -> HttpResponse:
     """The web client: shows each broadcast, the connection state and the live count."""
-    return render(request, "broadcaster/receiver.html", {"receiver_path": protocol.RECEIVER_PATH})
+    return render(
+        request,
+        "broadcaster/receiver.html",
+        {"receiver_path": protocol.RECEIVER_PATH, "sse_path": protocol.SSE_PATH},
+    )
 
 
 async def health(request: HttpRequest) -> JsonResponse:

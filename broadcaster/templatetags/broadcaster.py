@@ -15,4 +15,4 @@ register = template.Library()
 def broadcast_banner() -> dict[str, Any]:
     """Renders the banner's placeholder and its two scripts (no inline script or style, so a
     strict Content-Security-Policy holds); it shows the current announcement and each new one."""
-    return {"receiver_path": protocol.RECEIVER_PATH}
+    return {"receiver_path": protocol.RECEIVER_PATH, "sse_path": protocol.SSE_PATH}

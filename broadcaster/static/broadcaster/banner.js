@@ -2,8 +2,10 @@
 // on any page, styled by level; it goes away when the announcement expires or is retracted.
 // It lives in a shadow root with its own stylesheet, so the host page's styles do not reach it
 // and its styles do not reach the page. Text is inserted with textContent only.
-(function () {
-  "use strict";
+// Frames, resuming and the SSE fallback: client.js.
+import { BroadcastClient, expired, level as levelOf, levelLabel, whenExpired } from "./client.js";
+
+{
   var DISMISSED_KEY = "broadcaster.dismissed";
 
   function start(host) {
@@ -63,7 +65,7 @@
     }
 
     function show(frame) {
-      if (window.BroadcastConnection.expired(frame)) {
+      if (expired(frame)) {
         withdraw(shownId);  // the newest expired while this tab was away: nothing is current
         return;
       }
@@ -75,9 +77,9 @@
       time.dateTime = frame.time || "";
       time.textContent = frame.time ? new Date(frame.time).toLocaleTimeString() : "";
       host.dataset.id = frame.id || "";
-      var level = window.BroadcastConnection.level(frame);
+      var level = levelOf(frame);
       box.dataset.level = level;
-      var levelWord = window.BroadcastConnection.levelLabel(level);
+      var levelWord = levelLabel(level);
       // Critical interrupts a screen reader; the others wait for a pause.
       text.setAttribute("aria-live", level === "critical" ? "assertive" : "polite");
       // One the person dismissed stays dismissed across page loads of this tab.
@@ -93,7 +95,7 @@
         fill(levelWord, frame.text);
         setVisible(visible);
       }
-      window.BroadcastConnection.whenExpired(frame, function () { withdraw(frame.id); });
+      whenExpired(frame, function () { withdraw(frame.id); });
       if (visible) connection.shown(frame.id);
     }
 
@@ -114,7 +116,7 @@
     box.addEventListener("keydown", function (event) {
       if (event.key === "Escape") hide();
     });
-    connection = new window.BroadcastConnection(host.dataset.receiverPath, {
+    connection = new BroadcastClient({ path: host.dataset.receiverPath, ssePath: host.dataset.ssePath, on: {
       message: show,
       retract: function (frame) { withdraw(frame.id); },
       // Only signed-in users may listen here: say so, in place of an announcement.
@@ -123,7 +125,8 @@
         fill("", why);
         setVisible(true);
       },
-    });
+      open: function (transport) { host.dataset.transport = transport; },
+    } });
     connection.connect();
   }
 
@@ -131,4 +134,4 @@
   for (var i = 0; i < hosts.length; i++) {
     if (!hosts[i].shadowRoot) start(hosts[i]);
   }
-})();
+}

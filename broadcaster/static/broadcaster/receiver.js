@@ -1,8 +1,9 @@
 // The receiver page: every message (styled by level, hidden once expired, struck through once
-// retracted), the connection state and the live count (frames and resuming: connection.js,
-// docs/PROTOCOL.md). Messages are inserted with textContent, never as HTML.
-(function () {
-  "use strict";
+// retracted), the connection state (and transport) and the live count (frames, resuming and the
+// SSE fallback: client.js, docs/PROTOCOL.md). Messages are inserted with textContent, never as HTML.
+import { BroadcastClient, expired, level as levelOf, levelLabel, whenExpired } from "./client.js";
+
+{
   var list = document.getElementById("messages");
   var empty = document.getElementById("empty");
   var count = document.getElementById("count");
@@ -14,6 +15,12 @@
   var retryAt = 0;
   var ticker = null;
   var connection = null;
+  // "websocket" or "sse": shown beside the state.
+  var transport = "websocket";
+
+  function connectedText(extra) {
+    return "connected" + (transport === "sse" ? " (SSE)" : "") + (extra || "");
+  }
 
   function setState(name, text) {
     state.dataset.state = name;
@@ -40,7 +47,7 @@
   function showMessage(frame) {
     var item = document.createElement("li");
     item.dataset.id = frame.id || "";
-    var level = window.BroadcastConnection.level(frame);
+    var level = levelOf(frame);
     item.dataset.level = level;
     var time = document.createElement("time");
     time.dateTime = frame.time || "";
@@ -50,7 +57,7 @@
       // Said in words, not only in colour.
       var label = document.createElement("strong");
       label.className = "level";
-      label.textContent = window.BroadcastConnection.levelLabel(level);
+      label.textContent = levelLabel(level);
       item.appendChild(label);
     }
     var text = document.createElement("span");
@@ -59,12 +66,12 @@
     item.appendChild(text);
     if (level === "critical") item.setAttribute("role", "alert");
     list.insertBefore(item, list.firstChild);
-    if (window.BroadcastConnection.expired(frame)) {
+    if (expired(frame)) {
       expire(item);  // a resumed message that expired meanwhile: kept in order, not shown
       return;
     }
     updateEmpty();
-    window.BroadcastConnection.whenExpired(frame, function () { expire(item); });
+    whenExpired(frame, function () { expire(item); });
     connection.shown(frame.id);
   }
 
@@ -85,13 +92,14 @@
   // is back, and the count is as of then.
   function showStatus(broadcasts) {
     var delayed = broadcasts === "delayed";
-    setState(delayed ? "delayed" : "open", delayed ? "connected, broadcasts delayed" : "connected");
+    setState(delayed ? "delayed" : "open", connectedText(delayed ? ", broadcasts delayed" : ""));
     count.classList.toggle("stale", delayed);
     if (delayed) count.title = "as of when broadcasts were delayed";
     else count.removeAttribute("title");
   }
 
-  connection = new window.BroadcastConnection(document.body.dataset.receiverPath, {
+  connection = new BroadcastClient({ path: document.body.dataset.receiverPath,
+                                     ssePath: document.body.dataset.ssePath, on: {
     message: showMessage,
     retract: retractMessage,
     count: function (clients) { count.textContent = String(clients); },
@@ -100,7 +108,9 @@
       notice.hidden = false;
       notice.textContent = "Some messages were missed while you were away: they are no longer kept.";
     },
-    connecting: function () {
+    connecting: function (over) {
+      transport = over;
+      state.dataset.transport = over;
       clearInterval(ticker);
       ticker = null;
       retry.hidden = true;
@@ -109,7 +119,7 @@
     open: function () {
       count.classList.remove("stale");
       count.removeAttribute("title");
-      setState("open", "connected");
+      setState("open", connectedText());
     },
     refused: function (why) {
       clearInterval(ticker);
@@ -126,7 +136,7 @@
       ticker = setInterval(showCountdown, 250);
       retry.hidden = false;
     },
-  });
+  } });
   retry.addEventListener("click", function () { connection.retryNow(); });
   connection.connect();
-})();
+}
