@@ -176,6 +176,54 @@ class LoadClient(asyncio.Protocol):
             self.opened.set_result(False)
 
 
+class SseLoadClient(LoadClient):
+    """An SSE receiver (GET /sse/broadcast/): the chunked body taken apart, each event's `data:`
+    line (the same JSON frame as on the WebSocket) counted as `LoadClient.text` counts a frame."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunks = b""  # the body, still in chunks
+        self.events = b""  # the event stream, out of its chunks
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            self.buffer += data
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            ok = self.buffer.startswith(b"HTTP/1.1 200") and b"chunked" in self.buffer[:end].lower()
+            data = self.buffer[end + 4 :]
+            self.buffer = b""
+            self.upgraded = True
+            if not self.opened.done():
+                self.opened.set_result(ok)
+            if not ok:
+                return
+        buf = self.chunks + data if self.chunks else data
+        pos, end, body = 0, len(buf), []
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            size = int(buf[pos:eol].split(b";")[0], 16)
+            if end < eol + 2 + size + 2:
+                break
+            body.append(buf[eol + 2 : eol + 2 + size])
+            pos = eol + 2 + size + 2
+        self.chunks = buf[pos:]
+        if not body:
+            return
+        stream = self.events + b"".join(body)
+        now = time.time()
+        at = 0
+        while (stop := stream.find(b"\n\n", at)) >= 0:
+            data_at = stream.find(b"data: ", at, stop)
+            if data_at >= 0:
+                self.text(stream, data_at + 6, stream.find(b"\n", data_at, stop + 1), now)
+            at = stop + 2
+        self.events = stream[at:]
+
+
 async def connect_all(
     stats: Stats,
     targets: list[tuple[str, int, str]],
@@ -185,9 +233,10 @@ async def connect_all(
     json_frames: bool,
     tokens: list[str | None] | None = None,
     labels: list[str] | None = None,
+    sse: bool = False,
 ) -> dict[str, Any]:
-    """Opens n clients; client i sends `tokens[i]` as its bearer receiver token (none when
-    None) and is audited as `labels[i]`."""
+    """Opens n clients (SSE ones with `sse`); client i sends `tokens[i]` as its bearer receiver
+    token (none when None) and is audited as `labels[i]`."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(500)
     failed = 0
@@ -202,12 +251,16 @@ async def connect_all(
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{bearer}\r\n"
         ).encode()
+        if sse:
+            head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+            request = f"{head}{bearer}\r\n".encode()
+        kind = SseLoadClient if sse else LoadClient
         label = labels[i] if labels else ""
         async with gate:
             opened: asyncio.Future[bool] = loop.create_future()
             try:
                 _, proto = await loop.create_connection(
-                    lambda: LoadClient(
+                    lambda: kind(
                         stats,
                         request,
                         opened,
@@ -277,7 +330,8 @@ async def main() -> None:
         if cmd["cmd"] == "connect":
             targets = [tuple(t) for t in cmd["targets"]]
             reply(await connect_all(stats, targets, cmd["n"], receivers, json_frames=cmd["json"],  # type: ignore[arg-type]
-                                    tokens=cmd.get("tokens"), labels=cmd.get("labels")))  # fmt: skip
+                                    tokens=cmd.get("tokens"), labels=cmd.get("labels"),
+                                    sse=cmd.get("sse", False)))  # fmt: skip
         elif cmd["cmd"] == "stats":
             reply(
                 {
