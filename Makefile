@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test test-fast audit lint format bench bench-drain bench-hostile bench-audiences bench-memory stop-redis clean
+.PHONY: run serve test test-fast audit lint format bench bench-drain bench-sse bench-hostile bench-audiences bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,11 +82,16 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
 	$(BIN)/pip install -q -r requirements-bench.txt
 	touch $@
 
-## bench: the full benchmark (N = 1,000 to 20,000, six systems; about 30 minutes), then the audience scenario and the hostile soak; BENCH_ARGS to change the first
+## bench: the full benchmark (N = 1,000 to 20,000, six systems; about 30 minutes), then the audience scenario, the SSE scenario and the hostile soak; BENCH_ARGS to change the first
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS) --json bench/results/latest.json --plot docs/performance.png
 	$(BIN)/python -m bench.targeted --json bench/results/targeted.json
+	$(BIN)/python -m bench.sse --json bench/results/sse.json
 	$(BIN)/python -m bench.hostile --json bench/results/hostile.json
+
+## bench-sse: the SSE fallback next to the WebSocket, 5,000 receivers each: time to all, CPU, memory per connection
+bench-sse: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.sse $(BENCH_ARGS) --json bench/results/sse.json
 
 ## bench-hostile: WORKERS=2 for 5 minutes: 1,000 healthy receivers beside 500 never-reading, 200 slowloris, 200 token guessers
 bench-hostile: $(VENV)/.installed-dev

@@ -148,3 +148,49 @@ def test_audience_bench_reaches_exactly_the_audiences(env_for, redis_url):
     assert rows["everyone"] == 1000 and 0 < rows["group:g3"] < 1000, done.stdout
     assert rows["user:u42"] == 9, done.stdout  # 900 signed in over 100 users
     assert "bytes for the per-audience index" in done.stdout
+
+
+def test_sse_bench_delivers_every_message_on_both_transports(tmp_path):
+    """bench.sse with 200 receivers: every message reaches every WebSocket and every SSE
+    receiver once, and the ratios print."""
+    out = tmp_path / "sse.json"
+    args = ["--receivers", "200", "--samples", "3", "--json", str(out)]
+    done = subprocess.run([sys.executable, "-m", "bench.sse", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["transport"], r["connected"], r["lost"], r["duplicated"]) for r in rows] == [
+        ("websocket", 200, 0, 0), ("sse", 200, 0, 0)]  # fmt: skip
+    assert all(len(r["times_ms"]) == 3 and r["kb_per_conn"] > 0 for r in rows), rows
+    assert "SSE / WebSocket: p50 " in done.stdout
+
+
+def test_sse_load_client_counts_events_split_anywhere():
+    """An SSE body in chunks, cut at any byte: each event's message counts once; a `batch`
+    event counts each of its lines; comments and the stream's own events count nothing."""
+    import asyncio
+
+    from bench.load import SseLoadClient, Stats, line_bytes
+    from broadcaster import protocol
+
+    events = [b":\n\n", protocol.sse_event(protocol.stream_frame(token="t"), retry_ms=5)]
+    events.append(protocol.sse_event(protocol.dumps({"type": "message", "seq": 1, "epoch": "e",
+                                                 "text": line_bytes(3).decode()})))  # fmt: skip
+    batch = [
+        protocol.dumps({"type": "message", "seq": k, "epoch": "e", "text": line_bytes(k).decode()})
+        for k in (5, 6)
+    ]
+    events.append(protocol.sse_event(protocol.batch_frame(batch)))
+    body = b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for cut in range(1, len(head + body), 7):
+        loop = asyncio.new_event_loop()
+        try:
+            stats = Stats()
+            client = SseLoadClient(stats, b"", loop.create_future(), json_frames=True, sample=True)
+            whole = head + body
+            client.data_received(whole[:cut])
+            client.data_received(whole[cut:])
+            assert (stats.counts, stats.corrupt) == ({3: 1, 5: 1, 6: 1}, 0), cut
+        finally:
+            loop.close()
