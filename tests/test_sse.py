@@ -256,6 +256,11 @@ async def test_acks_reach_the_stream_from_any_process_once(daphne, env_for, redi
         413,
     )
     assert await sse_client.post_json(seen_url, ["not", "an", "object"]) == 400
+    # Acks that count for nothing, past the allowance (20 at once): the stream ends with 4429.
+    flood = {"stream": streams[1].token, "seen": [uuid.uuid4().hex for _ in range(25)]}
+    assert await sse_client.post_json(seen_url, flood) == 202
+    await streams[1].wait_for(lambda c: c.ended, timeout=15, what="the 4429 close")
+    assert (streams[1].closed_with or {}).get("code") == 4429
     for stream in streams:
         await stream.close()
 
