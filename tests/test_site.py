@@ -113,7 +113,7 @@ async def test_foreign_origin_refused_and_logged(daphne):
         raise AssertionError("a foreign origin was accepted")
     allowed = await Client(server.ws).connect(origin=f"http://127.0.0.1:{server.port}")
     await allowed.close()
-    assert "Refused WebSocket handshake: origin http://evil.example" in server.log()
+    assert "Refused receiver: origin http://evil.example" in server.log()
 
 
 async def test_health_and_receivers_when_redis_is_down(daphne, dead_redis_url):

@@ -1,4 +1,4 @@
-"""WebSocket origin validation against ALLOWED_HOSTS, with a log line for each refusal."""
+"""Receiver origin validation (WebSocket and SSE) against ALLOWED_HOSTS, with a log line for each refusal."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class OriginCheck(OriginValidator):
         ok = bool(super().valid_origin(parsed_origin))
         if not ok:
             logger.warning(
-                "Refused WebSocket handshake: origin %s is not in ALLOWED_HOSTS %s",
+                "Refused receiver: origin %s is not in ALLOWED_HOSTS %s",
                 parsed_origin.geturl(),
                 self.allowed_origins,
             )
