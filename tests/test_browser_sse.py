@@ -6,6 +6,7 @@ and resume after the servers restart, nothing lost and nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -104,27 +105,39 @@ async def test_page_falls_back_to_sse_counts_reports_and_resumes(
     await expect(tab.locator("#state")).to_have_text("connected (SSE)")
 
 
-BANNER_PAGE = """{% load broadcaster %}<!doctype html><html><head><title>Host page</title></head>
-<body><h1>A host page</h1>{% broadcast_banner %}</body></html>"""
+BANNER = "{% load broadcaster %}{% broadcast_banner %}"
+
+# Puts markup (a banner as its tag renders it) in the page and runs its scripts. The page is a
+# real answer of the server (its /health/), not one Playwright makes up: Chromium's local network
+# access checks block a made-up page's WebSockets to loopback, which would fake the fallback.
+INSERT = """(html) => {
+  const t = document.createElement("template");
+  t.innerHTML = html;
+  for (const el of t.content.querySelectorAll(".broadcast-banner")) document.body.appendChild(el);
+  for (const old of t.content.querySelectorAll("script")) {
+    const s = document.createElement("script");
+    s.type = old.type;
+    s.src = old.src;
+    document.body.appendChild(s);
+  }
+}"""
 
 
 async def test_banner_falls_back_to_sse(browser, stripping_proxy, env_for, redis_url):
-    """The banner's markup as the tag renders it, on a page of the proxied origin."""
+    """The banner's markup as the tag renders it, put in a page of the proxied origin."""
     proxied = stripping_proxy
     env = env_for(redis_url)
-    rendered = await asyncio.to_thread(manage, ["shell", "-c", "from django.template import engines; "
-                                                f"print(engines['django'].from_string({BANNER_PAGE!r}).render())"],
-                                       env=env)  # fmt: skip
+    code = f"from django.template import engines; print(engines['django'].from_string({BANNER!r}).render())"
+    rendered = await asyncio.to_thread(manage, ["shell", "-c", code], env=env)
     assert rendered.returncode == 0, rendered.stderr
     assert (await asyncio.to_thread(manage, ["broadcast", "-m", "Banner news"], env=env)).returncode == 0
     page = await browser.new_page()
-    await page.route(proxied.url + "/host-page", lambda route: route.fulfill(
-        status=200, content_type="text/html", body=rendered.stdout))  # fmt: skip
+    await page.goto(proxied.url + "/health/")
     loaded = time.monotonic()
-    await page.goto(proxied.url + "/host-page")
+    await page.evaluate(INSERT, rendered.stdout)
     banner = page.locator(".broadcast-banner")
     await expect(banner).to_be_visible(timeout=5_000)
-    print(f"banner shown {time.monotonic() - loaded:.2f} s after load")
+    print(f"banner shown {time.monotonic() - loaded:.2f} s after it was put in the page")
     await expect(banner).to_have_attribute("data-transport", "sse")
     assert "Banner news" in await banner.evaluate("e => e.shadowRoot.querySelector('.text').textContent")
     await asyncio.to_thread(wait_until, lambda: proxied.clients() == 1, timeout=15, what="the banner counted")
@@ -140,3 +153,94 @@ async def test_banner_falls_back_to_sse(browser, stripping_proxy, env_for, redis
         timeout=40_000,
     )
     await page.close()
+
+
+class UpgradeRefusingProxy:
+    """A TCP proxy in front of one daphne that, while `refuse` is set, answers every WebSocket
+    handshake with 400 and closes (a proxy that does not pass WebSockets), and pipes the rest."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.refuse = True
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> UpgradeRefusingProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        if self.refuse and b"upgrade: websocket" in head.lower():
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        up_writer.write(head)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+# client.js on a page of the server's origin, with the WebSocket tried again after 1 s.
+START_CLIENT = """async () => {
+  const { BroadcastClient } = await import("/static/broadcaster/client.js");
+  window.log = { texts: [], transports: [] };
+  const client = new BroadcastClient({ retryWebSocketAfter: 1000, on: {
+    message: (frame) => window.log.texts.push(frame.text),
+    open: (transport) => window.log.transports.push(transport),
+  } });
+  client.connect();
+}"""
+
+
+async def test_client_comes_back_to_the_websocket_with_nothing_lost_or_doubled(
+    browser, daphne, env_for, redis_url
+):
+    """client.js on SSE after a fallback tries the WebSocket again (here after 1 s): once the
+    proxy passes WebSockets again the WebSocket takes over, and broadcasts sent all along, across
+    the switch, are each shown once, in order."""
+    server = daphne()
+    env = env_for(redis_url)
+    proxy = await UpgradeRefusingProxy(server.port).start()
+    page = await browser.new_page()
+    try:
+        await page.goto(f"http://127.0.0.1:{proxy.port}/health/")
+        await page.evaluate(START_CLIENT)
+        await page.wait_for_function(
+            "() => window.log && window.log.transports.includes('sse')", timeout=5_000
+        )
+        sent = []
+        for i in range(4):
+            sent.append(f"on SSE {i}")
+            assert (await asyncio.to_thread(manage, ["broadcast", "-m", sent[-1]], env=env)).returncode == 0
+        proxy.refuse = False
+        for i in range(8):
+            sent.append(f"across {i}")
+            assert (await asyncio.to_thread(manage, ["broadcast", "-m", sent[-1]], env=env)).returncode == 0
+        # (Tries at 1, 3, 7, 15 s after the fallback: the proxy passes WebSockets again by about 5 s.)
+        await page.wait_for_function("() => window.log.transports.at(-1) === 'websocket'", timeout=30_000)
+        sent.append("after")
+        assert (await asyncio.to_thread(manage, ["broadcast", "-m", "after"], env=env)).returncode == 0
+        await page.wait_for_function("() => window.log.texts.at(-1) === 'after'", timeout=15_000)
+        assert await page.evaluate("() => window.log.texts") == sent
+        assert await page.evaluate("() => window.log.transports") == ["sse", "websocket"]
+        await asyncio.to_thread(server.wait_for_clients, 1)
+    finally:
+        await page.close()
+        await proxy.stop()

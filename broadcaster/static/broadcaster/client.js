@@ -68,6 +68,8 @@ export class BroadcastClient {
   //   path: the WebSocket endpoint ("/ws/broadcast/"); ssePath: the SSE one ("/sse/broadcast/")
   //   host: "host:port" of the broadcast server (this page's); secure: wss/https (as the page)
   //   transport: "auto" (WebSocket, falling back to SSE), "websocket" or "sse"
+  //   retryWebSocketAfter: on SSE after a fallback, ms before the WebSocket is tried again
+  //     (60000; doubling each time it fails, up to 10 minutes)
   //   on: handlers, each optional: message(frame) for each new message, in order;
   //     retract(frame) when message frame.id is taken back; count(clients);
   //     status(broadcasts) ("delayed" | "live"); reset(frame) (messages were missed and are no
@@ -90,7 +92,8 @@ export class BroadcastClient {
     this.epoch = null;
     // Attempts in a row that failed before the first frame, on this transport.
     this.failedOpens = 0;
-    this.websocketAgainMs = WEBSOCKET_AGAIN_FIRST_MS;
+    this.websocketAgainFirstMs = options.retryWebSocketAfter || WEBSOCKET_AGAIN_FIRST_MS;
+    this.websocketAgainMs = this.websocketAgainFirstMs;
     this.websocketAgainTimer = null;
     // The open connection (a WebSocket, or an EventSource and its stream token), the ids
     // reported seen on it, and ids shown while the tab was hidden.
@@ -355,7 +358,7 @@ export class BroadcastClient {
         taken = true;
         this.probe = null;
         this.drop();
-        this.websocketAgainMs = WEBSOCKET_AGAIN_FIRST_MS;
+        this.websocketAgainMs = this.websocketAgainFirstMs;
         this.switchTo(WEBSOCKET);
         this.socket = ws;
         this.reported = {};
