@@ -28,6 +28,10 @@ BACKOFF_MAX = 30.0
 # After a 1012 (the server is draining): reconnect within this many seconds, at random.
 RESTART_JITTER = 1.0
 SERVICE_RESTART = int(protocol.CloseCode.SERVICE_RESTART)
+# SSE: a stream silent this long (three keep-alive intervals) is reconnected; acks go in posts
+# of at most this many ids (the seen endpoint's limit).
+SSE_IDLE = 45.0
+SEEN_PER_POST = 50
 
 
 def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
@@ -248,7 +252,8 @@ async def listen_sse(url: str, *, out: Callable[[str], None], status: Callable[[
             stream = await asyncio.wait_for(sse_client.open_stream(receiver.url(base), headers=headers), 10)
             try:
                 stream_token, taken = "", False
-                async for event in stream.events():
+                # The server writes a comment every 15 s when nothing else: silence is a lost link.
+                async for event in stream.events(idle=SSE_IDLE):
                     if event.type == protocol.FRAME_STREAM:
                         stream_token = str(json.loads(event.data).get("token", ""))
                         continue
@@ -262,8 +267,9 @@ async def listen_sse(url: str, *, out: Callable[[str], None], status: Callable[[
                         status(f"Connected to {base} (SSE)")
                     for line in receiver.render(event.data):
                         out(line)
-                    if receiver.printed and stream_token:
-                        task = asyncio.create_task(_report_seen(seen_url, stream_token, receiver.printed))
+                    for at in range(0, len(receiver.printed) if stream_token else 0, SEEN_PER_POST):
+                        ids = receiver.printed[at : at + SEEN_PER_POST]
+                        task = asyncio.create_task(_report_seen(seen_url, stream_token, ids))
                         acks.add(task)
                         task.add_done_callback(acks.discard)
             finally:

@@ -311,8 +311,10 @@ _EPOCH_FIELD = ',"epoch":"'
 
 def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
     """A server frame as one Server-Sent Event: `event:` its type, `data:` the frame as the
-    WebSocket carries it (one line: JSON has no raw line breaks), and `id:` `<epoch>:<seq>` of
-    the newest message in it (numbered frames), or empty (a reset: the client's place is gone).
+    WebSocket carries it (one line: JSON has no raw line breaks), and for numbered frames `id:`
+    `<epoch>:<seq>` of the newest message in it. Other frames, a reset included, leave the
+    stream's last id as it was: an EventSource that reconnects after a reset sends the place
+    before it, from which the server works out the same reset (or the replay) again.
 
     The place is read without decoding: the last `"seq":` in the frame is the newest message's
     (inside a JSON string every quote is escaped), with its epoch right after it."""
@@ -324,8 +326,6 @@ def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
         start = comma + len(_EPOCH_FIELD)
         assert frame.startswith(_EPOCH_FIELD, comma), "a numbered frame not built here"
         head = f"id: {frame[start : frame.index(chr(34), start)]}:{frame[at:comma]}\n" + head
-    elif kind == FRAME_RESET:
-        head = "id\n" + head
     if retry_ms is not None:
         head = f"retry: {retry_ms}\n" + head
     return f"{head}data: {frame}\n\n".encode()
@@ -338,9 +338,12 @@ SSE_KEEPALIVE = b":\n\n"
 def last_event_id(value: str) -> tuple[int, str] | None:
     """(seq, epoch) of an SSE Last-Event-ID as `sse_event` writes it, or None."""
     epoch, sep, seq = value.strip().rpartition(":")
-    if not sep or not epoch or not seq.isdigit() or len(seq) > 18:
+    if not sep or not epoch or _SEQ.fullmatch(seq) is None:
         return None
     return int(seq), epoch
+
+
+_SEQ = re.compile(r"[0-9]{1,18}")
 
 
 def send_event(frame: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ standard says (fields `event`, `data`, `id`, `retry`; comments; CR, LF or CRLF l
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -79,20 +80,25 @@ async def _request(url: str, method: str, headers: dict[str, str], body: bytes =
     return reader, writer, status, found
 
 
-async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
-    """The answer's body as it arrives (chunked, by length, or until the server closes)."""
+async def _body(reader: asyncio.StreamReader, headers: dict[str, str], *, idle: float | None = None
+                ) -> AsyncIterator[bytes]:  # fmt: skip
+    """The answer's body as it arrives (chunked, by length, or until the server closes);
+    TimeoutError when nothing arrives for `idle` seconds."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            line = await asyncio.wait_for(reader.readline(), idle)
+            try:
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                raise ConnectionError(f"not a chunk size: {line[:40]!r}") from None
             if size == 0:
                 return
-            chunk = await reader.readexactly(size)
-            await reader.readexactly(2)
-            yield chunk
+            chunk = await asyncio.wait_for(reader.readexactly(size + 2), idle)
+            yield chunk[:-2]
     elif "content-length" in headers:
-        yield await reader.readexactly(int(headers["content-length"]))
+        yield await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), idle)
     else:
-        while chunk := await reader.read(65536):
+        while chunk := await asyncio.wait_for(reader.read(65536), idle):
             yield chunk
 
 
@@ -103,12 +109,15 @@ class EventStream:
         self.reader, self.writer, self.headers = reader, writer, headers
         self.last_id = ""
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Each event until the server ends the stream."""
+    async def events(self, *, idle: float | None = None) -> AsyncIterator[Event]:
+        """Each event until the server ends the stream; TimeoutError when nothing (not even a
+        keep-alive comment) arrives for `idle` seconds."""
         buffer = ""
         kind, data, retry = "", [], None
-        async for chunk in _body(self.reader, self.headers):
-            buffer += chunk.decode("utf-8", errors="replace")
+        # (A character may be split between chunks.)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        async for chunk in _body(self.reader, self.headers, idle=idle):
+            buffer += decoder.decode(chunk)
             buffer = buffer.replace("\r\n", "\n").replace("\r", "\n")
             *lines, buffer = buffer.split("\n")
             for line in lines:
@@ -144,7 +153,9 @@ async def open_stream(url: str, *, headers: dict[str, str] | None = None, last_i
         body = b"".join([part async for part in _body(reader, found)]) if "content-length" in found else b""
         writer.close()
         raise HttpError(status, body)
-    return EventStream(reader, writer, found)
+    stream = EventStream(reader, writer, found)
+    stream.last_id = last_id  # as an EventSource keeps it across its reconnects
+    return stream
 
 
 async def post_json(url: str, payload: object, *, headers: dict[str, str] | None = None) -> int:

@@ -244,3 +244,36 @@ async def test_client_comes_back_to_the_websocket_with_nothing_lost_or_doubled(
     finally:
         await page.close()
         await proxy.stop()
+
+
+HIDE = """(hidden) => {
+  const state = hidden ? "hidden" : "visible";
+  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+async def test_a_hidden_tab_lets_its_stream_go_and_resumes_when_shown(browser, daphne, env_for, redis_url):
+    """On SSE, a tab hidden for `closeHiddenStreamAfter` (here 0.5 s) closes its stream (a
+    browser has 6 connections per site for all its tabs) and, shown again, resumes it: what was
+    sent meanwhile arrives, once."""
+    server = daphne()
+    env = env_for(redis_url)
+    proxy = await UpgradeRefusingProxy(server.port).start()
+    page = await browser.new_page()
+    try:
+        await page.goto(f"http://127.0.0.1:{proxy.port}/health/")
+        await page.evaluate(START_CLIENT.replace("retryWebSocketAfter: 1000", "closeHiddenStreamAfter: 500"))
+        await page.wait_for_function("() => window.log.transports.includes('sse')", timeout=5_000)
+        assert (await asyncio.to_thread(manage, ["broadcast", "-m", "seen"], env=env)).returncode == 0
+        await page.wait_for_function("() => window.log.texts.includes('seen')", timeout=15_000)
+        await page.evaluate(HIDE, True)
+        await asyncio.to_thread(server.wait_for_clients, 0)
+        assert (await asyncio.to_thread(manage, ["broadcast", "-m", "while hidden"], env=env)).returncode == 0
+        await page.evaluate(HIDE, False)
+        await page.wait_for_function("() => window.log.texts.includes('while hidden')", timeout=15_000)
+        await asyncio.to_thread(server.wait_for_clients, 1)
+        assert await page.evaluate("() => window.log.texts") == ["seen", "while hidden"]
+    finally:
+        await page.close()
+        await proxy.stop()

@@ -146,9 +146,15 @@ async def test_last_event_id_resumes_with_no_loss_and_no_duplicate(daphne, env_f
     await again.wait_for(lambda c: c.messages()[-1:] == ["four"], timeout=15, what="four")
     assert again.messages() == ["three", "four"]
     await again.close()
+    # A Last-Event-ID that is not one (digits of another script): a new client's stream, not an error.
+    odd = await SseClient(servers[0].ws, last_id="e:1\u00b2").connect()
+    await odd.wait_for(lambda c: c.messages() == ["four"], timeout=15, what="the current announcement")
+    await odd.close()
+    assert "Traceback" not in servers[0].log()
     other = await SseClient(servers[1].ws, last_id="not-this-epoch:2").connect()
     await other.wait_for(lambda c: c.messages()[-1:] == ["four"], timeout=15, what="all kept")
-    assert other.frames[0]["type"] == "reset" and other.event_ids[0] == ""
+    # A reset leaves the stream's place as it was (its reconnect works the same reset out again).
+    assert other.frames[0]["type"] == "reset" and other.event_ids[0] == "not-this-epoch:2"
     assert other.messages() == ["one", "two", "three", "four"]
     await other.close()
 
@@ -248,8 +254,9 @@ async def test_acks_reach_the_stream_from_any_process_once(daphne, env_for, redi
             break
     assert (report["delivered"], report["seen"]) == (2, 2), report
     seen_url = servers[0].http + "/sse/broadcast/seen/"
-    gone = streams[0].token.split(".")[0] + ".nosuchstream"
-    assert await sse_client.post_json(seen_url, {"stream": gone, "seen": [sent["id"]]}) == 404
+    # Not signed by this site (a made-up secret for a real process): 404, nothing relayed.
+    forged = streams[1].token.split(".")[0] + ".nosuchstream.0123456789abcdef01234567"
+    assert await sse_client.post_json(seen_url, {"stream": forged, "seen": [sent["id"]]}) == 404
     assert await sse_client.post_json(seen_url, {"stream": streams[0].token, "seen": ["nope"]}) == 400
     assert await sse_client.post_json(seen_url, {"stream": streams[0].token, "seen": ["a" * 32] * 200}) in (
         400,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -81,7 +83,8 @@ class SseReceiver(Receiver):
             except (RedisError, OSError) as exc:
                 await self._refuse(receive, *refused_for_redis(self._peer(), exc))
                 return
-            self.token = await streams.add(self)
+            self.token = streams.add(self)
+            await streams.ready()
             found = identity.credential(scope.get("headers", []))
             resume = _resume(scope)
             scope["headers"] = []
@@ -151,19 +154,25 @@ class Streams:
     def channel(self) -> str:
         return RELAY_CHANNEL + self.key
 
-    async def add(self, receiver: SseReceiver) -> str:
-        """A token for `receiver`'s stream (`<process key>.<secret>`)."""
-        token = f"{self.key}.{secrets.token_urlsafe(16)}"
+    def add(self, receiver: SseReceiver) -> str:
+        """A token for `receiver`'s stream: `<process key>.<secret>.<signature>`, so a post
+        for another process is relayed only if this site signed it (`signed`)."""
+        body = f"{self.key}.{secrets.token_urlsafe(16)}"
+        token = f"{body}.{_signature(body)}"
         self.by_token[token] = receiver
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._subscribed.clear()
             self._tasks = [loop.create_task(self._relay()), loop.create_task(self._keep_alive())]
-            # The first stream waits for the relay, so acks posted elsewhere reach it (not when
-            # Redis is down: the receiver is then refused with 4503 on joining).
+        return token
+
+    async def ready(self) -> None:
+        """Wait (at most SUBSCRIBE_WAIT) for the relay's subscription, so acks posted to other
+        processes reach the streams opened from now on (when Redis is down, the receiver is
+        refused with 4503 on joining anyway)."""
+        if not self._subscribed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT)
-        return token
 
     def discard(self, token: str) -> None:
         self.by_token.pop(token, None)
@@ -180,9 +189,9 @@ class Streams:
             for id in ids:
                 receiver.seen(id)
             return 204
-        key, dot, _ = token.partition(".")
-        if not dot or key == self.key or len(key) != len(self.key):
-            return 404
+        key = token.partition(".")[0]
+        if key == self.key or not signed(token):
+            return 404  # not a stream of this site's: nothing sent to Redis
         try:
             heard = await redis_client.shared_client().publish(
                 RELAY_CHANNEL + key, json.dumps({"stream": token, "seen": ids})
@@ -205,6 +214,8 @@ class Streams:
                     self._relayed(message.get("data"))
             except (RedisError, OSError) as exc:
                 logger.warning("SSE ack relay lost Redis (retrying in %.1f s): %s", delay, exc)
+            except Exception:
+                logger.exception("SSE ack relay failed (retrying in %.1f s)", delay)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pubsub.aclose())
@@ -226,7 +237,21 @@ class Streams:
         while True:
             await asyncio.sleep(KEEPALIVE_SECONDS)
             for receiver in list(self.by_token.values()):
-                receiver.link.keep_alive()
+                try:
+                    receiver.link.keep_alive()
+                except Exception:  # one broken connection must not stop the others' comments
+                    logger.exception("Could not write a keep-alive to SSE receiver %s", receiver._peer())
+
+
+def _signature(body: str) -> str:
+    key = hashlib.sha256(b"broadcaster.sse-stream:" + settings.SECRET_KEY.encode()).digest()
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def signed(token: str) -> bool:
+    """Whether `token` is a stream token this site made (on any of its processes)."""
+    body, dot, signature = token.rpartition(".")
+    return bool(dot) and body.count(".") == 1 and hmac.compare_digest(signature, _signature(body))
 
 
 _streams: dict[asyncio.AbstractEventLoop, Streams] = {}
@@ -251,6 +276,7 @@ def sse_receiver(scope: dict[str, Any], receive: Any, send: Any, origins: Origin
         return _answer(send, 403, "Origin not allowed")
     link = sse_link_for(send, max_unsent=settings.BROADCAST_MAX_UNSENT_BYTES)
     link.cap_kernel_buffer(settings.BROADCAST_SOCKET_SEND_BUFFER)
+    link.no_delay()
     return SseReceiver(link)(scope, receive, send)
 
 

@@ -9,8 +9,9 @@ of one long HTTP response, and the same slow-consumer bound.
    chunk (built once per broadcast for every SSE receiver), as `DirectLink` writes frames.
 
 A close writes the `close` event past the bound (as a WebSocket close frame is queued behind
-what is unsent) and ends the response; the connection guard (broadcaster/server/guard.py)
-drops a connection that then stops reading.
+what is unsent) and ends the response. Under daphne the connection then closes once that is
+out (no keep-alive after a stream), and is dropped if it is not out within CLOSE_GRACE, as a
+WebSocket's is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from broadcaster import protocol
 from broadcaster.fanout.transport import (
+    CLOSE_GRACE,
     AsgiLink,
     Send,
     cap_send_buffer,
@@ -103,6 +105,9 @@ class SseLink(AsgiLink):
         self.write_bytes(protocol.sse_event(frame, retry_ms=retry_ms(int(code))))
         send_now(self.send, {"type": "http.response.body", "body": b"", "more_body": False})
 
+    def no_delay(self) -> None:
+        """Turn off Nagle's algorithm where the socket is reachable."""
+
     def keep_alive(self) -> None:
         """A comment, so proxies see traffic; skipped while output waits (it is traffic)."""
         if not self.ended and not self.unsent():
@@ -135,6 +140,27 @@ class DaphneSseLink(SseLink):
 
     def cap_kernel_buffer(self, size: int) -> None:
         cap_send_buffer(self.transport, size)
+
+    def no_delay(self) -> None:
+        """TCP_NODELAY, as for a WebSocket: with Nagle's algorithm and delayed ACKs a small
+        event would wait up to 40 ms."""
+        if self.sock is not None:
+            self.transport.setTcpNoDelay(True)
+
+    def refuse(self, code: int, reason: str | None) -> None:
+        if self.ended:
+            return
+        channel = getattr(self.request, "channel", None)
+        if channel is not None:
+            channel.persistent = False  # Twisted closes the connection once the answer is out
+        super().refuse(code, reason)
+        from twisted.internet import reactor
+
+        reactor.callLater(CLOSE_GRACE, self._drop)
+
+    def _drop(self) -> None:
+        if not self.transport.disconnected:
+            self.transport.abortConnection()
 
 
 def sse_link_for(send: Any, *, max_unsent: int) -> SseLink:

@@ -25,6 +25,7 @@ from typing import Any
 
 from django.conf import settings
 
+from broadcaster import protocol
 from broadcaster.log_throttle import Throttle
 from broadcaster.sending.api import ASK_FOR_BEARER
 from broadcaster.server.answers import answer, refuse
@@ -57,10 +58,15 @@ def _is_api(route: bytes) -> bool:
     return _api_path is not None and route.rstrip(b"/") == _api_path.rstrip(b"/")
 
 
+_SSE_SEEN = protocol.SSE_SEEN_PATH.encode()
+
+
 def body_limit(route: bytes) -> int | None:
     """The body limit for a request path (None: no limit)."""
     if _is_api(route):
         return api_body_limit()
+    if route == _SSE_SEEN:
+        return protocol.MAX_CLIENT_FRAME  # SSE acks (broadcaster/fanout/sse.py)
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE if _limit_others else None
 
 

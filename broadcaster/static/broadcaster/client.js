@@ -29,6 +29,13 @@ const FALLBACK_AFTER = 2;
 // On SSE after a fallback, the WebSocket is tried again after this long, doubling to the max.
 const WEBSOCKET_AGAIN_FIRST_MS = 60000;
 const WEBSOCKET_AGAIN_MAX_MS = 600000;
+// An attempt that brings no first frame in this long failed (a proxy holding the upgrade, or
+// buffering the stream).
+const OPEN_TIMEOUT_MS = 10000;
+// A tab hidden this long closes its SSE stream until it is shown again (then it resumes): a
+// browser gives a site 6 HTTP/1.1 connections, and streams of background tabs would hold
+// them all. (A WebSocket takes none of them: it stays.)
+const HIDDEN_SSE_MS = 30000;
 // setTimeout takes at most 2^31 - 1 ms; a later expiry is waited for in steps.
 const LONGEST_TIMER_MS = 0x7fffffff;
 // Frame types the SSE stream names its events with (the WebSocket's, plus its own two).
@@ -70,6 +77,7 @@ export class BroadcastClient {
   //   transport: "auto" (WebSocket, falling back to SSE), "websocket" or "sse"
   //   retryWebSocketAfter: on SSE after a fallback, ms before the WebSocket is tried again
   //     (60000; doubling each time it fails, up to 10 minutes)
+  //   closeHiddenStreamAfter: ms a hidden tab keeps its SSE stream (30000; see HIDDEN_SSE_MS)
   //   on: handlers, each optional: message(frame) for each new message, in order;
   //     retract(frame) when message frame.id is taken back; count(clients);
   //     status(broadcasts) ("delayed" | "live"); reset(frame) (messages were missed and are no
@@ -83,6 +91,8 @@ export class BroadcastClient {
     this.sseUrl = (secure ? "https://" : "http://") + host + (options.ssePath || "/sse/broadcast/");
     this.handlers = options.on || {};
     this.only = options.transport === WEBSOCKET || options.transport === SSE ? options.transport : null;
+    // The stream sends no CORS headers: a server of another origin is reached by WebSocket only.
+    if (!this.only && host !== location.host) this.only = WEBSOCKET;
     this.transport = this.only || WEBSOCKET;
     this.attempt = 0;
     this.retryTimer = null;
@@ -100,6 +110,9 @@ export class BroadcastClient {
     this.socket = null;
     this.stream = "";
     this.probe = null;
+    this.openTimer = null;
+    this.hiddenTimer = null;
+    this.hiddenStreamMs = options.closeHiddenStreamAfter || HIDDEN_SSE_MS;
     this.reported = {};
     this.unseen = [];
     this.justShown = [];
@@ -108,7 +121,12 @@ export class BroadcastClient {
       this.retryNow();
     };
     this.onVisible = () => {
-      if (document.visibilityState !== "visible") return;
+      clearTimeout(this.hiddenTimer);
+      this.hiddenTimer = null;
+      if (document.visibilityState !== "visible") {
+        this.hiddenTimer = setTimeout(() => this.rest(), this.hiddenStreamMs);
+        return;
+      }
       this.retryNow();
       const waiting = this.unseen;
       this.unseen = [];
@@ -132,7 +150,8 @@ export class BroadcastClient {
     document.removeEventListener("visibilitychange", this.onVisible);
     clearTimeout(this.retryTimer);
     clearTimeout(this.websocketAgainTimer);
-    this.retryTimer = this.websocketAgainTimer = null;
+    clearTimeout(this.hiddenTimer);
+    this.retryTimer = this.websocketAgainTimer = this.hiddenTimer = null;
     this.drop();
     if (this.probe) this.probe.close();
     this.probe = null;
@@ -156,6 +175,15 @@ export class BroadcastClient {
       const at = ids.indexOf(id);
       if (at >= 0) ids.splice(at, 1);
     });
+  }
+
+  // A tab hidden for HIDDEN_SSE_MS on SSE: close the stream; showing the tab resumes it.
+  rest() {
+    this.hiddenTimer = null;
+    if (this.stopped || this.transport !== SSE || this.socket === null) return;
+    this.drop();
+    clearTimeout(this.retryTimer);
+    this.retryTimer = -1;  // retryNow() (the tab shown again) reconnects
   }
 
   // Connect now if waiting to retry (not when connected or connecting).
@@ -269,6 +297,8 @@ export class BroadcastClient {
   }
 
   drop() {
+    clearTimeout(this.openTimer);
+    this.openTimer = null;
     const socket = this.socket;
     this.socket = null;
     this.stream = "";
@@ -295,8 +325,13 @@ export class BroadcastClient {
   // The server's first frame, not the handshake, says it took this tab (a full server accepts,
   // then closes with 1013): only now does the backoff start over.
   taken() {
+    clearTimeout(this.openTimer);
+    this.openTimer = null;
     this.attempt = 0;
     this.failedOpens = 0;
+    if (this.transport === SSE && document.visibilityState !== "visible" && this.hiddenTimer === null) {
+      this.hiddenTimer = setTimeout(() => this.rest(), this.hiddenStreamMs);
+    }
     this.call("open", this.transport);
   }
 
@@ -304,6 +339,7 @@ export class BroadcastClient {
     const ws = new WebSocket(this.wsUrl + this.resumeQuery());
     this.socket = ws;
     let taken = false;
+    this.failIfSilent(ws);
     ws.onmessage = (event) => {
       if (!taken) {
         taken = true;
@@ -320,6 +356,7 @@ export class BroadcastClient {
     const es = new EventSource(this.sseUrl + this.resumeQuery());
     this.socket = es;
     let taken = false;
+    this.failIfSilent(es);
     const onEvent = (event) => {
       if (this.socket !== es) return;
       if (event.type === "stream") {
@@ -344,6 +381,14 @@ export class BroadcastClient {
     };
   }
 
+  // No first frame within OPEN_TIMEOUT_MS: a failed open (taken() clears the timer).
+  failIfSilent(socket) {
+    clearTimeout(this.openTimer);
+    this.openTimer = setTimeout(() => {
+      if (this.socket === socket) this.lost(ABNORMAL, false);
+    }, OPEN_TIMEOUT_MS);
+  }
+
   // On SSE after a fallback: open a WebSocket beside the stream; if the server's first frame
   // comes on it, it takes over (resuming where the stream was: frames both carried are shown
   // once), else the stream stays and the next try waits twice as long.
@@ -354,9 +399,14 @@ export class BroadcastClient {
     this.probe = ws;
     let taken = false;
     ws.onmessage = (event) => {
+      if (taken && this.socket !== ws) return;  // replaced since (closed by drop())
       if (!taken) {
+        if (this.probe !== ws) return;
         taken = true;
         this.probe = null;
+        // It takes over: from the stream, or from a reconnect the stream was waiting for.
+        clearTimeout(this.retryTimer);
+        this.retryTimer = null;
         this.drop();
         this.websocketAgainMs = this.websocketAgainFirstMs;
         this.switchTo(WEBSOCKET);
