@@ -21,7 +21,17 @@ import psutil
 import pytest
 
 from broadcaster.sending.publish import publish
-from tests.support import ROOT, ResumingClient, base_env, free_port, scrape, wait_until
+from tests.support import (
+    ROOT,
+    ResumingClient,
+    SseClient,
+    base_env,
+    create_token,
+    free_port,
+    http_request,
+    scrape,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -228,3 +238,37 @@ async def test_metrics_after_a_worker_is_killed(serve):
     finally:
         for client in clients:
             await client.stop()
+
+
+async def test_sse_streams_on_two_workers_count_and_take_acks_from_either(serve):
+    """SSE receivers through `make serve` with two workers on one port: each is counted and
+    gets the broadcast, and its `seen` ack, posted on a new connection (so to either worker),
+    counts once in the reach report, relayed when it lands on the other worker."""
+    n = 30
+    streams = [await SseClient(f"ws://127.0.0.1:{serve.port}/ws/broadcast/").connect() for _ in range(n)]
+    try:
+        await asyncio.to_thread(wait_until, lambda: serve.status("/health/")[1].get("clients") == n,
+                                timeout=60, what=f"{n} streams counted")  # fmt: skip
+        secret = await asyncio.to_thread(create_token, "serve-sse", env=serve.env)
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        posted = await http_request(serve.port, "POST", "/api/broadcasts/", headers=headers,
+                                    body=b'{"text": "to the streams"}')  # fmt: skip
+        assert posted.status == 201, posted.body
+        sent_id = posted.json()["id"]
+        for stream in streams:
+            await stream.wait_for(
+                lambda c: "to the streams" in c.messages(), timeout=15, what="the broadcast"
+            )
+        answers = collections.Counter(
+            [await s.ack(f"http://127.0.0.1:{serve.port}", [sent_id]) for s in streams]
+        )
+        print(f"ack answers: {dict(answers)}")
+        assert set(answers) <= {202, 204} and answers[202] > 0 and answers[204] > 0, answers
+        deadline = time.monotonic() + 15
+        while (report := (await http_request(serve.port, "GET", f"/api/broadcasts/{sent_id}/",
+                                             headers=headers)).json())["seen"] < n:  # fmt: skip
+            assert time.monotonic() < deadline, report
+        assert (report["delivered"], report["seen"]) == (n, n), report
+    finally:
+        for stream in streams:
+            await stream.close()
