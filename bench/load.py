@@ -90,20 +90,30 @@ class LoadClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # (uvloop's is no asyncio.Transport)
         transport.write(self.request)
 
+    def took_head(self, data: bytes) -> bytes | None:
+        """Before the answer's head is in: buffer `data`; once it is, resolve `opened` and return
+        what follows it (None: not yet, or refused)."""
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        ok = self.accepted(self.buffer[:end])
+        rest = self.buffer[end + 4 :]
+        self.buffer = b""
+        self.upgraded = True
+        if not self.opened.done():
+            self.opened.set_result(ok)
+        return rest if ok else None
+
+    def accepted(self, head: bytes) -> bool:
+        return head.startswith(b"HTTP/1.1 101")
+
     def data_received(self, data: bytes) -> None:
         if not self.upgraded:
-            self.buffer += data
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+            taken = self.took_head(data)
+            if taken is None:
                 return
-            ok = self.buffer.startswith(b"HTTP/1.1 101")
-            data = self.buffer[end + 4 :]
-            self.buffer = b""
-            self.upgraded = True
-            if not self.opened.done():
-                self.opened.set_result(ok)
-            if not ok:
-                return
+            data = taken
         buf = self.buffer + data if self.buffer else data
         now = time.time()
         pos, end = 0, len(buf)
@@ -185,20 +195,15 @@ class SseLoadClient(LoadClient):
         self.chunks = b""  # the body, still in chunks
         self.events = b""  # the event stream, out of its chunks
 
+    def accepted(self, head: bytes) -> bool:
+        return head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+
     def data_received(self, data: bytes) -> None:
         if not self.upgraded:
-            self.buffer += data
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+            taken = self.took_head(data)
+            if taken is None:
                 return
-            ok = self.buffer.startswith(b"HTTP/1.1 200") and b"chunked" in self.buffer[:end].lower()
-            data = self.buffer[end + 4 :]
-            self.buffer = b""
-            self.upgraded = True
-            if not self.opened.done():
-                self.opened.set_result(ok)
-            if not ok:
-                return
+            data = taken
         buf = self.chunks + data if self.chunks else data
         pos, end, body = 0, len(buf), []
         while True:

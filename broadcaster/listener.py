@@ -211,13 +211,21 @@ async def listen(url: str, *, out: Callable[[str], None], status: Callable[[str]
                     continue
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
-        delay = backoff_delay(attempt)
-        attempt += 1
-        if connected_once:
-            status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
-        else:
-            status(f"Cannot connect to {url} ({reason}); retrying in {delay:.1f} s")
-        await asyncio.sleep(delay)
+        attempt = await _back_off(attempt, reason, url if not connected_once else None, status)
+
+
+async def _back_off(
+    attempt: int, reason: str, never_reached: str | None, status: Callable[[str], None]
+) -> int:
+    """Say why the connection is down and wait before attempt `attempt` + 1 (`never_reached`:
+    the URL, if it never connected); return the next attempt's number."""
+    delay = backoff_delay(attempt)
+    if never_reached is None:
+        status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
+    else:
+        status(f"Cannot connect to {never_reached} ({reason}); retrying in {delay:.1f} s")
+    await asyncio.sleep(delay)
+    return attempt + 1
 
 
 def sse_url(url: str) -> str:
@@ -292,13 +300,7 @@ async def listen_sse(url: str, *, out: Callable[[str], None], status: Callable[[
             if isinstance(exc, ValueError) and "URL" in str(exc):
                 raise
             reason = f"{type(exc).__name__}: {exc}"
-        delay = backoff_delay(attempt)
-        attempt += 1
-        if connected_once:
-            status(f"Connection lost ({reason}); reconnecting in {delay:.1f} s")
-        else:
-            status(f"Cannot connect to {base} ({reason}); retrying in {delay:.1f} s")
-        await asyncio.sleep(delay)
+        attempt = await _back_off(attempt, reason, base if not connected_once else None, status)
 
 
 async def _report_seen(url: str, stream: str, ids: list[str]) -> None:
