@@ -331,7 +331,7 @@ def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
     return f"{head}data: {frame}\n\n".encode()
 
 
-# SSE: a comment line, sent when nothing else was, so proxies keep the stream open.
+# SSE: a comment line, sent every 15 s, so proxies keep the stream open.
 SSE_KEEPALIVE = b":\n\n"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from broadcaster import metrics, protocol
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 # Reports are kept this long after their last change (seconds).
 REACH_TTL = 7 * 24 * 3600
-# How many of the newest broadcasts a process knows by id (and takes `seen` frames for).
+# How many of the newest broadcasts a process knows by id (and takes `seen` frames for), at
+# least: as many as history keeps, so a client's acks of a whole catch-up count.
 REMEMBER = 1024
 
 
@@ -51,8 +53,9 @@ class ReachTally:
 
     def __init__(self) -> None:
         # id -> (epoch, seq, audience) of each message this process wrote out, newest last, at
-        # most REMEMBER.
+        # most `remember`.
         self.known: dict[str, tuple[str, int, tuple[str, ...]]] = {}
+        self.remember = max(REMEMBER, int(settings.BROADCAST_HISTORY_COUNT))
         self._delivered: dict[str, int] = {}
         self._seen: dict[str, int] = {}
 
@@ -67,7 +70,7 @@ class ReachTally:
             self._delivered[id] = self._delivered.get(id, 0) + connections
             if id not in self.known:
                 self.known[id] = (entry.epoch, entry.seq, entry.audience)
-                if len(self.known) > REMEMBER:
+                if len(self.known) > self.remember:
                     del self.known[next(iter(self.known))]
 
     def seen(self, id: str) -> None:

@@ -175,3 +175,22 @@ def test_a_connection_counts_each_message_once_over_a_long_life():
     assert consumer.acked is not None and len(consumer.acked) <= REMEMBER
     assert not any(consumer._first_ack("e", seq) for seq in (1, REMEMBER, 5 * REMEMBER - 1))
     assert consumer._first_ack("e2", 1)
+
+
+def test_a_process_knows_as_many_broadcasts_by_id_as_history_keeps(settings):
+    """With BROADCAST_HISTORY_COUNT above 1,024, a catch-up of all of history is acked in full:
+    the process knows every one of those ids (before, it knew 1,024 and the client's acks of the
+    rest were ignored until it was closed with 4429)."""
+    from broadcaster import protocol
+    from broadcaster.history.entry import Entry
+    from broadcaster.reach import REMEMBER, ReachTally
+
+    settings.BROADCAST_HISTORY_COUNT = 3000
+    tally = ReachTally()
+    frames = [
+        protocol.message_frame(seq=s, epoch="e", id=f"{s:032x}", text="x", time="t") for s in range(1, 3001)
+    ]
+    tally.delivered([Entry(seq=s, epoch="e", frame=f) for s, f in enumerate(frames, 1)], 1)
+    assert len(tally.known) == 3000 and f"{1:032x}" in tally.known
+    settings.BROADCAST_HISTORY_COUNT = 10
+    assert ReachTally().remember == REMEMBER

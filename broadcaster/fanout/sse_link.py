@@ -10,8 +10,9 @@ of one long HTTP response, and the same slow-consumer bound.
 
 A close writes the `close` event past the bound (as a WebSocket close frame is queued behind
 what is unsent) and ends the response. Under daphne the connection then closes once that is
-out (no keep-alive after a stream), and is dropped if it is not out within CLOSE_GRACE, as a
-WebSocket's is.
+out (no keep-alive after a stream); a client that stops reading is dropped by the connection
+guard (broadcaster/server/guard.py, about twice BROADCAST_REQUEST_TIMEOUT), and one that reads
+a trickle at the latest after CLOSE_GRACE, as a WebSocket's is.
 """
 
 from __future__ import annotations
