@@ -114,6 +114,10 @@ class LoadClient(asyncio.Protocol):
             if taken is None:
                 return
             data = taken
+        self.body(data)
+
+    def body(self, data: bytes) -> None:
+        """What follows the answer's head: WebSocket frames."""
         buf = self.buffer + data if self.buffer else data
         now = time.time()
         pos, end = 0, len(buf)
@@ -198,12 +202,7 @@ class SseLoadClient(LoadClient):
     def accepted(self, head: bytes) -> bool:
         return head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
 
-    def data_received(self, data: bytes) -> None:
-        if not self.upgraded:
-            taken = self.took_head(data)
-            if taken is None:
-                return
-            data = taken
+    def body(self, data: bytes) -> None:
         buf = self.chunks + data if self.chunks else data
         pos, end, body = 0, len(buf), []
         while True:

@@ -30,6 +30,7 @@ import redis
 import websockets
 from channels.layers import get_channel_layer
 
+from broadcaster.listener import sse_url
 from broadcaster.protocol import BROADCAST_GROUP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,12 +347,6 @@ class Client:
             await self.ws.close()
         if self.task is not None:
             await self.task
-
-
-def sse_url(ws_url: str) -> str:
-    """The SSE endpoint beside a WebSocket receiver URL (its query kept)."""
-    url = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-    return url.replace("/ws/broadcast/", "/sse/broadcast/", 1)
 
 
 @dataclass

@@ -11,9 +11,10 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import expect
@@ -197,16 +198,31 @@ class UpgradeRefusingProxy:
             self.server.close()
 
 
-# client.js on a page of the server's origin, with the WebSocket tried again after 1 s.
-START_CLIENT = """async () => {
+# client.js with `options`, recording what it shows and on which transport.
+START_CLIENT = """async (options) => {
   const { BroadcastClient } = await import("/static/broadcaster/client.js");
   window.log = { texts: [], transports: [] };
-  const client = new BroadcastClient({ retryWebSocketAfter: 1000, on: {
+  const client = new BroadcastClient({ ...options, on: {
     message: (frame) => window.log.texts.push(frame.text),
     open: (transport) => window.log.transports.push(transport),
   } });
   client.connect();
 }"""
+
+
+@contextlib.asynccontextmanager
+async def client_behind_proxy(browser: Any, server: Daphne, options: dict[str, Any]) -> AsyncIterator[Any]:
+    """A page of the server's origin, reached through an UpgradeRefusingProxy (yielded with it),
+    running client.js with `options`."""
+    proxy = await UpgradeRefusingProxy(server.port).start()
+    page = await browser.new_page()
+    try:
+        await page.goto(f"http://127.0.0.1:{proxy.port}/health/")
+        await page.evaluate(START_CLIENT, options)
+        yield proxy, page
+    finally:
+        await page.close()
+        await proxy.stop()
 
 
 async def test_client_comes_back_to_the_websocket_with_nothing_lost_or_doubled(
@@ -217,11 +233,7 @@ async def test_client_comes_back_to_the_websocket_with_nothing_lost_or_doubled(
     the switch, are each shown once, in order."""
     server = daphne()
     env = env_for(redis_url)
-    proxy = await UpgradeRefusingProxy(server.port).start()
-    page = await browser.new_page()
-    try:
-        await page.goto(f"http://127.0.0.1:{proxy.port}/health/")
-        await page.evaluate(START_CLIENT)
+    async with client_behind_proxy(browser, server, {"retryWebSocketAfter": 1000}) as (proxy, page):
         await page.wait_for_function(
             "() => window.log && window.log.transports.includes('sse')", timeout=5_000
         )
@@ -241,9 +253,6 @@ async def test_client_comes_back_to_the_websocket_with_nothing_lost_or_doubled(
         assert await page.evaluate("() => window.log.texts") == sent
         assert await page.evaluate("() => window.log.transports") == ["sse", "websocket"]
         await asyncio.to_thread(server.wait_for_clients, 1)
-    finally:
-        await page.close()
-        await proxy.stop()
 
 
 HIDE = """(hidden) => {
@@ -259,11 +268,7 @@ async def test_a_hidden_tab_lets_its_stream_go_and_resumes_when_shown(browser, d
     sent meanwhile arrives, once."""
     server = daphne()
     env = env_for(redis_url)
-    proxy = await UpgradeRefusingProxy(server.port).start()
-    page = await browser.new_page()
-    try:
-        await page.goto(f"http://127.0.0.1:{proxy.port}/health/")
-        await page.evaluate(START_CLIENT.replace("retryWebSocketAfter: 1000", "closeHiddenStreamAfter: 500"))
+    async with client_behind_proxy(browser, server, {"closeHiddenStreamAfter": 500}) as (_, page):
         await page.wait_for_function("() => window.log.transports.includes('sse')", timeout=5_000)
         assert (await asyncio.to_thread(manage, ["broadcast", "-m", "seen"], env=env)).returncode == 0
         await page.wait_for_function("() => window.log.texts.includes('seen')", timeout=15_000)
@@ -274,6 +279,3 @@ async def test_a_hidden_tab_lets_its_stream_go_and_resumes_when_shown(browser, d
         await page.wait_for_function("() => window.log.texts.includes('while hidden')", timeout=15_000)
         await asyncio.to_thread(server.wait_for_clients, 1)
         assert await page.evaluate("() => window.log.texts") == ["seen", "while hidden"]
-    finally:
-        await page.close()
-        await proxy.stop()

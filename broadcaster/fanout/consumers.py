@@ -22,12 +22,11 @@ from redis.exceptions import RedisError
 
 from broadcaster import identity, protocol
 from broadcaster.fanout.hub import get_hub
-from broadcaster.fanout.receiver import OVER_CAPACITY, RESTARTING, Receiver, refused_for_redis
+from broadcaster.fanout.receiver import Receiver, refused_for_redis
 from broadcaster.fanout.transport import AsgiLink, Link
 from broadcaster.history.resume import resume_point
 from broadcaster.protocol import CloseCode
 from broadcaster.server.admission import admission
-from broadcaster.server.drain import drain
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +54,9 @@ class ReceiverConsumer(Receiver, AsyncWebsocketConsumer):
         self.base_send = send
         if not hasattr(self, "link"):
             self.link = AsgiLink(send, max_unsent=settings.BROADCAST_MAX_UNSENT_BYTES)
-        if drain.draining:
-            await self._refuse(receive, CloseCode.SERVICE_RESTART, RESTARTING)
-            return
-        if not admission.enter():
-            await self._refuse(receive, CloseCode.OVER_CAPACITY, OVER_CAPACITY)
+        refusal = self.admit()
+        if refusal is not None:
+            await self._refuse(receive, *refusal)
             return
         new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
         try:

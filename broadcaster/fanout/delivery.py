@@ -57,7 +57,7 @@ class Delivery:
         """The slow-consumer bound, as the link keeps it."""
         return self.link.max_unsent
 
-    def _close_now(self, code: CloseCode) -> None:
+    def _close_now(self, code: CloseCode, reason: str | None = None) -> None:
         """Close the client with `code` after what is queued (the consumer's)."""
         raise NotImplementedError
 

@@ -27,13 +27,15 @@ from broadcaster.identity import NOBODY, Credential, Identity
 from broadcaster.log_throttle import Throttle
 from broadcaster.protocol import CloseCode
 from broadcaster.reach import REMEMBER
+from broadcaster.server.admission import admission
+from broadcaster.server.drain import drain
 from broadcaster.server.guard import out_of_files
 
 logger = logging.getLogger(__name__)
 
-RESTARTING = "server restarting; reconnect now"
+RESTARTING = protocol.CLOSE_REASONS[CloseCode.SERVICE_RESTART]
 UNAUTHENTICATED = "sign in to receive broadcasts"
-OVER_CAPACITY = "server full; try again later"
+OVER_CAPACITY = protocol.CLOSE_REASONS[CloseCode.OVER_CAPACITY]
 
 # `seen` acks that count for nothing (an unknown id, a repeat, one never sent here): a
 # connection may send this many at once, and this many more per second after that.
@@ -63,6 +65,17 @@ class Receiver(Delivery):
     # What it showed on connecting (None: anonymous) and who that is (broadcaster/identity.py).
     credential: Credential | None = None
     identity: Identity = NOBODY
+
+    @staticmethod
+    def admit() -> tuple[int, str] | None:
+        """Count a new connection in (admission), or the code and reason to refuse it with:
+        1012 while this process drains, 1013 at BROADCAST_MAX_CONNECTIONS. One admitted must
+        call `admission.leave()` when it ends."""
+        if drain.draining:
+            return int(CloseCode.SERVICE_RESTART), RESTARTING
+        if not admission.enter():
+            return int(CloseCode.OVER_CAPACITY), OVER_CAPACITY
+        return None
 
     async def join(self, found: Credential | None, resume: ResumePoint | None) -> bool:
         """Take on the identity `found` gives, join the hub and the group, and send the
@@ -187,7 +200,7 @@ class Receiver(Delivery):
     def _close_for_protocol_error(self, code: CloseCode, reason: str) -> None:
         """Tell the client why (an `error` frame), then close with `code`."""
         self._send(protocol.send_event(protocol.error_frame(code=code, reason=reason)), None)
-        self._close_now(code)
+        self._close_now(code, reason)
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
         """Called for each broadcast (layer event `broadcast.message`) when the configured
@@ -198,7 +211,7 @@ class Receiver(Delivery):
         if self.write(protocol.send_event(entry.wire), None, [entry]):
             get_hub().reach.delivered([entry], 1)
 
-    def _close_now(self, code: CloseCode) -> None:
+    def _close_now(self, code: CloseCode, reason: str | None = None) -> None:
         """Close with `code`; the client gets it after what is already queued for it. From
         now on it gets nothing else and no longer counts as connected."""
         if self.closing:
@@ -206,6 +219,11 @@ class Receiver(Delivery):
         self.closing = True
         self._stop_catching_up()
         get_hub().discard(self)  # the group is left when the connection is gone (leave())
+        self._close_link(code, reason)
+
+    def _close_link(self, code: CloseCode, reason: str | None) -> None:
+        """The transport's close (on a WebSocket the close frame carries no reason: an `error`
+        frame said it first)."""
         self.link.close(protocol.close_event(code))
 
     def _peer(self) -> str:
@@ -230,4 +248,4 @@ def refused_for_redis(peer: str, exc: BaseException) -> tuple[int, str]:
     if _redis_refusals.due():
         logger.warning("Refusing receiver %s with 4503: Redis unreachable: %s%s", peer, exc,
                        _redis_refusals.more("more refused"))  # fmt: skip
-    return int(CloseCode.TRY_AGAIN_LATER), "Redis unreachable; try again later"
+    return int(CloseCode.TRY_AGAIN_LATER), protocol.CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER]

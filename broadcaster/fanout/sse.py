@@ -25,14 +25,12 @@ from redis.exceptions import RedisError
 
 from broadcaster import identity, protocol
 from broadcaster.backend import redis_client
-from broadcaster.fanout.hub import get_hub
 from broadcaster.fanout.origin import OriginCheck
-from broadcaster.fanout.receiver import OVER_CAPACITY, RESTARTING, Receiver, refused_for_redis
+from broadcaster.fanout.receiver import Receiver, refused_for_redis
 from broadcaster.fanout.sse_link import SseLink, retry_ms, sse_link_for
 from broadcaster.history.resume import ResumePoint, resume_point
 from broadcaster.protocol import CloseCode
 from broadcaster.server.admission import admission
-from broadcaster.server.drain import drain
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +63,9 @@ class SseReceiver(Receiver):
         self.scope = scope
         self.channel_layer = get_channel_layer()
         streams = get_streams()
-        if drain.draining:
-            await self._refuse(receive, CloseCode.SERVICE_RESTART, RESTARTING)
-            return
-        if not admission.enter():
-            await self._refuse(receive, CloseCode.OVER_CAPACITY, OVER_CAPACITY)
+        refusal = self.admit()
+        if refusal is not None:
+            await self._refuse(receive, *refusal)
             return
         reader: asyncio.Task[None] | None = None
         new_local_channel = getattr(self.channel_layer, "new_local_channel", None)
@@ -120,11 +116,9 @@ class SseReceiver(Receiver):
 
     def _close_for_protocol_error(self, code: CloseCode, reason: str) -> None:
         """On SSE the `close` event carries the reason (no `error` frame before it)."""
-        if self.closing:
-            return
-        self.closing = True
-        self._stop_catching_up()
-        get_hub().discard(self)
+        self._close_now(code, reason)
+
+    def _close_link(self, code: CloseCode, reason: str | None) -> None:
         self.link.refuse(int(code), reason)
 
 

@@ -77,12 +77,11 @@ class SseLink(AsgiLink):
         self.write_bytes(first)
 
     def write(self, message: dict[str, Any], frame: bytes | None) -> bool:
-        if self.ended:
-            return True  # closing: nothing more goes out, as with a WebSocket's close
-        if self.unsent() > self.max_unsent:
-            return False
+        # Closing: nothing more goes out, as with a WebSocket's close.
+        return True if self.ended else super().write(message, frame)
+
+    def _write(self, message: dict[str, Any], frame: bytes | None) -> None:
         self._write_event(*_encoded(message))
-        return True
 
     def _write_event(self, event: bytes, chunk: bytes) -> None:
         self.write_bytes(event)
