@@ -71,7 +71,7 @@ class FrameReader:
 
     def _render(self, obj: Any) -> list[str]:
         kind = obj.get("type") if isinstance(obj, dict) else None
-        if kind in (protocol.FRAME_MESSAGE, protocol.FRAME_RETRACT):
+        if kind in (protocol.FRAME_MESSAGE, protocol.FRAME_RETRACT, protocol.FRAME_POSITION):
             seq, epoch = obj.get("seq"), obj.get("epoch")
             if isinstance(seq, int):
                 if epoch == self.epoch and self.seq is not None and seq <= self.seq:

@@ -34,6 +34,10 @@ FRAME_STATUS = "status"
 FRAME_ERROR = "error"
 # A numbered frame that takes back an earlier message (its `id`).
 FRAME_RETRACT = "retract"
+# Where the numbering stands once a connection's catch-up is out: a client that has seen no
+# message (or whose messages were all for others) resumes from here, so nothing published
+# during its first disconnect is lost.
+FRAME_POSITION = "position"
 # SSE only: the stream's first frame (its token for `seen` acks), and its last (the close
 # code and reason a WebSocket close frame would carry).
 FRAME_STREAM = "stream"
@@ -196,6 +200,13 @@ def reset_frame(*, epoch: str | None, seq: int) -> str:
     return dumps({"type": FRAME_RESET, "epoch": epoch, "seq": seq})
 
 
+def position_frame(*, epoch: str | None, seq: int) -> str:
+    """Sent once the catch-up is out: everything numbered up to `seq` in `epoch` has been
+    sent to this connection or was not for it. `seq` before `epoch`, as in a message frame
+    (`sse_event` reads its id from them)."""
+    return dumps({"type": FRAME_POSITION, "seq": seq, "epoch": epoch})
+
+
 def batch_frame(frames: list[str]) -> str:
     """Several message frames that arrived together, in order, as one frame.
 
@@ -304,17 +315,20 @@ SSE_RETRY_MS = {CloseCode.SERVICE_RESTART: 0, CloseCode.UNAUTHENTICATED: 60_000}
 SSE_RETRY_DEFAULT_MS = 2_000
 SSE_RETRY_JITTER_MS = 2_000
 
-_NUMBERED = (FRAME_MESSAGE, FRAME_RETRACT, FRAME_BATCH)
+_NUMBERED = (FRAME_MESSAGE, FRAME_RETRACT, FRAME_BATCH, FRAME_POSITION)
 _SEQ_FIELD = '"seq":'
 _EPOCH_FIELD = ',"epoch":"'
+# A position before anything was ever published has no epoch: its id is `:<seq>`.
+_NO_EPOCH_FIELD = ',"epoch":null'
 
 
 def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
     """A server frame as one Server-Sent Event: `event:` its type, `data:` the frame as the
-    WebSocket carries it (one line: JSON has no raw line breaks), and for numbered frames `id:`
-    `<epoch>:<seq>` of the newest message in it. Other frames, a reset included, leave the
-    stream's last id as it was: an EventSource that reconnects after a reset sends the place
-    before it, from which the server works out the same reset (or the replay) again.
+    WebSocket carries it (one line: JSON has no raw line breaks), and for numbered frames and
+    `position` an `id:` `<epoch>:<seq>` (`:<seq>` with no epoch yet) of the newest message in
+    it. Other frames, a reset included, leave the stream's last id as it was: an EventSource
+    that reconnects after a reset sends the place before it, from which the server works out
+    the same reset (or the replay) again; the `position` after the catch-up moves it on.
 
     The place is read without decoding: the last `"seq":` in the frame is the newest message's
     (inside a JSON string every quote is escaped), with its epoch right after it."""
@@ -323,9 +337,13 @@ def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
     if kind in _NUMBERED:
         at = frame.rindex(_SEQ_FIELD) + len(_SEQ_FIELD)
         comma = frame.index(",", at)
-        start = comma + len(_EPOCH_FIELD)
-        assert frame.startswith(_EPOCH_FIELD, comma), "a numbered frame not built here"
-        head = f"id: {frame[start : frame.index(chr(34), start)]}:{frame[at:comma]}\n" + head
+        if frame.startswith(_NO_EPOCH_FIELD, comma):
+            epoch = ""
+        else:
+            assert frame.startswith(_EPOCH_FIELD, comma), "a numbered frame not built here"
+            start = comma + len(_EPOCH_FIELD)
+            epoch = frame[start : frame.index(chr(34), start)]
+        head = f"id: {epoch}:{frame[at:comma]}\n" + head
     if retry_ms is not None:
         head = f"retry: {retry_ms}\n" + head
     return f"{head}data: {frame}\n\n".encode()
@@ -335,12 +353,13 @@ def sse_event(frame: str, *, retry_ms: int | None = None) -> bytes:
 SSE_KEEPALIVE = b":\n\n"
 
 
-def last_event_id(value: str) -> tuple[int, str] | None:
-    """(seq, epoch) of an SSE Last-Event-ID as `sse_event` writes it, or None."""
+def last_event_id(value: str) -> tuple[int, str | None] | None:
+    """(seq, epoch) of an SSE Last-Event-ID as `sse_event` writes it, or None; `:<seq>` is a
+    place before any epoch (as `?since=` without `epoch`)."""
     epoch, sep, seq = value.strip().rpartition(":")
-    if not sep or not epoch or _SEQ.fullmatch(seq) is None:
+    if not sep or _SEQ.fullmatch(seq) is None:
         return None
-    return int(seq), epoch
+    return int(seq), epoch or None
 
 
 _SEQ = re.compile(r"[0-9]{1,18}")

@@ -23,14 +23,17 @@ def fast_counts():
 
 
 async def connected() -> WebsocketCommunicator:
+    """A new receiver, past its first frame: where the numbering stands (nothing published)."""
     comm = WebsocketCommunicator(ReceiverConsumer.as_asgi(), "/ws/broadcast/")
     ok, _ = await comm.connect()
     assert ok
+    assert json.loads(await comm.receive_from(timeout=5)) == {"type": "position", "seq": 0, "epoch": None}
     return comm
 
 
-async def test_connect_gets_count_then_broadcast_frame():
-    """A new receiver is told the count, then gets each broadcast as one exact frame."""
+async def test_connect_gets_position_count_then_broadcast_frame():
+    """A new receiver is told where the numbering stands, the count, then gets each broadcast
+    as one exact frame."""
     comm = await connected()
     assert json.loads(await comm.receive_from(timeout=5)) == {"type": "count", "clients": 1}
     sent = await publish(text="hello", sender="test")

@@ -55,6 +55,7 @@ async def test_consumers_in_one_process_take_the_fast_path():
         for comm in comms:
             assert (await comm.connect())[0]
         for comm in comms:  # the first count frame means the hub has the receiver
+            assert json.loads(await comm.receive_from(timeout=5))["type"] == "position"
             assert json.loads(await comm.receive_from(timeout=5))["type"] == "count"
         hub = get_hub()
         assert hub.fast_path is True

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from broadcaster.listener import backoff_delay, render
 from tests.support import ROOT, LineReader, default_sigint, free_port, manage
 
@@ -52,6 +54,44 @@ def test_prints_broadcasts_and_reconnects_after_restart(daphne, env_for, redis_u
     assert listener.returncode == 0
     err.wait_for(lambda s: s == "Stopped.", timeout=5, what="a clean stop")
     assert not any("Traceback" in s for s in err.seen)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+@pytest.mark.parametrize("before", ["nothing", "an old message"])
+def test_no_message_yet_and_server_killed_nothing_published_meanwhile_is_lost(
+    daphne, env_for, redis_url, transport, before
+):
+    """A listener that has been shown no message (none ever published, or only one too old to
+    be the current announcement) resumes from the `position` it was told: the three published
+    while its server was down (SIGKILL) are all printed, in order, with no reset line. Before
+    `position`, it came back as a new client and printed only the newest (or none)."""
+    server = daphne(BROADCAST_LATEST_AGE="0")
+    if before != "nothing":
+        assert manage(["broadcast", "-m", "old"], env=env_for(redis_url)).returncode == 0
+    listener = subprocess.Popen(
+        [sys.executable, "manage.py", "listen", "--transport", transport, server.ws], cwd=ROOT,
+        env=env_for(redis_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
+    out, err = LineReader(listener.stdout), LineReader(listener.stderr)
+    try:
+        out.wait_for(lambda s: s == "Total clients: 1", timeout=20, what="count")
+        server.stop(signal.SIGKILL)
+        err.wait_for(lambda s: s.startswith("Connection lost"), timeout=20, what="loss noticed")
+        gap = "\n".join(f"gap-{i}" for i in range(1, 4))
+        assert manage(["broadcast"], env=env_for(redis_url), stdin=gap).returncode == 0
+        server.start()
+        for i in range(1, 4):
+            line = out.wait_for(lambda s: bool(TIMED.match(s)), timeout=60, what=f"gap-{i}")
+            assert TIMED.match(line).group(1) == f"gap-{i}"
+    finally:
+        # Killed, not stopped: a clean stop is the test above's; and `listen --transport sse`
+        # that has reconnected does not stop on SIGINT yet (noticed in session 13, not fixed).
+        listener.kill()
+        listener.wait(timeout=20)
+    printed = [m.group(1) for m in map(TIMED.match, out.seen) if m]
+    assert printed == ["gap-1", "gap-2", "gap-3"], out.seen
+    assert not any("missed" in s for s in out.seen), out.seen
 
 
 def test_backoff_grows_jittered_and_capped():

@@ -64,7 +64,8 @@ def shown(client: Client) -> list[dict[str, Any]]:
 def numbered(client: Client) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for frame in client.frames:
-        out.extend(frame["messages"] if frame["type"] == "batch" else [frame] if "seq" in frame else [])
+        if frame["type"] != "position":
+            out.extend(frame["messages"] if frame["type"] == "batch" else [frame] if "seq" in frame else [])
     return out
 
 

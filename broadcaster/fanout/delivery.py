@@ -82,8 +82,12 @@ class Delivery:
         self._send(protocol.send_event(protocol.reset_frame(epoch=epoch, seq=last)), None)
 
     def _go_live(self) -> None:
-        """Called when the catch-up is out: from now on frames are written as they come."""
+        """Called when the catch-up is out: the client is told where the numbering stands
+        (`position`: all up to there was sent or not for it), and from now on frames are
+        written as they come."""
         self.held = None
+        epoch, seq = self.sent
+        self._send(protocol.send_event(protocol.position_frame(epoch=epoch, seq=seq)), None)
         if self.deferred is not None:
             self._send(*self.deferred)
             self.deferred = None

@@ -39,7 +39,7 @@ const HIDDEN_SSE_MS = 30000;
 // setTimeout takes at most 2^31 - 1 ms; a later expiry is waited for in steps.
 const LONGEST_TIMER_MS = 0x7fffffff;
 // Frame types the SSE stream names its events with (the WebSocket's, plus its own two).
-const SSE_EVENTS = ["message", "batch", "retract", "reset", "count", "status", "stream", "close"];
+const SSE_EVENTS = ["message", "batch", "retract", "position", "reset", "count", "status", "stream", "close"];
 
 export const WEBSOCKET = "websocket";
 export const SSE = "sse";
@@ -243,7 +243,9 @@ export class BroadcastClient {
     } catch (e) {
       return;
     }
-    if (frame.type === "message" || frame.type === "retract") this.onNumbered(frame);
+    // A position (after the catch-up) moves the place on as a message would, showing nothing:
+    // a client that has had no message still resumes, with nothing lost.
+    if (frame.type === "message" || frame.type === "retract" || frame.type === "position") this.onNumbered(frame);
     else if (frame.type === "batch") frame.messages.forEach((m) => this.onNumbered(m));
     else if (frame.type === "count") this.call("count", frame.clients);
     else if (frame.type === "status") this.call("status", frame.broadcasts);
