@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test test-fast audit lint format bench bench-drain bench-sse bench-hostile bench-audiences bench-memory stop-redis clean
+.PHONY: run serve test test-fast audit lint format settings-docs bench bench-drain bench-sse bench-hostile bench-audiences bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ audit:
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## settings-docs: rewrite .env.example and the README's configuration table from the settings table (broadcast_site/variables.py)
+settings-docs: $(VENV)/.installed
+	$(BIN)/python -m broadcast_site.variables
 
 $(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
 	$(BIN)/pip install -q -r requirements-bench.txt

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from broadcaster.conf import Setting
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_TABLE_DEFAULT: Any = object()
 
 
 class ConfigError(ImproperlyConfigured):
@@ -80,10 +84,9 @@ def get_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = 
     return value
 
 
-def get_float(
-    name: str, default: float, *, minimum: float = 0.0, environ: Mapping[str, str] = os.environ
-) -> float:
-    """Return the variable as a float no smaller than `minimum`."""
+def get_float(name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None,
+              environ: Mapping[str, str] = os.environ) -> float:  # fmt: skip
+    """Return the variable as a float no smaller than `minimum` (nor larger than `maximum`)."""
     raw = _raw(name, environ)
     if raw is None:
         return default
@@ -93,6 +96,8 @@ def get_float(
         raise ConfigError(f"Config '{name}' has value '{raw}'. Not a valid number.") from None
     if value < minimum:
         raise ConfigError(f"Config '{name}' has value '{raw}'. It must be at least {minimum}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"Config '{name}' has value '{raw}'. It must be at most {maximum}.")
     return value
 
 
@@ -102,6 +107,28 @@ def get_list(name: str, default: list[str], *, environ: Mapping[str, str] = os.e
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def read(setting: Setting, *, default: Any = _TABLE_DEFAULT, environ: Mapping[str, str] = os.environ) -> Any:
+    """Return the variable `setting` describes, parsed and held to its bounds as its kind says;
+    `default` (when given) in place of the table's, for a default that depends on another."""
+    fallback = setting.default if default is _TABLE_DEFAULT else default
+    name = setting.name
+    if setting.kind is bool:
+        return get_bool(name, fallback, environ=environ)
+    low, high = setting.minimum or 0, setting.maximum
+    if setting.kind is int:
+        high = None if high is None else int(high)
+        return get_int(name, fallback, minimum=int(low), maximum=high, environ=environ)
+    if setting.kind is float:
+        return get_float(name, fallback, minimum=low, maximum=high, environ=environ)
+    if setting.kind is list:
+        return get_list(name, fallback, environ=environ)
+    if setting.kind is not str:
+        raise TypeError(f"{name} is a Python setting ({setting.kind.__name__}), not an environment variable")
+    if setting.choices:
+        return get_choice(name, fallback, setting.choices, environ=environ)
+    return get_str(name, fallback, environ=environ)
 
 
 def load_dotenv(path: str) -> Path | None:

@@ -131,3 +131,24 @@ def check_embedded_redis(app_configs: Any = None, **kwargs: Any) -> list[Warning
             id="broadcaster.W002",
         )
     ]
+
+
+@register("broadcaster")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Every app setting a project set holds to the bounds the standalone site's environment
+    parsing holds it to (one table: broadcaster/conf.py)."""
+    from broadcaster.conf import APP_SETTINGS
+
+    errors = []
+    for setting in APP_SETTINGS:
+        problem = setting.problem(getattr(settings, setting.name, setting.default))
+        if problem is not None:
+            errors.append(
+                Error(
+                    f"{setting.name}: {problem}.",
+                    hint=f"{setting.name} is {setting.doc} (default {setting.default_text!r}; README, "
+                    '"Configuration").',
+                    id="broadcaster.E005",
+                )
+            )
+    return errors
