@@ -19,6 +19,8 @@ from broadcaster.fanout.origin import allowed_hosts_origin_check
 from broadcaster.fanout.routing import ASGIApp, Router, StaticFiles
 from broadcaster.server import startup
 
+__all__ = ["with_broadcasts"]
+
 # Whether `with_broadcasts` has built an application in this process (system check W003).
 wrapped = False
 

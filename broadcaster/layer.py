@@ -33,6 +33,8 @@ from redis.exceptions import RedisError
 
 from broadcaster.backend.redis_client import layer_hosts, passwords
 
+__all__ = ["FanoutChannelLayer"]
+
 logger = logging.getLogger(__name__)
 
 

@@ -18,6 +18,8 @@ from django.urls import NoReverseMatch, reverse
 
 from broadcaster import views
 
+__all__ = ["ProbeMiddleware"]
+
 logger = logging.getLogger(__name__)
 
 # URL names (urls.py) of the probes, and their views.

@@ -11,5 +11,7 @@ A receiver that raises is logged and does not undo or fail the send.
 
 from django.dispatch import Signal
 
+__all__ = ["broadcast_retracted", "broadcast_sent"]
+
 broadcast_sent = Signal()
 broadcast_retracted = Signal()

@@ -12,6 +12,8 @@ from broadcaster import views
 from broadcaster.headers import no_store, strict_page
 from broadcaster.sending import api, operator_page
 
+__all__ = ["app_name", "urlpatterns"]
+
 app_name = "broadcaster"
 
 urlpatterns = [

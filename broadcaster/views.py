@@ -14,9 +14,9 @@ from redis.exceptions import RedisError
 
 from broadcaster import metrics, protocol
 from broadcaster.backend import redis_client
+from broadcaster.bearer import bearer
 from broadcaster.presence import group_presence
 from broadcaster.sending import log_health
-from broadcaster.sending.api import bearer
 from broadcaster.server.drain import drain
 from broadcaster.server.guard import TOO_MANY_CONNECTIONS, out_of_files
 

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from broadcaster import protocol, reach
 from broadcaster.backend import redis_client
+from broadcaster.bearer import ASK_FOR_BEARER, bearer
 from broadcaster.models import BroadcastRecord, PublishToken, hash_secret
 from broadcaster.sending import ratelimit
 from broadcaster.sending.errors import (
@@ -30,7 +31,6 @@ from broadcaster.sending.publish import Sent, check_audience, publish, retract, 
 
 logger = logging.getLogger(__name__)
 
-ASK_FOR_BEARER = "Send 'Authorization: Bearer <token>'."
 TOO_MANY_FAILURES = "Too many failed token checks from this address; retry later."
 CHECKS_BUSY = "Too many token checks from this address at once; retry shortly."
 
@@ -40,13 +40,6 @@ def error(status: int, message: str, **headers: str) -> JsonResponse:
     for name, value in headers.items():
         response[name] = value
     return response
-
-
-def bearer(request: HttpRequest) -> str | None:
-    """The secret of an `Authorization: Bearer <secret>` header (stripped; may be empty), or
-    None without one."""
-    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-    return secret.strip() if scheme.lower() == "bearer" else None
 
 
 def _client_network(address: str) -> str:

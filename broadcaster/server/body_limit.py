@@ -26,8 +26,8 @@ from typing import Any
 from django.conf import settings
 
 from broadcaster import protocol
+from broadcaster.bearer import ASK_FOR_BEARER, has_bearer
 from broadcaster.log_throttle import Throttle
-from broadcaster.sending.api import ASK_FOR_BEARER
 from broadcaster.server.answers import answer, refuse
 
 logger = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def body_limit(route: bytes) -> int | None:
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE if _limit_others else None
 
 
-def _has_bearer_token(request: Any) -> bool:
-    for value in request.requestHeaders.getRawHeaders(b"Authorization") or ():
-        scheme, _, secret = value.partition(b" ")
-        if scheme.lower() == b"bearer" and secret.strip():
-            return True
-    return False
-
-
 def _limited_request_class() -> type | None:
     """daphne's request class with the checks, or None when the installed daphne or Twisted
     lacks what they use (then bodies are limited by Django only, after daphne read them)."""
@@ -103,7 +95,8 @@ def _limited_request_class() -> type | None:
             method = getattr(self.channel, "_command", None)
             # (Django routes any spelling of the method as its upper case.)
             post = isinstance(method, bytes) and method.upper() == b"POST"
-            if _is_api(route) and post and not _has_bearer_token(self):
+            authorization = self.requestHeaders.getRawHeaders(b"Authorization") or ()
+            if _is_api(route) and post and not has_bearer(authorization):
                 self._refuse(401, "Unauthorized", ASK_FOR_BEARER, {"WWW-Authenticate": "Bearer"})
             elif length is not None and self.limit is not None and length > self.limit:
                 self._refuse_size(f"{length:,} bytes")

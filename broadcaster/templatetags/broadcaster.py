@@ -8,6 +8,8 @@ from django import template
 
 from broadcaster import protocol
 
+__all__ = ["broadcast_banner", "register"]
+
 register = template.Library()
 
 
