@@ -257,7 +257,8 @@ async def listen_sse(url: str, *, out: Callable[[str], None], status: Callable[[
     while True:
         closed: dict[str, Any] | None = None
         try:
-            stream = await asyncio.wait_for(sse_client.open_stream(receiver.url(base), headers=headers), 10)
+            async with asyncio.timeout(10):  # (not wait_for: sse_client._body says why)
+                stream = await sse_client.open_stream(receiver.url(base), headers=headers)
             try:
                 stream_token, taken = "", False
                 # The server writes a comment every 15 s when nothing else: silence is a lost link.
@@ -306,4 +307,5 @@ async def listen_sse(url: str, *, out: Callable[[str], None], status: Callable[[
 async def _report_seen(url: str, stream: str, ids: list[str]) -> None:
     """Report printed messages seen on an SSE stream (a lost report is not retried)."""
     with contextlib.suppress(OSError, ConnectionError, TimeoutError, ValueError):
-        await asyncio.wait_for(sse_client.post_json(url, {"stream": stream, "seen": list(ids)}), 10)
+        async with asyncio.timeout(10):
+            await sse_client.post_json(url, {"stream": stream, "seen": list(ids)})

@@ -84,21 +84,31 @@ async def _body(reader: asyncio.StreamReader, headers: dict[str, str], *, idle: 
                 ) -> AsyncIterator[bytes]:  # fmt: skip
     """The answer's body as it arrives (chunked, by length, or until the server closes);
     TimeoutError when nothing arrives for `idle` seconds."""
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that arrives
+    # as its read completes, and `manage.py listen --transport sse` then ignored Ctrl-C.
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while True:
-            line = await asyncio.wait_for(reader.readline(), idle)
+            async with asyncio.timeout(idle):
+                line = await reader.readline()
             try:
                 size = int(line.split(b";")[0].strip() or b"0", 16)
             except ValueError:
                 raise ConnectionError(f"not a chunk size: {line[:40]!r}") from None
             if size == 0:
                 return
-            chunk = await asyncio.wait_for(reader.readexactly(size + 2), idle)
+            async with asyncio.timeout(idle):
+                chunk = await reader.readexactly(size + 2)
             yield chunk[:-2]
     elif "content-length" in headers:
-        yield await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), idle)
+        async with asyncio.timeout(idle):
+            body = await reader.readexactly(int(headers["content-length"]))
+        yield body
     else:
-        while chunk := await asyncio.wait_for(reader.read(65536), idle):
+        while True:
+            async with asyncio.timeout(idle):
+                chunk = await reader.read(65536)
+            if not chunk:
+                return
             yield chunk
 
 

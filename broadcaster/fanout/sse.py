@@ -166,7 +166,8 @@ class Streams:
         refused with 4503 on joining anyway)."""
         if not self._subscribed.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT)
+                async with asyncio.timeout(SUBSCRIBE_WAIT):
+                    await self._subscribed.wait()
 
     def discard(self, token: str) -> None:
         self.by_token.pop(token, None)

@@ -110,10 +110,12 @@ class Drain:
                 break  # all closed: no need to wait out the rest of the drain time
             await asyncio.sleep(DRAIN_STEP)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(admission.none_open.wait(), CLOSE_WAIT)
+            async with asyncio.timeout(CLOSE_WAIT):
+                await admission.none_open.wait()
         # What the clients' last `seen` frames added since the heartbeat's last flush.
         try:
-            saved = await asyncio.wait_for(hub.flush_reach(), REACH_FLUSH_WAIT)
+            async with asyncio.timeout(REACH_FLUSH_WAIT):
+                saved = await hub.flush_reach()
         except TimeoutError:
             saved = False
         if not saved:
