@@ -1,4 +1,5 @@
-"""What a server process does once at start-up (the open-file limit is tested in test_site.py)."""
+"""autobahn's per-connection debug text, skipped when it would be dropped
+(broadcaster/compat/autobahn.py; the open-file limit is tested in test_site.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from autobahn.websocket.protocol import Timings
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
-from broadcaster.server import startup
+from broadcaster.compat import autobahn
 
 txaio.use_twisted()
 
@@ -20,7 +21,7 @@ txaio.use_twisted()
 @pytest.fixture
 def pformat_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Patch autobahn (idempotent: the ASGI module may have done it) and count real pformats."""
-    startup._lazy_autobahn_debug_text()
+    autobahn.lazy_debug_text()
     calls: list[object] = []
     real = pprint.pformat
     monkeypatch.setattr(pprint, "pformat", lambda obj, *a, **k: calls.append(obj) or real(obj, *a, **k))
@@ -41,7 +42,7 @@ def test_dropped_per_connection_debug_text_is_never_computed(pformat_calls):
     """A connection with debug logging off costs no pformat of autobahn's configuration."""
     _connection(debug=False).makeConnection(StringTransport())
     assert pformat_calls == []
-    assert startup._lazy_autobahn_debug_text() is False  # already done: left as it is
+    assert autobahn.lazy_debug_text() is False  # already done: left as it is
 
 
 def test_debug_text_is_the_same_when_debug_logging_is_on(pformat_calls):
@@ -61,5 +62,5 @@ def test_autobahn_timings_still_render_as_text(pformat_calls):
     """autobahn's Timings.__str__ (used when timings are tracked) returns the pformat string."""
     timings = Timings()
     timings.track("onOpen")
-    assert autobahn_protocol.pformat is startup._pformat
+    assert autobahn_protocol.pformat is autobahn._pformat
     assert str(timings) == pprint.pformat(timings._timings)

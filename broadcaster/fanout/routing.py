@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from broadcaster import protocol
+from broadcaster.compat.asgiref import single_callable
 from broadcaster.fanout import sse
 from broadcaster.fanout.consumers import ReceiverConsumer
 from broadcaster.fanout.origin import OriginCheck
@@ -39,11 +40,9 @@ class StaticFiles:
         return path.startswith(self.prefix)
 
 
+@single_callable  # its __call__ is plain (not async): asgiref would take it for the old style
 class Router:
     """The project's ASGI application."""
-
-    # asgiref takes a plain (not async) __call__ for the old double-callable style.
-    _asgi_single_callable = True
 
     def __init__(self, *, http: ASGIApp, origins: OriginCheck, static: StaticFiles | None = None,
                  other_websockets: ASGIApp | None = None) -> None:  # fmt: skip

@@ -22,16 +22,9 @@ import random
 from typing import Any
 
 from broadcaster import protocol
-from broadcaster.fanout.transport import (
-    CLOSE_GRACE,
-    AsgiLink,
-    Send,
-    cap_send_buffer,
-    is_tcp,
-    send_now,
-    twisted_unsent,
-    write_now,
-)
+from broadcaster.compat.twisted import cap_send_buffer, is_tcp, raw_socket
+from broadcaster.compat.twisted import unsent as twisted_unsent
+from broadcaster.fanout.transport import CLOSE_GRACE, AsgiLink, Send, send_now, write_now
 
 # The last frame encoded as an event (and as a chunk): the hub writes one message object to
 # every receiver, so each SSE receiver after the first reuses the bytes. Holding the message
@@ -123,7 +116,7 @@ class DaphneSseLink(SseLink):
         super().__init__(send, max_unsent=max_unsent)
         self.request = request
         self.transport = request.transport
-        self.sock = self.transport.socket if is_tcp(self.transport) else None
+        self.sock = raw_socket(self.transport) if is_tcp(self.transport) else None
 
     def unsent(self) -> int:
         return twisted_unsent(self.transport)

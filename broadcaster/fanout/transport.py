@@ -22,13 +22,17 @@ stalls the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+from broadcaster.compat import autobahn, daphne
+from broadcaster.compat.autobahn import is_open_and_idle
+from broadcaster.compat.twisted import cap_send_buffer, is_tcp, raw_socket, tcp_unsent
+from broadcaster.compat.twisted import unsent as twisted_unsent
 
 logger = logging.getLogger(__name__)
 
@@ -38,29 +42,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # (a slow consumer's megabyte) before the connection is dropped without it. autobahn's own
 # default is 1 s, which no slow reader can meet.
 CLOSE_GRACE = 30.0
-
-# Attributes of daphne's protocol (autobahn's, and daphne's own) that hold the opening
-# handshake, each with the type whose empty value replaces it (a new one per connection).
-_HANDSHAKE_LEFTOVERS: tuple[tuple[str, type], ...] = (
-    ("http_request_data", bytes),
-    ("http_response_data", bytes),
-    ("http_headers", dict),
-    ("http_status_line", str),
-    ("http_request_params", dict),
-    ("clean_headers", list),
-)
-
-# What the direct write path uses of Twisted's TCP transport and of autobahn's protocol.
-_TRANSPORT_NEEDS = ("socket", "dataBuffer", "offset", "_tempDataLen", "setTcpNoDelay")
-_PROTOCOL_NEEDS = (
-    "state",
-    "STATE_OPEN",
-    "send_queue",
-    "closeHandshakeTimeout",
-    "failByDrop",
-    "maxMessagePayloadSize",
-    "maxFramePayloadSize",
-)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -153,60 +134,6 @@ class Link:
         reading, and the bound saw none of it. Where the socket is not reachable, nothing."""
 
 
-try:
-    from twisted.internet.tcp import Connection as _TcpConnection
-except ImportError:  # not under daphne: only AsgiLink is used
-    _TcpConnection = None
-
-
-def is_tcp(transport: Any) -> bool:
-    """Whether `transport` is Twisted's own TCP connection (not a wrapper such as TLS, whose
-    attribute lookups fall through to the TCP transport underneath)."""
-    return _TcpConnection is not None and isinstance(transport, _TcpConnection)
-
-
-def _tcp_unsent(transport: Any) -> int:
-    """What Twisted's TCP transport holds that the kernel has not taken (its two buffers)."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-def unsent_bytes(transport: Any) -> int | None:
-    """What a Twisted TCP transport holds unsent; None for any other transport (TLS)."""
-    if not is_tcp(transport) or not all(
-        hasattr(transport, n) for n in ("dataBuffer", "offset", "_tempDataLen")
-    ):
-        return None
-    return _tcp_unsent(transport)
-
-
-def twisted_unsent(transport: Any) -> int:
-    """What a Twisted transport holds unsent, down its wrappers (TLS keeps what it cannot
-    encrypt yet) to the TCP transport."""
-    total = 0
-    while transport is not None and not is_tcp(transport):
-        own = vars(transport) if hasattr(transport, "__dict__") else {}
-        total += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
-        transport = own.get("transport")
-    if transport is not None:
-        total += _tcp_unsent(transport)
-    return total
-
-
-def tcp_of(transport: Any) -> Any:
-    """The TCP transport under `transport` (itself, or under TLS), or None."""
-    while transport is not None and not is_tcp(transport):
-        transport = vars(transport).get("transport") if hasattr(transport, "__dict__") else None
-    return transport
-
-
-def cap_send_buffer(transport: Any, size: int) -> None:
-    """SO_SNDBUF = `size` on the socket under a Twisted transport, if there is one."""
-    tcp = tcp_of(transport)
-    if tcp is not None:
-        with contextlib.suppress(OSError):
-            tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-
-
 def write_now(transport: Any, sock: socket.socket, data: bytes, unsent: int) -> None:
     """Write `data` to a Twisted TCP transport: straight to its socket when nothing is queued
     ahead of it (`unsent` is 0), the rest (or all) to Twisted's buffer."""
@@ -240,7 +167,7 @@ class TwistedLink(Link):
         send_now(self.send, message)
 
     def close(self, message: dict[str, Any]) -> None:
-        self.protocol.closeHandshakeTimeout = CLOSE_GRACE
+        autobahn.set_close_grace(self.protocol, CLOSE_GRACE)
         send_now(self.send, message)
 
     def gone(self) -> bool:
@@ -250,39 +177,25 @@ class TwistedLink(Link):
     def limit_client_frames(self, max_bytes: int) -> None:
         # autobahn's options, per connection (daphne's are 1 MiB, and dropping the TCP
         # connection without a close frame: the client cannot tell what it did wrong). Only
-        # the frame limit: autobahn applies maxMessagePayloadSize to what it sends as well,
-        # so a message of several frames is still held to daphne's 1 MiB.
-        protocol = self.protocol
-        protocol.maxFramePayloadSize = max_bytes
-        protocol.failByDrop = False
+        # the frame limit: autobahn applies its message limit to what it sends as well, so a
+        # message of several frames is still held to daphne's 1 MiB.
+        autobahn.limit_client_frames(self.protocol, max_bytes)
 
     def failure(self) -> tuple[int, str] | None:
-        protocol = self.protocol
-        code = getattr(protocol, "localCloseCode", None)
-        if not getattr(protocol, "failedByMe", False) or code is None:
-            return None
-        reason = getattr(protocol, "localCloseReason", None) or b""
-        return code, reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        return autobahn.close_failure(self.protocol)
 
     def refuse(self, code: int, reason: str) -> None:
-        # autobahn's own closing handshake, which takes any code (its sendClose checks them).
-        self.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+        autobahn.send_close_frame(self.protocol, code, reason)
 
     def cap_kernel_buffer(self, size: int) -> None:
         cap_send_buffer(getattr(self.protocol, "transport", None), size)
 
     def shed_handshake(self) -> None:
         # autobahn keeps the raw request and response and the parsed headers, and daphne its
-        # own copy of the headers (the scope's list), for the connection's whole life; neither
-        # reads them once it is open (daphne's logs read only request.path). About 2 KB per
-        # connection (docs/PERFORMANCE.md).
-        protocol = self.protocol
-        for name, kind in _HANDSHAKE_LEFTOVERS:
-            if hasattr(protocol, name):
-                setattr(protocol, name, kind())
-        request = getattr(protocol, "request", None)
-        if request is not None and hasattr(request, "headers"):
-            request.headers = {}
+        # own copy of the headers, for the connection's whole life; neither reads them once it
+        # is open. About 2 KB per connection (docs/PERFORMANCE.md).
+        autobahn.shed_handshake(self.protocol)
+        daphne.shed_handshake(self.protocol)
 
 
 class DirectLink(TwistedLink):
@@ -293,26 +206,25 @@ class DirectLink(TwistedLink):
     def __init__(self, send: Send, protocol: Any, transport: Any, *, max_unsent: int) -> None:
         super().__init__(send, protocol, max_unsent=max_unsent)
         self.transport = transport
-        self.sock: socket.socket = transport.socket
+        self.sock: socket.socket = raw_socket(transport)
 
     def unsent(self) -> int:
-        return _tcp_unsent(self.transport)
+        return tcp_unsent(self.transport)
 
     def write(self, message: dict[str, Any], frame: bytes | None) -> bool:
         """The prebuilt frame straight to the socket when the connection is open and nothing
         of daphne's own is queued ahead of it; else daphne's `send`. (Link.write with the
         bound's check inlined: this runs once per client per broadcast.)"""
         transport = self.transport
-        unsent = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        if unsent > self.max_unsent:
+        held = tcp_unsent(transport)
+        if held > self.max_unsent:
             return False
-        protocol = self.protocol
-        if frame is None or protocol.state != protocol.STATE_OPEN or protocol.send_queue:
+        if frame is None or not is_open_and_idle(self.protocol):
             send_now(self.send, message)
             return True
         if transport.disconnecting or transport.disconnected:
             return True  # closing: nothing more goes out, as with daphne's own send
-        write_now(transport, self.sock, frame, unsent)
+        write_now(transport, self.sock, frame, held)
         return True
 
 
@@ -352,21 +264,15 @@ class AsgiLink(Link):
         send_now(self.send, {"type": "websocket.close", "code": code, "reason": reason})
 
 
-def _has(obj: Any, names: tuple[str, ...]) -> bool:
-    return obj is not None and all(hasattr(obj, name) for name in names)
-
-
 def link_for(send: Any, *, max_unsent: int) -> Link:
-    """The fastest link for a connection, given the `send` its server passed.
-
-    Daphne's `send` is a partial of Server.handle_reply bound to the connection's protocol.
-    """
-    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    if not _has(protocol, _PROTOCOL_NEEDS):
+    """The fastest link for a connection, given the `send` its server passed (what daphne's
+    internals it relies on were checked at start-up: broadcaster/compat/)."""
+    protocol = daphne.protocol_of(send)
+    if protocol is None:
         _say_once("other", "Receivers on this process are served through the ASGI send path (not daphne)")
         return AsgiLink(send, max_unsent=max_unsent)
     transport = getattr(protocol, "transport", None)
-    if is_tcp(transport) and _has(transport, _TRANSPORT_NEEDS):
+    if is_tcp(transport):
         return DirectLink(send, protocol, transport, max_unsent=max_unsent)
     _say_once(
         "twisted", "Receivers on this process are written through daphne's send (no raw socket, e.g. TLS)"
@@ -381,21 +287,3 @@ def _say_once(key: str, text: str) -> None:
     if key not in _said:
         _said.add(key)
         logger.warning("%s: slower fan-out; the slow-consumer bound still holds", text)
-
-
-def direct_path_problem() -> str | None:
-    """Why the direct write path cannot work with the installed Twisted and autobahn, or None.
-
-    Called once at start-up, so a release that renamed what DirectLink uses is named in the log.
-    """
-    try:
-        from autobahn.websocket.protocol import WebSocketProtocol
-    except ImportError as exc:
-        return f"cannot import {exc.name}"
-    if _TcpConnection is None:
-        return "cannot import twisted.internet.tcp"
-    missing = [f"twisted Connection.{n}" for n in ("dataBuffer", "offset", "setTcpNoDelay", "doWrite")
-               if not hasattr(_TcpConnection, n)]  # fmt: skip
-    missing += [f"autobahn WebSocketProtocol.{n}" for n in ("STATE_OPEN", "sendMessage", "sendClose")
-                if not hasattr(WebSocketProtocol, n)]  # fmt: skip
-    return ", ".join(missing) + " missing" if missing else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from broadcaster.fanout.transport import is_tcp
+from broadcaster.compat.twisted import is_tcp
 
 __all__ = ["answer", "refuse"]
 

@@ -27,6 +27,7 @@ from django.conf import settings
 
 from broadcaster import protocol
 from broadcaster.bearer import ASK_FOR_BEARER, has_bearer
+from broadcaster.compat import daphne
 from broadcaster.log_throttle import Throttle
 from broadcaster.server.answers import answer, refuse
 
@@ -70,17 +71,9 @@ def body_limit(route: bytes) -> int | None:
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE if _limit_others else None
 
 
-def _limited_request_class() -> type | None:
-    """daphne's request class with the checks, or None when the installed daphne or Twisted
-    lacks what they use (then bodies are limited by Django only, after daphne read them)."""
-    try:
-        from daphne import http_protocol
-    except ImportError:
-        return None
-    base = getattr(http_protocol, "WebRequest", None)
-    needs = ("gotLength", "handleContentChunk", "requestReceived")
-    if base is None or not all(hasattr(base, n) for n in needs):
-        return None
+def _limited_request_class(base: type) -> type:
+    """daphne's request class `base` with the checks (what they use of daphne and Twisted is
+    checked at start-up: broadcaster/compat/daphne.py)."""
 
     class LimitedRequest(base):  # type: ignore[misc, valid-type]
         """daphne's request, refusing a body over its limit before storing it."""
@@ -92,9 +85,9 @@ def _limited_request_class() -> type | None:
         def gotLength(self, length: int | None) -> None:
             route = _route(self)
             self.limit = body_limit(route)
-            method = getattr(self.channel, "_command", None)
+            line = daphne.request_line(self.channel)
             # (Django routes any spelling of the method as its upper case.)
-            post = isinstance(method, bytes) and method.upper() == b"POST"
+            post = line is not None and line[1].upper() == b"POST"
             authorization = self.requestHeaders.getRawHeaders(b"Authorization") or ()
             if _is_api(route) and post and not has_bearer(authorization):
                 self._refuse(401, "Unauthorized", ASK_FOR_BEARER, {"WWW-Authenticate": "Bearer"})
@@ -183,10 +176,10 @@ def route_of(channel: Any) -> bytes | None:
     doing so, every path gets the general limit and the API's token is checked by the view
     only (said once).
     """
-    path, method = getattr(channel, "_path", None), getattr(channel, "_command", None)
-    if not isinstance(path, bytes) or not isinstance(method, bytes):
+    line = daphne.request_line(channel)
+    if line is None:
         return None
-    target = path.split(b"?", 1)[0]
+    target = line[0].split(b"?", 1)[0]
     if not target.startswith(b"/"):  # absolute form: http://host/path
         target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
     return urllib.parse.unquote_to_bytes(target)
@@ -200,9 +193,9 @@ def _peer(request: Any) -> str:
     return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
 
-def install(*, limit_others: bool) -> str | None:
-    """Make daphne use LimitedRequest; return why it cannot, or None. The API's limit applies
-    where broadcaster.urls puts it; other bodies are limited only with `limit_others`."""
+def install(*, limit_others: bool) -> None:
+    """Make daphne use LimitedRequest. The API's limit applies where broadcaster.urls puts it;
+    other bodies are limited only with `limit_others`."""
     global _api_path, _limit_others
     from django.urls import NoReverseMatch, reverse
 
@@ -211,16 +204,4 @@ def install(*, limit_others: bool) -> str | None:
     except NoReverseMatch:
         _api_path = None  # the project did not include broadcaster.urls: no publish API
     _limit_others = limit_others
-    limited = _limited_request_class()
-    if limited is None:
-        return "the installed daphne has no WebRequest with gotLength, handleContentChunk and requestReceived"
-    from daphne import http_protocol
-
-    factory = getattr(http_protocol, "HTTPFactory", None)
-    build = getattr(getattr(factory, "buildProtocol", None), "__code__", None)
-    if build is None or "WebRequest" not in build.co_names:
-        return "daphne's HTTPFactory no longer builds requests from the module's WebRequest"
-    if not getattr(http_protocol.WebRequest, "_broadcaster_limited", False):
-        limited._broadcaster_limited = True
-        http_protocol.WebRequest = limited
-    return None
+    daphne.replace_request_class(_limited_request_class)

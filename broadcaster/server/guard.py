@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from broadcaster.fanout.transport import unsent_bytes
+from broadcaster.compat import daphne, twisted
 from broadcaster.log_throttle import Throttle
 from broadcaster.server.answers import answer, refuse
 
@@ -134,7 +134,7 @@ def _channel_class() -> type:
             if self._head_started:
                 self._refuse_now(408, "Request Timeout", TOO_SLOW)
                 return
-            unsent = unsent_bytes(self.transport)
+            unsent = twisted.unsent(self.transport) if self.transport is not None else 0
             if unsent:
                 if self._unsent is None or unsent < self._unsent:
                     self._unsent = unsent  # a slow download, still moving
@@ -196,16 +196,15 @@ def _channel_class() -> type:
             super().allContentReceived()
 
         def requestDone(self, request: Any) -> None:
-            unsent = unsent_bytes(self.transport)
             if (
-                getattr(self, "_dataBuffer", None)
-                and unsent is not None
-                and unsent > settings.BROADCAST_MAX_UNSENT_BYTES
+                twisted.has_pipelined(self)
+                and self.transport is not None
+                and twisted.unsent(self.transport) > settings.BROADCAST_MAX_UNSENT_BYTES
             ):
                 # More requests pipelined behind answers the client has not read: answering
                 # them would buffer without bound (800 pipelined GETs of a static file, 61 KB
                 # sent, held 250 MB). No browser pipelines; the connection goes.
-                self._dataBuffer = []
+                twisted.drop_pipelined(self)
                 self._refused = True
                 super().requestDone(request)
                 self.transport.abortConnection()
@@ -232,11 +231,10 @@ def install(open_file_limit: int) -> str | None:
     global _open_file_limit
     _open_file_limit = open_file_limit
     try:
-        from daphne import http_protocol
         from twisted.web import http
     except ImportError:
         return "daphne is not installed"
-    factory = getattr(http_protocol, "HTTPFactory", None)
+    factory = daphne.http_factory()
     needs = ("lineReceived", "lineLengthExceeded", "allHeadersReceived", "allContentReceived", "requestDone",
              "totalHeadersSize", "maxHeaders", "persistent")  # fmt: skip
     missing = [name for name in needs if not hasattr(http.HTTPChannel, name)]
@@ -247,9 +245,9 @@ def install(open_file_limit: int) -> str | None:
     if getattr(factory, "_broadcaster_guarded", False):
         return None
     channel = _channel_class()
-    # Twisted's own factory wraps each channel in _GenericHTTPChannelProtocol (it switches to
-    # HTTP/2 when TLS negotiates h2); the same, with the guarded channel inside.
-    generic = getattr(http, "_GenericHTTPChannelProtocol", None)
+    # Twisted's own factory wraps each channel in its generic channel (it switches to HTTP/2
+    # when TLS negotiates h2); the same, with the guarded channel inside.
+    generic = twisted.generic_channel()
 
     def build(_factory: Any) -> Any:
         return generic(channel()) if generic is not None else channel()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pprint
 import resource
-import sys
 import threading
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from broadcaster.backend import redis_client
-from broadcaster.fanout import transport
+from broadcaster.compat import autobahn, daphne, twisted
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 from broadcaster.sending import log_health
 from broadcaster.server import body_limit, drain, gc_policy, guard
@@ -38,69 +35,26 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def _dropped_debug_line() -> bool:
-    """True when the caller's caller is autobahn's `_connectionMade` and its debug line,
-    the only use of the text, will be dropped (txaio binds disabled levels to a no-op)."""
-    caller = sys._getframe(2)
-    if caller.f_code is not _CONNECTION_MADE_CODE:
-        return False
-    log = getattr(caller.f_locals.get("self"), "log", None)
-    return getattr(log, "debug", None) is _TXAIO_NO_OP
-
-
-def _pformat(obj: object, *args: Any, **kwargs: Any) -> str:
-    """autobahn's `pformat`: the same text for every caller (Timings.__str__ and the rest),
-    except an empty string for the per-connection debug line that nobody will see."""
-    if _dropped_debug_line():
-        return ""
-    return pprint.pformat(obj, *args, **kwargs)
-
-
-_CONNECTION_MADE_CODE: Any = None
-_TXAIO_NO_OP: Any = None
-
-
-def _lazy_autobahn_debug_text() -> bool:
-    """Skip autobahn's per-connection debug text when it would be dropped; True if changed.
-
-    On every new connection autobahn pretty-prints its whole configuration for a debug log
-    line (`WebSocketProtocol._connectionMade`), eagerly, though the line is dropped unless
-    debug logging is on: py-spy put it at 19% of daphne's CPU during a connect storm. Its
-    module calls `pformat` by that global name; the stand-in returns a real string to every
-    caller, and the same text unless the caller is that dropped line. (autobahn 26.10,
-    txaio 26.6; feature-detected, so a release without these names is left alone.)
-    """
-    global _CONNECTION_MADE_CODE, _TXAIO_NO_OP
-    try:
-        from autobahn.websocket import protocol as autobahn_protocol
-        from txaio import tx as txaio_tx
-    except ImportError:
-        return False
-    connection_made = getattr(autobahn_protocol.WebSocketProtocol, "_connectionMade", None)
-    no_op = getattr(txaio_tx, "_no_op", None)
-    if getattr(autobahn_protocol, "pformat", None) is not pprint.pformat or connection_made is None:
-        return False
-    if no_op is None:
-        return False
-    _CONNECTION_MADE_CODE, _TXAIO_NO_OP = connection_made.__code__, no_op
-    autobahn_protocol.pformat = _pformat  # type: ignore[attr-defined]
-    return True
-
-
-def check_write_path() -> None:
-    """Say once, at start-up, when the installed Twisted or autobahn rules out direct writes."""
-    problem = transport.direct_path_problem()
-    if problem is not None:
-        logger.warning("Direct frame writes unavailable (%s): slower fan-out; the slow-consumer "
-                       "bound still holds", problem)  # fmt: skip
+def check_dependencies() -> None:
+    """Under daphne, refuse to start when the installed Twisted, autobahn or daphne lacks an
+    internal the server relies on (broadcaster/compat/): without them the slow-consumer bound
+    or the request body limit would not hold, which no fallback replaces."""
+    if not daphne.serving():
+        return
+    problems = [found for found in (twisted.problem(), autobahn.problem(), daphne.problem()) if found]
+    if problems:
+        message = (
+            f"This server cannot run with the installed packages: {'; '.join(problems)}. "
+            "Install the versions pinned in requirements.txt."
+        )
+        logger.critical(message)
+        raise SystemExit(message)
 
 
 def limit_request_bodies(*, all_bodies: bool) -> None:
     """Refuse oversized request bodies before daphne stores them (broadcaster/server/body_limit.py):
     the publish API's always, every other path's too with `all_bodies`."""
-    problem = body_limit.install(limit_others=all_bodies)
-    if problem is not None:
-        logger.warning("Request bodies are limited only after daphne has read them: %s", problem)
+    body_limit.install(limit_others=all_bodies)
 
 
 def guard_connections(open_file_limit: int) -> None:
@@ -166,14 +120,14 @@ def prepare_server(*, limit_all_bodies: bool = False) -> None:
     """Called when the ASGI application is imported by daphne or runserver (through
     broadcaster.asgi.with_broadcasts)."""
     gc_policy.configure()
-    _lazy_autobahn_debug_text()
+    check_dependencies()
+    autobahn.lazy_debug_text()
     limit = raise_open_file_limit()
     ceiling = admission.configure(limit)
     logger.info("Open-file limit %d; at most %d receivers (BROADCAST_MAX_CONNECTIONS)", limit, ceiling)
     # Starts the embedded Redis now when it is the one in use, so a problem shows at start-up.
     redis_client.redis_url()
     logger.info("Using Redis at %s", redis_client.display_url())
-    check_write_path()
     log_health.check_at_start()
     limit_request_bodies(all_bodies=limit_all_bodies)
     guard_connections(limit)

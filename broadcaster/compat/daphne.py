@@ -1,0 +1,132 @@
+"""daphne's internals: the connection behind a receiver's `send`, its own copy of the handshake
+headers, the request class its HTTP factory builds (the body limit replaces it), and the
+request line Twisted keeps while a body arrives (see the package docstring)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["USES", "http_factory", "problem", "protocol_of", "replace_request_class", "request_line",
+           "serving", "shed_handshake"]  # fmt: skip
+
+USES: dict[str, tuple[str, ...]] = {
+    # A receiver's `send` is functools.partial(Server.handle_reply, protocol).
+    "daphne.server.Server.create_application": ("handle_reply",),
+    # Its copy of the handshake headers, on the WebSocket protocol and its request.
+    "daphne.ws_protocol.WebSocketProtocol": ("clean_headers", "request"),
+    # The request class HTTPFactory.buildProtocol gives each channel, by its module global name.
+    "daphne.http_protocol": ("WebRequest", "HTTPFactory"),
+    # The request line twisted.web's HTTPChannel keeps while the body arrives.
+    "twisted.web.http.HTTPChannel (per request)": ("_path", "_command"),
+}
+
+
+def protocol_of(send: Any) -> Any:
+    """The daphne connection (autobahn's protocol) a `send` is bound to, or None when `send`
+    is not daphne's."""
+    if isinstance(send, functools.partial) and send.args and _is_handle_reply(send.func):
+        return send.args[0]
+    return None
+
+
+def _is_handle_reply(func: Any) -> bool:
+    try:
+        from daphne.server import Server
+    except ImportError:
+        return False
+    return getattr(func, "__func__", None) is Server.handle_reply
+
+
+def serving() -> bool:
+    """Whether this process is a daphne server (its command line, or `manage.py runserver`,
+    which is daphne's), not another ASGI server that imported the application."""
+    ways = ("daphne.cli", "daphne.management.commands.runserver", "daphne.testing")
+    return any(way in sys.modules for way in ways)
+
+
+def shed_handshake(protocol: Any) -> None:
+    """Drop daphne's own copy of the handshake headers (the scope's list, and the request's)
+    once the connection is open: daphne's logs read only request.path."""
+    if hasattr(protocol, "clean_headers"):
+        protocol.clean_headers = []
+    request = getattr(protocol, "request", None)
+    if request is not None and hasattr(request, "headers"):
+        request.headers = {}
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes] | None:
+    """(path, method) of the request whose head an HTTP channel is reading, or None if
+    Twisted does not keep them."""
+    path, method = getattr(channel, "_path", None), getattr(channel, "_command", None)
+    if not isinstance(path, bytes) or not isinstance(method, bytes):
+        return None
+    return path, method
+
+
+def http_factory() -> Any:
+    """daphne's HTTP factory class."""
+    from daphne import http_protocol
+
+    return http_protocol.HTTPFactory
+
+
+def request_class() -> type:
+    """The request class daphne builds for each HTTP request."""
+    from daphne import http_protocol
+
+    cls: type = http_protocol.WebRequest
+    return cls
+
+
+def replace_request_class(make: Callable[[type], type]) -> None:
+    """Make daphne build its requests from `make(its own request class)` (once per process;
+    nothing without daphne)."""
+    try:
+        from daphne import http_protocol
+    except ImportError:
+        return
+
+    if not getattr(http_protocol.WebRequest, "_broadcaster_replaced", False):
+        replacement = make(http_protocol.WebRequest)
+        replacement._broadcaster_replaced = True  # type: ignore[attr-defined]
+        http_protocol.WebRequest = replacement
+
+
+def _names(function: Any) -> tuple[str, ...]:
+    return tuple(getattr(getattr(function, "__code__", None), "co_names", ()))
+
+
+def _version() -> str:
+    try:
+        import daphne
+    except ImportError:
+        return "daphne (not installed)"
+    return f"daphne {daphne.__version__}"
+
+
+def problem() -> str | None:
+    """What the installed daphne (and twisted.web under it) lacks of `USES`, in words naming
+    its version, or None: each name is looked for where daphne or Twisted sets or reads it."""
+    try:
+        from daphne import http_protocol, server, ws_protocol
+        from twisted.web import http
+    except ImportError as exc:
+        return f"{_version()}: cannot import {exc.name}"
+    missing = []
+    if "handle_reply" not in _names(server.Server.create_application):
+        missing.append("Server.create_application's send=partial(handle_reply, protocol)")
+    if "clean_headers" not in _names(ws_protocol.WebSocketProtocol.onConnect):
+        missing.append("WebSocketProtocol.clean_headers")
+    request = getattr(http_protocol, "WebRequest", None)
+    needs = ("gotLength", "handleContentChunk", "requestReceived")
+    if request is None or not all(hasattr(request, name) for name in needs):
+        missing.append(f"http_protocol.WebRequest with {', '.join(needs)}")
+    factory = getattr(http_protocol, "HTTPFactory", None)
+    if factory is None or "WebRequest" not in _names(getattr(factory, "buildProtocol", None)):
+        missing.append("HTTPFactory.buildProtocol building the module's WebRequest")
+    if not {"_path", "_command"} <= set(_names(http.HTTPChannel.lineReceived)):
+        missing.append("twisted.web HTTPChannel._path and _command")
+    return f"{_version()} lacks {', '.join(missing)}" if missing else None
