@@ -206,7 +206,8 @@ async def test_a_broadcast_whose_row_cannot_be_written_is_refused_and_nothing_is
     and the next broadcast goes out."""
     prefix, where = _private_database(tmp_path)
     token = create_token("db-rule", env=base_env(redis_url, tmp_path / "var"))  # (before the copy)
-    env = base_env(redis_url, tmp_path / "var", DATABASE_URL=f"sqlite:///{where}/db.sqlite3")
+    # A 2 s lock wait (20 s by default): the locked case's refusal comes sooner.
+    env = base_env(redis_url, tmp_path / "var", DATABASE_URL=f"sqlite:///{where}/db.sqlite3?timeout=2")
     server = Daphne(env=env, log=tmp_path / "daphne.log", prefix=prefix).start()
     try:
         assert server.proc is not None
@@ -244,7 +245,7 @@ async def test_a_broadcast_whose_row_cannot_be_written_is_refused_and_nothing_is
             await listener.wait_for(lambda c: text in c.messages(), timeout=20, what=text)
 
         counted = failures()
-        # Locked: another process holds an exclusive lock (SQLite waits 5 s, then refuses).
+        # Locked: another process holds an exclusive lock (SQLite waits its 2 s, then refuses).
         lock = (
             "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
             "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.read()"
