@@ -21,6 +21,9 @@ USES: dict[str, tuple[str, ...]] = {
     "daphne.http_protocol": ("WebRequest", "HTTPFactory"),
     # The request line twisted.web's HTTPChannel keeps while the body arrives.
     "twisted.web.http.HTTPChannel (per request)": ("_path", "_command"),
+    # What `manage.py runserver` (broadcaster/management/commands/runserver.py) overrides.
+    "daphne.management.commands.runserver.Command": ("server_cls",),
+    "daphne.server.Server": ("listen_error",),
 }
 
 
@@ -129,4 +132,8 @@ def problem() -> str | None:
         missing.append("HTTPFactory.buildProtocol building the module's WebRequest")
     if not {"_path", "_command"} <= set(_names(http.HTTPChannel.lineReceived)):
         missing.append("twisted.web HTTPChannel._path and _command")
+    from daphne.management.commands import runserver
+
+    if "server_cls" not in _names(runserver.Command.inner_run) or not hasattr(server.Server, "listen_error"):
+        missing.append("runserver Command.server_cls and Server.listen_error")
     return f"{_version()} lacks {', '.join(missing)}" if missing else None
