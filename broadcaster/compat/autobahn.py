@@ -8,6 +8,8 @@ import pprint
 import sys
 from typing import Any
 
+from broadcaster.compat.probe import code_names, version
+
 __all__ = [
     "USES", "close_failure", "is_open_and_idle", "lazy_debug_text", "limit_client_frames", "problem",
     "send_close_frame", "set_close_grace", "shed_handshake",
@@ -137,17 +139,8 @@ def lazy_debug_text() -> bool:
     return True
 
 
-def _names(function: Any) -> tuple[str, ...]:
-    """The global and attribute names a function's code uses."""
-    return tuple(getattr(getattr(function, "__code__", None), "co_names", ()))
-
-
 def _version() -> str:
-    try:
-        import autobahn
-    except ImportError:
-        return "autobahn (not installed)"
-    return f"autobahn {autobahn.__version__}"
+    return version("autobahn", "autobahn")
 
 
 def problem() -> str | None:
@@ -160,14 +153,14 @@ def problem() -> str | None:
         return f"{_version()}: cannot import {exc.name}"
     cls = autobahn_protocol.WebSocketProtocol
     missing = [f"WebSocketProtocol.{name}" for name in USES["WebSocketProtocol"] if not hasattr(cls, name)]
-    made = _names(getattr(cls, "_connectionMade", None))
+    made = code_names(getattr(cls, "_connectionMade", None))
     missing += [f"{name} (set per connection)" for name in USES["WebSocketProtocol (per connection)"]
                 if name not in made]  # fmt: skip
     server = autobahn_protocol.WebSocketServerProtocol
     options = set(getattr(server, "CONFIG_ATTRS", ()))
     missing += [f"option {name}" for name in USES["WebSocketProtocol.CONFIG_ATTRS"] if name not in options]
     # Set by the server's handshake (the response, where it is sent).
-    handshake = {*_names(server.processHandshake), *_names(getattr(server, "sendServerStatus", None)),
-                 *(name for member in vars(server).values() for name in _names(member))}  # fmt: skip
+    handshake = {*code_names(server.processHandshake), *code_names(getattr(server, "sendServerStatus", None)),
+                 *(name for member in vars(server).values() for name in code_names(member))}  # fmt: skip
     missing += [f"handshake {name}" for name, _ in _HANDSHAKE if name not in handshake]
     return f"{_version()} lacks {', '.join(missing)}" if missing else None

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from broadcaster.compat.probe import code_names, version
+
 __all__ = ["USES", "http_factory", "problem", "protocol_of", "replace_request_class", "request_line",
            "serving", "shed_handshake"]  # fmt: skip
 
@@ -98,16 +100,8 @@ def replace_request_class(make: Callable[[type], type]) -> None:
         http_protocol.WebRequest = replacement
 
 
-def _names(function: Any) -> tuple[str, ...]:
-    return tuple(getattr(getattr(function, "__code__", None), "co_names", ()))
-
-
 def _version() -> str:
-    try:
-        import daphne
-    except ImportError:
-        return "daphne (not installed)"
-    return f"daphne {daphne.__version__}"
+    return version("daphne", "daphne")
 
 
 def problem() -> str | None:
@@ -119,21 +113,23 @@ def problem() -> str | None:
     except ImportError as exc:
         return f"{_version()}: cannot import {exc.name}"
     missing = []
-    if "handle_reply" not in _names(server.Server.create_application):
+    if "handle_reply" not in code_names(server.Server.create_application):
         missing.append("Server.create_application's send=partial(handle_reply, protocol)")
-    if "clean_headers" not in _names(ws_protocol.WebSocketProtocol.onConnect):
+    if "clean_headers" not in code_names(ws_protocol.WebSocketProtocol.onConnect):
         missing.append("WebSocketProtocol.clean_headers")
     request = getattr(http_protocol, "WebRequest", None)
     needs = ("gotLength", "handleContentChunk", "requestReceived")
     if request is None or not all(hasattr(request, name) for name in needs):
         missing.append(f"http_protocol.WebRequest with {', '.join(needs)}")
     factory = getattr(http_protocol, "HTTPFactory", None)
-    if factory is None or "WebRequest" not in _names(getattr(factory, "buildProtocol", None)):
+    if factory is None or "WebRequest" not in code_names(getattr(factory, "buildProtocol", None)):
         missing.append("HTTPFactory.buildProtocol building the module's WebRequest")
-    if not {"_path", "_command"} <= set(_names(http.HTTPChannel.lineReceived)):
+    if not {"_path", "_command"} <= set(code_names(http.HTTPChannel.lineReceived)):
         missing.append("twisted.web HTTPChannel._path and _command")
     from daphne.management.commands import runserver
 
-    if "server_cls" not in _names(runserver.Command.inner_run) or not hasattr(server.Server, "listen_error"):
+    if "server_cls" not in code_names(runserver.Command.inner_run) or not hasattr(
+        server.Server, "listen_error"
+    ):
         missing.append("runserver Command.server_cls and Server.listen_error")
     return f"{_version()} lacks {', '.join(missing)}" if missing else None

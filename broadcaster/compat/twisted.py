@@ -7,6 +7,8 @@ import contextlib
 import socket
 from typing import Any
 
+from broadcaster.compat.probe import version
+
 __all__ = [
     "USES", "cap_send_buffer", "drop_pipelined", "generic_channel", "has_pipelined", "is_tcp", "problem",
     "raw_socket", "tcp_of", "tcp_unsent", "unsent",
@@ -102,11 +104,7 @@ class _NoReactor:
 
 
 def _version() -> str:
-    try:
-        import twisted
-    except ImportError:
-        return "Twisted (not installed)"
-    return f"Twisted {twisted.__version__}"
+    return version("twisted", "Twisted")
 
 
 def problem() -> str | None:
