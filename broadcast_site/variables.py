@@ -8,6 +8,7 @@ README's configuration table. After editing it run `make settings-docs`; a test
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from broadcaster.conf import APP_SETTINGS, Setting
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVELS = tuple(logging.getLevelNamesMapping())  # what logging takes by name (WARN, NOTSET too)
 
 # Read by broadcast_site/settings.py, before the app's settings.
 # fmt: off
@@ -56,7 +57,8 @@ SITE_SETTINGS: tuple[Setting, ...] = (
 # fmt: off
 OTHER_SETTINGS: tuple[Setting, ...] = (
     Setting("BROADCAST_LOG_LEVEL", "INFO", "level of the `broadcaster` loggers (connect, disconnect, each "
-            "broadcast)", choices=_LOG_LEVELS),
+            "broadcast): a level name of Python's logging, such as `DEBUG` or `WARNING`",
+            choices=_LOG_LEVELS),
     Setting("BROADCAST_RECEIVER_TOKEN", "", "`manage.py listen`'s receiver token, when `--token` is not "
             "given", shown="unset"),
     Setting("REDIS_SERVER_BIN", "", "the binary for the embedded Redis (and the tests' Redis)",

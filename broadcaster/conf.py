@@ -50,6 +50,10 @@ class Setting:
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with `value` as this setting's value, in words; None when nothing is."""
+        if value is None and self.kind is str and self.default == "":
+            return None  # unset, as the app reads it (a password from os.environ.get())
+        if self.kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1e6
         numeric = {int: (int,), float: (int, float)}.get(self.kind)
         wanted = numeric or (self.kind,)
         if (isinstance(value, bool) and self.kind is not bool) or not isinstance(value, wanted):

@@ -76,3 +76,14 @@ def test_a_renamed_internal_refuses_to_start_naming_the_package(redis_url, tmp_p
     assert f"This server cannot run with the installed packages: {expected}" in done.stderr, done.stderr
     assert "Install the versions pinned in requirements.txt." in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.integration  # runs manage.py runserver
+def test_runserver_with_a_renamed_internal_exits_instead_of_serving_nothing(redis_url, tmp_path):
+    """runserver loads the application in its autoreloader's thread: the refusal must still end
+    the process (status 1), not only that thread."""
+    env = base_env(redis_url, tmp_path / "var", DJANGO_SETTINGS_MODULE="tests.settings_renamed_twisted")
+    done = subprocess.run([sys.executable, "manage.py", "runserver", f"127.0.0.1:{free_port()}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "This server cannot run with the installed packages: Twisted" in done.stderr, done.stderr

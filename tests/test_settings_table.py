@@ -114,6 +114,9 @@ def test_an_embedding_projects_value_out_of_bounds_is_a_system_check_error():
         BROADCAST_PRESENCE_TTL=5, BROADCAST_MAX_LENGTH=variables.BY_NAME["BROADCAST_MAX_LENGTH"].maximum
     ):
         assert checks.check_settings() == []  # an int where a number is wanted; the maximum itself
+    # Unset secrets read with os.environ.get(), and a whole number written as a float.
+    with override_settings(REDIS_PASSWORD=None, BROADCAST_METRICS_TOKEN=None, BROADCAST_MAX_UNSENT_BYTES=1e6):
+        assert checks.check_settings() == []
 
 
 def test_the_makefiles_defaults_are_the_tables():

@@ -11,7 +11,8 @@ from typing import Any
 from broadcaster.compat.probe import code_names, version
 
 __all__ = [
-    "USES", "close_failure", "is_open_and_idle", "lazy_debug_text", "limit_client_frames", "problem",
+    "USES", "close_failure", "is_open_and_idle", "lazy_debug_text", "limit_client_frames", "optional_problem",
+    "problem",
     "send_close_frame", "set_close_grace", "shed_handshake",
 ]  # fmt: skip
 
@@ -143,10 +144,15 @@ def _version() -> str:
     return version("autobahn", "autobahn")
 
 
+# Needed for a correct write path and the slow-consumer close; the rest (the close reason a
+# client is told, the handshake memory) only costs something when missing.
+_REQUIRED_PER_CONNECTION = ("state", "send_queue")
+
+
 def problem() -> str | None:
-    """What the installed autobahn lacks of `USES` (not counting the optional debug-text names),
-    in words naming its version, or None. The names set per connection are checked in what
-    sets them (`_connectionMade`, and the handshake parser)."""
+    """What the installed autobahn lacks that the write path and the closes need, in words
+    naming its version, or None. The names set per connection are looked for in what sets
+    them (`_connectionMade`)."""
     try:
         from autobahn.websocket import protocol as autobahn_protocol
     except ImportError as exc:
@@ -154,11 +160,26 @@ def problem() -> str | None:
     cls = autobahn_protocol.WebSocketProtocol
     missing = [f"WebSocketProtocol.{name}" for name in USES["WebSocketProtocol"] if not hasattr(cls, name)]
     made = code_names(getattr(cls, "_connectionMade", None))
-    missing += [f"{name} (set per connection)" for name in USES["WebSocketProtocol (per connection)"]
-                if name not in made]  # fmt: skip
+    missing += [f"{name} (set per connection)" for name in _REQUIRED_PER_CONNECTION if name not in made]
     server = autobahn_protocol.WebSocketServerProtocol
     options = set(getattr(server, "CONFIG_ATTRS", ()))
     missing += [f"option {name}" for name in USES["WebSocketProtocol.CONFIG_ATTRS"] if name not in options]
+    return f"{_version()} lacks {', '.join(missing)}" if missing else None
+
+
+def optional_problem() -> str | None:
+    """What the installed autobahn lacks that only costs something (the reason a client whose
+    frame was refused is told, the handshake's memory per connection), or None."""
+    try:
+        from autobahn.websocket import protocol as autobahn_protocol
+    except ImportError as exc:
+        return f"{_version()}: cannot import {exc.name}"
+    made = code_names(getattr(autobahn_protocol.WebSocketProtocol, "_connectionMade", None))
+    optional = [
+        name for name in USES["WebSocketProtocol (per connection)"] if name not in _REQUIRED_PER_CONNECTION
+    ]
+    missing = [f"{name} (set per connection)" for name in optional if name not in made]
+    server = autobahn_protocol.WebSocketServerProtocol
     # Set by the server's handshake (the response, where it is sent).
     handshake = {*code_names(server.processHandshake), *code_names(getattr(server, "sendServerStatus", None)),
                  *(name for member in vars(server).values() for name in code_names(member))}  # fmt: skip

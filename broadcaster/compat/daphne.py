@@ -11,8 +11,8 @@ from typing import Any
 
 from broadcaster.compat.probe import code_names, version
 
-__all__ = ["USES", "http_factory", "problem", "protocol_of", "replace_request_class", "request_line",
-           "serving", "shed_handshake"]  # fmt: skip
+__all__ = ["USES", "http_factory", "mark_unusable", "optional_problem", "problem", "protocol_of",
+           "replace_request_class", "request_line", "serving", "shed_handshake"]  # fmt: skip
 
 USES: dict[str, tuple[str, ...]] = {
     # A receiver's `send` is functools.partial(Server.handle_reply, protocol).
@@ -29,10 +29,21 @@ USES: dict[str, tuple[str, ...]] = {
 }
 
 
+# False once start-up found this daphne without what its fast paths need, in a process that
+# is not known to be a daphne server (one is refused instead): receivers then go through the
+# plain ASGI send path.
+_usable = True
+
+
+def mark_unusable() -> None:
+    global _usable
+    _usable = False
+
+
 def protocol_of(send: Any) -> Any:
-    """The daphne connection (autobahn's protocol) a `send` is bound to, or None when `send`
-    is not daphne's."""
-    if isinstance(send, functools.partial) and send.args and _is_handle_reply(send.func):
+    """The daphne connection a `send` is bound to (autobahn's protocol, or a twisted.web
+    request for an HTTP response), or None when `send` is not daphne's."""
+    if _usable and isinstance(send, functools.partial) and send.args and _is_handle_reply(send.func):
         return send.args[0]
     return None
 
@@ -108,15 +119,13 @@ def problem() -> str | None:
     """What the installed daphne (and twisted.web under it) lacks of `USES`, in words naming
     its version, or None: each name is looked for where daphne or Twisted sets or reads it."""
     try:
-        from daphne import http_protocol, server, ws_protocol
+        from daphne import http_protocol, server
         from twisted.web import http
     except ImportError as exc:
         return f"{_version()}: cannot import {exc.name}"
     missing = []
     if "handle_reply" not in code_names(server.Server.create_application):
         missing.append("Server.create_application's send=partial(handle_reply, protocol)")
-    if "clean_headers" not in code_names(ws_protocol.WebSocketProtocol.onConnect):
-        missing.append("WebSocketProtocol.clean_headers")
     request = getattr(http_protocol, "WebRequest", None)
     needs = ("gotLength", "handleContentChunk", "requestReceived")
     if request is None or not all(hasattr(request, name) for name in needs):
@@ -126,10 +135,22 @@ def problem() -> str | None:
         missing.append("HTTPFactory.buildProtocol building the module's WebRequest")
     if not {"_path", "_command"} <= set(code_names(http.HTTPChannel.lineReceived)):
         missing.append("twisted.web HTTPChannel._path and _command")
-    from daphne.management.commands import runserver
+    return f"{_version()} lacks {', '.join(missing)}" if missing else None
 
+
+def optional_problem() -> str | None:
+    """What the installed daphne lacks that only costs something (memory per connection, the
+    development server's exit when it cannot listen), or None."""
+    missing = []
+    try:
+        from daphne import server, ws_protocol
+        from daphne.management.commands import runserver
+    except ImportError as exc:
+        return f"{_version()}: cannot import {exc.name}"
+    if "clean_headers" not in code_names(ws_protocol.WebSocketProtocol.onConnect):
+        missing.append("WebSocketProtocol.clean_headers (kept per connection)")
     if "server_cls" not in code_names(runserver.Command.inner_run) or not hasattr(
         server.Server, "listen_error"
     ):
-        missing.append("runserver Command.server_cls and Server.listen_error")
+        missing.append("runserver Command.server_cls and Server.listen_error (runserver's exit status)")
     return f"{_version()} lacks {', '.join(missing)}" if missing else None

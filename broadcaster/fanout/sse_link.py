@@ -22,6 +22,7 @@ import random
 from typing import Any
 
 from broadcaster import protocol
+from broadcaster.compat import daphne
 from broadcaster.compat.twisted import cap_send_buffer, is_tcp, raw_socket
 from broadcaster.compat.twisted import unsent as twisted_unsent
 from broadcaster.fanout.transport import CLOSE_GRACE, AsgiLink, Send, send_now, write_now
@@ -159,7 +160,7 @@ class DaphneSseLink(SseLink):
 def sse_link_for(send: Any, *, max_unsent: int) -> SseLink:
     """The link for an SSE response, given the `send` its server passed (daphne's is a partial
     of Server.handle_reply bound to the connection's twisted.web Request)."""
-    request = getattr(send, "args", (None,))[0] if getattr(send, "args", None) else None
+    request = daphne.protocol_of(send)
     if request is not None and hasattr(request, "startedWriting") and hasattr(request, "transport"):
         return DaphneSseLink(send, request, max_unsent=max_unsent)
     return SseLink(send, max_unsent=max_unsent)

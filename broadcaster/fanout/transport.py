@@ -214,7 +214,8 @@ class DirectLink(TwistedLink):
     def write(self, message: dict[str, Any], frame: bytes | None) -> bool:
         """The prebuilt frame straight to the socket when the connection is open and nothing
         of daphne's own is queued ahead of it; else daphne's `send`. (Link.write with the
-        bound's check inlined: this runs once per client per broadcast.)"""
+        bound's check done here, on the count it needs anyway: this runs once per client per
+        broadcast.)"""
         transport = self.transport
         held = tcp_unsent(transport)
         if held > self.max_unsent:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
+import sys
 import threading
 
 from redis.exceptions import RedisError
@@ -36,19 +38,39 @@ def raise_open_file_limit() -> int:
 
 
 def check_dependencies() -> None:
-    """Under daphne, refuse to start when the installed Twisted, autobahn or daphne lacks an
-    internal the server relies on (broadcaster/compat/): without them the slow-consumer bound
-    or the request body limit would not hold, which no fallback replaces."""
-    if not daphne.serving():
-        return
+    """Check the internals of Twisted, autobahn and daphne the server relies on
+    (broadcaster/compat/). Under daphne, refuse to start when one the slow-consumer bound or
+    the request body limit needs is missing: no fallback replaces them. In another process
+    (another ASGI server imported the application), say so and keep daphne's fast paths off.
+    What only costs something when missing is said once."""
+    try:
+        import daphne as _  # noqa: F401
+    except ImportError:
+        return  # not installed: no daphne path is ever taken
     problems = [found for found in (twisted.problem(), autobahn.problem(), daphne.problem()) if found]
-    if problems:
-        message = (
-            f"This server cannot run with the installed packages: {'; '.join(problems)}. "
-            "Install the versions pinned in requirements.txt."
-        )
-        logger.critical(message)
-        raise SystemExit(message)
+    for notice in (autobahn.optional_problem(), daphne.optional_problem()):
+        if notice:
+            logger.warning(
+                "%s: the server runs, at some cost; install the versions in requirements.txt", notice
+            )
+    if not problems:
+        return
+    message = (
+        f"This server cannot run with the installed packages: {'; '.join(problems)}. "
+        "Install the versions pinned in requirements.txt."
+    )
+    if not daphne.serving():
+        logger.error("%s (Receivers under daphne in this process would use the plain ASGI path.)", message)
+        daphne.mark_unusable()
+        return
+    logger.critical(message)
+    if threading.current_thread() is not threading.main_thread():
+        # `manage.py runserver` imports the application in the autoreloader's thread, where
+        # SystemExit would end the thread only: the process would go on serving nothing.
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        os._exit(1)
+    raise SystemExit(message)
 
 
 def limit_request_bodies(*, all_bodies: bool) -> None:
