@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.support import ROOT, Client, base_env, free_port, manage
+from broadcaster.backend.embedded_redis import server_binary
+from tests.support import ROOT, Client, Daphne, RedisServer, base_env, free_port, manage, wait_until
 
 
 async def _broadcast_reaches_two_clients(server, env) -> None:
@@ -55,3 +56,28 @@ def test_fast_path_that_is_never_reached_refuses_to_start(redis_url, tmp_path):
     assert done.returncode == 1
     assert "did not reach the channel layer's fan-out fast path: receivers would get nothing" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.integration  # starts daphne and redis-server
+@pytest.mark.parametrize("settings", ["broadcast_site.settings", "tests.settings_silent_fast_path"])
+def test_redis_down_at_start_up_the_fast_path_is_verified_once_it_answers(tmp_path, settings):
+    """A server started while Redis is down cannot check the fast path then: it checks once
+    Redis answers, and a fast path that is never reached ends the process (status 1) instead
+    of serving receivers nothing."""
+    redis_server = RedisServer(binary=server_binary(), port=free_port(), workdir=tmp_path)
+    env = base_env(redis_server.url, tmp_path / "var", DJANGO_SETTINGS_MODULE=settings)
+    server = Daphne(env=env, log=tmp_path / "daphne.log").start()
+    try:
+        assert "Could not verify the fan-out fast path at start-up (Redis unreachable" in server.log()
+        redis_server.start()
+        if settings == "broadcast_site.settings":
+            wait_until(lambda: "Fan-out fast path verified through Redis (after start-up" in server.log(),
+                       timeout=30, what="the fast path verified")  # fmt: skip
+            assert server.proc is not None and server.proc.poll() is None
+        else:
+            assert server.proc is not None
+            assert server.proc.wait(timeout=30) == 1
+            assert "did not reach the channel layer's fan-out fast path" in server.log()
+    finally:
+        server.stop()
+        redis_server.stop()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from typing import Any
 
 from broadcaster.compat.probe import version
 
 __all__ = [
     "USES", "cap_send_buffer", "drop_pipelined", "generic_channel", "has_pipelined", "is_tcp", "problem",
-    "raw_socket", "tcp_of", "tcp_unsent", "unsent",
+    "raw_socket", "running_reactor", "tcp_of", "tcp_unsent", "unsent",
 ]  # fmt: skip
 
 USES: dict[str, tuple[str, ...]] = {
@@ -73,6 +74,15 @@ def cap_send_buffer(transport: Any, size: int) -> None:
     if tcp is not None:
         with contextlib.suppress(OSError):
             tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def running_reactor() -> Any:
+    """Twisted's reactor when one is installed (daphne installs it); never installs one."""
+    if "twisted.internet.reactor" not in sys.modules:
+        return None
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def has_pipelined(channel: Any) -> bool:

@@ -28,12 +28,13 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
 
 from django.conf import settings
+
+from broadcaster.compat.twisted import running_reactor
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Drain:
     def install(self) -> bool:
         """Take over SIGTERM from Twisted (call in the reactor's thread once it runs); False
         when there is no running Twisted reactor (another ASGI server)."""
-        reactor = _reactor()
+        reactor = running_reactor()
         if reactor is None or not reactor.running:
             return False
         if threading.current_thread() is not threading.main_thread():
@@ -77,7 +78,7 @@ class Drain:
 
     def start(self) -> None:
         """Begin the drain (in the event loop's thread)."""
-        reactor = _reactor()
+        reactor = running_reactor()
         if self.draining:
             logger.warning("Second SIGTERM while draining: stopping now")
             if reactor is not None:
@@ -126,15 +127,6 @@ class Drain:
             reactor.stop()
 
 
-def _reactor() -> Any:
-    """Twisted's reactor when it is the one in use (daphne installs it); never installs one."""
-    if "twisted.internet.reactor" not in sys.modules:
-        return None
-    from twisted.internet import reactor
-
-    return reactor
-
-
 def _port_is_shared() -> bool:
     """Whether other workers listen on this process's port (broadcaster/server/reuseport.py says so)."""
     try:
@@ -158,6 +150,6 @@ drain = Drain()
 
 def install_when_running() -> None:
     """Arrange for `drain.install()` once the reactor runs (after Twisted's own handlers)."""
-    reactor = _reactor()
+    reactor = running_reactor()
     if reactor is not None:
         reactor.callWhenRunning(lambda: reactor.callLater(0, drain.install))

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from broadcaster.backend import redis_client
 from broadcaster.compat import autobahn, daphne, twisted
+from broadcaster.compat.twisted import running_reactor
 from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast_path
 from broadcaster.sending import log_health
 from broadcaster.server import body_limit, drain, gc_policy, guard
@@ -63,14 +64,7 @@ def check_dependencies() -> None:
         logger.error("%s (Receivers under daphne in this process would use the plain ASGI path.)", message)
         daphne.mark_unusable()
         return
-    logger.critical(message)
-    if threading.current_thread() is not threading.main_thread():
-        # `manage.py runserver` imports the application in the autoreloader's thread, where
-        # SystemExit would end the thread only: the process would go on serving nothing.
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-        os._exit(1)
-    raise SystemExit(message)
+    _refuse(message)
 
 
 def limit_request_bodies(*, all_bodies: bool) -> None:
@@ -125,17 +119,68 @@ def check_channel_layer() -> None:
     if result is True:
         logger.info("Fan-out fast path verified through Redis")
     elif isinstance(result, (RedisError, OSError)):
-        logger.warning("Could not verify the fan-out fast path at start-up (Redis unreachable: %s)", result)
+        logger.warning("Could not verify the fan-out fast path at start-up (Redis unreachable: %s); "
+                       "it is verified once Redis answers", result)  # fmt: skip
+        _verify_when_redis_answers(layer)
     elif isinstance(result, BaseException):
         raise result
     else:
-        message = (
-            "A broadcast sent through Redis did not reach the channel layer's fan-out fast "
-            "path: receivers would get nothing. The installed channels-redis does not behave "
-            "as the pinned version does; install the version in requirements.txt."
-        )
-        logger.critical(message)
-        raise SystemExit(message)
+        _refuse(FAST_PATH_UNREACHED)
+
+
+FAST_PATH_UNREACHED = (
+    "A broadcast sent through Redis did not reach the channel layer's fan-out fast "
+    "path: receivers would get nothing. The installed channels-redis does not behave "
+    "as the pinned version does; install the version in requirements.txt."
+)
+# How often a process that could not verify the fast path at start-up tries again.
+VERIFY_RETRY = 2.0
+_later: set[asyncio.Task[None]] = set()
+
+
+def _verify_when_redis_answers(layer: FanoutChannelLayer) -> None:
+    """Verify the fast path once the reactor runs and Redis answers; a process whose fast path
+    is then found unreached exits (its receivers would get nothing; a supervisor restarts it,
+    and at start-up with Redis up it refuses to run)."""
+    reactor = running_reactor()
+    if reactor is None:
+        return
+
+    def start() -> None:
+        task = asyncio.get_running_loop().create_task(_verify_later(layer))
+        _later.add(task)
+        task.add_done_callback(_later.discard)
+
+    reactor.callWhenRunning(lambda: reactor.callLater(0, start))  # (inside the running loop)
+
+
+async def _verify_later(layer: FanoutChannelLayer) -> None:
+    while True:
+        await asyncio.sleep(VERIFY_RETRY)
+        try:
+            async with asyncio.timeout(VERIFY_RETRY * 5):  # a Redis that hangs: try again
+                reached = await verify_fast_path(layer)
+        except (RedisError, OSError, TimeoutError):
+            continue
+        if reached:
+            logger.info("Fan-out fast path verified through Redis (after start-up: Redis was unreachable)")
+            return
+        logger.critical(FAST_PATH_UNREACHED)
+        sys.stderr.write(FAST_PATH_UNREACHED + "\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _refuse(message: str) -> None:
+    """Stop this process before it serves: SystemExit on the main thread; off it (runserver
+    loads the application in its autoreloader's thread, where SystemExit would end only that
+    thread and leave a process serving nothing), the message on stderr and exit status 1."""
+    logger.critical(message)
+    if threading.current_thread() is not threading.main_thread():
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        os._exit(1)
+    raise SystemExit(message)
 
 
 def prepare_server(*, limit_all_bodies: bool = False) -> None:
