@@ -48,6 +48,7 @@ def check_dependencies() -> None:
         import daphne as _  # noqa: F401
     except ImportError:
         return  # not installed: no daphne path is ever taken
+    serving = daphne.serving()  # first: the checks import daphne's runserver module
     problems = [found for found in (twisted.problem(), autobahn.problem(), daphne.problem()) if found]
     for notice in (autobahn.optional_problem(), daphne.optional_problem()):
         if notice:
@@ -60,7 +61,7 @@ def check_dependencies() -> None:
         f"This server cannot run with the installed packages: {'; '.join(problems)}. "
         "Install the versions pinned in requirements.txt."
     )
-    if not daphne.serving():
+    if not serving:
         logger.error("%s (Receivers under daphne in this process would use the plain ASGI path.)", message)
         daphne.mark_unusable()
         return
