@@ -16,6 +16,15 @@ __all__ = [
     "send_close_frame", "set_close_grace", "shed_handshake",
 ]  # fmt: skip
 
+# Each handshake leftover, with the type whose empty value replaces it.
+_HANDSHAKE: tuple[tuple[str, type], ...] = (
+    ("http_request_data", bytes),
+    ("http_response_data", bytes),
+    ("http_headers", dict),
+    ("http_status_line", str),
+    ("http_request_params", dict),
+)
+
 USES: dict[str, tuple[str, ...]] = {
     # Set per connection by _connectionMade.
     "WebSocketProtocol (per connection)": (
@@ -28,27 +37,12 @@ USES: dict[str, tuple[str, ...]] = {
     "WebSocketProtocol": ("STATE_OPEN", "sendCloseFrame", "_connectionMade"),
     # Options copied from the factory to each connection.
     "WebSocketProtocol.CONFIG_ATTRS": ("closeHandshakeTimeout", "failByDrop", "maxFramePayloadSize"),
-    # What the opening handshake leaves on the connection.
-    "WebSocketProtocol (handshake)": (
-        "http_request_data",
-        "http_response_data",
-        "http_headers",
-        "http_status_line",
-        "http_request_params",
-    ),
+    # What the opening handshake leaves on the connection (_HANDSHAKE above).
+    "WebSocketProtocol (handshake)": tuple(name for name, _ in _HANDSHAKE),
     # Called by name for the per-connection debug line; txaio's disabled-level logger.
     "autobahn.websocket.protocol": ("pformat",),
     "txaio.tx": ("_no_op",),
 }
-
-# Each handshake leftover, with the type whose empty value replaces it.
-_HANDSHAKE: tuple[tuple[str, type], ...] = (
-    ("http_request_data", bytes),
-    ("http_response_data", bytes),
-    ("http_headers", dict),
-    ("http_status_line", str),
-    ("http_request_params", dict),
-)
 
 
 def is_open_and_idle(protocol: Any) -> bool:

@@ -89,14 +89,6 @@ def http_factory() -> Any:
     return http_protocol.HTTPFactory
 
 
-def request_class() -> type:
-    """The request class daphne builds for each HTTP request."""
-    from daphne import http_protocol
-
-    cls: type = http_protocol.WebRequest
-    return cls
-
-
 def replace_request_class(make: Callable[[type], type]) -> None:
     """Make daphne build its requests from `make(its own request class)` (once per process;
     nothing without daphne)."""
