@@ -504,25 +504,39 @@ def read_frames(sock: socket.socket, *, until: str, timeout: float) -> list[tupl
     """Read unmasked server frames (opcode, payload) from a raw socket until a text frame
     containing `until`, a close frame, or the end of the stream."""
     sock.settimeout(timeout)
-    data = bytearray()
+    data = b""
     frames: list[tuple[int, bytes]] = []
     while True:
-        while len(data) >= 2:
-            opcode, size, start = data[0] & 0x0F, data[1] & 0x7F, 2
-            if size == 126:
-                size, start = struct.unpack("!H", data[2:4])[0], 4
-            elif size == 127:
-                size, start = struct.unpack("!Q", data[2:10])[0], 10
-            if len(data) < start + size:
-                break
-            frames.append((opcode, bytes(data[start : start + size])))
-            del data[: start + size]
-            if opcode == 8 or (opcode == 1 and until.encode() in frames[-1][1]):
-                return frames
+        more, used = parse_frames(data)
+        data = data[used:]
+        for i, (opcode, payload) in enumerate(more):
+            if opcode == 8 or (opcode == 1 and until.encode() in payload):
+                return frames + more[: i + 1]
+        frames += more
         chunk = sock.recv(1 << 20)
         if not chunk:
             return frames
         data += chunk
+
+
+def parse_frames(data: bytes, i: int = 0) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole unmasked frames (opcode, payload) in `data` from offset `i`, and the offset
+    after the last of them (a read can end anywhere, the extended length included)."""
+    frames = []
+    while i + 2 <= len(data):
+        opcode, size = data[i] & 0x0F, data[i + 1] & 0x7F
+        start = i + {126: 4, 127: 10}.get(size, 2)
+        if start > len(data):
+            break
+        if size == 126:
+            size = struct.unpack("!H", data[i + 2 : i + 4])[0]
+        elif size == 127:
+            size = struct.unpack("!Q", data[i + 2 : i + 10])[0]
+        if start + size > len(data):
+            break
+        frames.append((opcode, bytes(data[start : start + size])))
+        i = start + size
+    return frames, i
 
 
 def client_frame(payload: bytes, *, opcode: int = 1) -> bytes:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support import Client, manage, raw_receiver, self_signed_certificate
+from tests.support import Client, manage, parse_frames, raw_receiver, self_signed_certificate
 
 
 def _close_code(frames: list[tuple[int, bytes]]) -> int | None:
@@ -38,27 +38,11 @@ def _read_slowly(sock, *, timeout: float) -> list[tuple[int, bytes]]:
         if not chunk:
             break
         data += chunk
-        more, parsed = _frames(bytes(data), parsed)
+        more, parsed = parse_frames(bytes(data), parsed)
         frames += more
         if frames and frames[-1][0] == 8:
             break  # the close frame: the server would wait CLOSE_GRACE for an answer
     return frames
-
-
-def _frames(data: bytes, i: int = 0) -> tuple[list[tuple[int, bytes]], int]:
-    """The whole frames in `data` from offset `i`, and the offset after the last of them."""
-    frames = []
-    while i + 2 <= len(data):
-        opcode, size, start = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
-        if size == 126:
-            size, start = struct.unpack("!H", data[i + 2 : i + 4])[0], i + 4
-        elif size == 127:
-            size, start = struct.unpack("!Q", data[i + 2 : i + 10])[0], i + 10
-        if start + size > len(data):
-            break
-        frames.append((opcode, data[start : start + size]))
-        i = start + size
-    return frames, i
 
 
 async def test_slow_reader_gets_the_4408_close_after_what_was_queued(daphne, env_for, redis_url):
