@@ -40,7 +40,7 @@ from broadcaster.backend.outage import RedisLink
 from broadcaster.fanout.heartbeat import Heartbeat
 from broadcaster.fanout.membership import Members
 from broadcaster.fanout.sequencer import Deliver, Fill, Known, RaiseFloor, Reset, Sequencer, Step
-from broadcaster.fanout.transport import text_frame
+from broadcaster.fanout.transport import text_frame, writes_after
 from broadcaster.history import resume
 from broadcaster.history.entry import Entry
 from broadcaster.history.kept import group_history
@@ -353,11 +353,12 @@ class Hub:
         framed = text_frame(frame.encode())
         numbered = entries or []
         written = 0
-        for receiver in receivers:
-            try:
-                written += receiver.write(message, framed, numbered)
-            except Exception:
-                logger.exception("Could not write to receiver %s", receiver.channel_name)
+        with writes_after():
+            for receiver in receivers:
+                try:
+                    written += receiver.write(message, framed, numbered)
+                except Exception:
+                    logger.exception("Could not write to receiver %s", receiver.channel_name)
         if numbered:
             self.reach.delivered(numbered, written)
 

@@ -22,11 +22,12 @@ stalls the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from broadcaster.compat import autobahn, daphne
@@ -134,10 +135,18 @@ class Link:
         reading, and the bound saw none of it. Where the socket is not reachable, nothing."""
 
 
+# Socket writes held back by `writes_after` until the end of its block: (transport, socket, data).
+_held_writes: list[tuple[Any, socket.socket, bytes]] | None = None
+
+
 def write_now(transport: Any, sock: socket.socket, data: bytes, unsent: int) -> None:
     """Write `data` to a Twisted TCP transport: straight to its socket when nothing is queued
-    ahead of it (`unsent` is 0), the rest (or all) to Twisted's buffer."""
+    ahead of it (`unsent` is 0), the rest (or all) to Twisted's buffer. Inside `writes_after`,
+    the socket write is made at the end of the block, in order."""
     if not unsent:
+        if _held_writes is not None:
+            _held_writes.append((transport, sock, data))
+            return
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -148,6 +157,46 @@ def write_now(transport: Any, sock: socket.socket, data: bytes, unsent: int) -> 
             return
         data = data[sent:]
     transport.write(data)
+
+
+@contextlib.contextmanager
+def writes_after() -> Iterator[None]:
+    """Within the block, `write_now`'s socket writes are kept, and made together, in order,
+    when it ends: the hub decides what every receiver gets first, then writes the sockets in
+    one tight loop. Measured at 5,000 receivers: about a fifth less CPU per broadcast than
+    deciding and writing each receiver in turn (the kernel's work for each write evicts the
+    receivers' objects from the CPU's caches; docs/PERFORMANCE.md). Nothing else writes to a
+    socket meanwhile (the block runs in one turn of the event loop), so each client's bytes
+    keep their order; a nested block joins the outer one."""
+    global _held_writes
+    if _held_writes is not None:
+        yield
+        return
+    held: list[tuple[Any, socket.socket, bytes]] = []
+    _held_writes = held
+    try:
+        yield
+    finally:
+        _held_writes = None
+        _write_held(held)
+
+
+def _write_held(held: list[tuple[Any, socket.socket, bytes]]) -> None:
+    # A transport given part of a write holds the rest: what follows for it goes there too.
+    buffered: set[int] = set()
+    for transport, sock, data in held:
+        if buffered and id(transport) in buffered:
+            transport.write(data)
+            continue
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            continue  # the connection broke; Twisted notices and closes it
+        if sent != len(data):
+            transport.write(data[sent:])
+            buffered.add(id(transport))
 
 
 class TwistedLink(Link):
