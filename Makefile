@@ -17,7 +17,7 @@ RUN_DIR ?= $(or $(BROADCAST_VAR_DIR),$(call dotenv,BROADCAST_VAR_DIR),var)
 # could then name any address it likes.
 PROXY_HEADERS ?= $(or $(call dotenv,PROXY_HEADERS),0)
 
-.PHONY: run serve test test-fast audit lint format settings-docs bench bench-drain bench-sse bench-hostile bench-audiences bench-memory stop-redis clean
+.PHONY: run serve test test-fast audit lint format settings-docs bench bench-fanout bench-drain bench-sse bench-hostile bench-audiences bench-memory stop-redis clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,10 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.targeted --json bench/results/targeted.json
 	$(BIN)/python -m bench.sse --json bench/results/sse.json
 	$(BIN)/python -m bench.hostile --json bench/results/hostile.json
+
+## bench-fanout: the single-message targets three runs in a row (N = 5,000 and 10,000; the project, websockets.broadcast(), node ws); fails if any run misses one
+bench-fanout: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run --n 5000,10000 --systems project,broadcast,node --repeat 3 $(BENCH_ARGS)
 
 ## bench-sse: the SSE fallback next to the WebSocket, 5,000 receivers each: time to all, CPU, memory per connection
 bench-sse: $(VENV)/.installed-dev
