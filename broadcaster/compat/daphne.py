@@ -4,6 +4,7 @@ request line Twisted keeps while a body arrives (see the package docstring)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
 from collections.abc import Callable
@@ -12,7 +13,8 @@ from typing import Any
 from broadcaster.compat.probe import code_names, version
 
 __all__ = ["USES", "http_factory", "mark_unusable", "optional_problem", "problem", "protocol_of",
-           "replace_request_class", "request_line", "serving", "shed_handshake"]  # fmt: skip
+           "replace_input_queue", "replace_request_class", "request_line", "serving",
+           "shed_handshake"]  # fmt: skip
 
 USES: dict[str, tuple[str, ...]] = {
     # A receiver's `send` is functools.partial(Server.handle_reply, protocol).
@@ -26,6 +28,8 @@ USES: dict[str, tuple[str, ...]] = {
     # What `manage.py runserver` (broadcaster/management/commands/runserver.py) overrides.
     "daphne.management.commands.runserver.Command": ("server_cls",),
     "daphne.server.Server": ("listen_error",),
+    # Replaced by an equal one with a lighter input queue, when its code is the one checked.
+    "daphne.server.Server (replaced)": ("create_application",),
 }
 
 
@@ -145,4 +149,58 @@ def optional_problem() -> str | None:
         server.Server, "listen_error"
     ):
         missing.append("runserver Command.server_cls and Server.listen_error (runserver's exit status)")
+    if not _create_application_is_known():
+        missing.append("Server.create_application as checked (each connection keeps an asyncio.Queue, 3 KB)")
     return f"{_version()} lacks {', '.join(missing)}" if missing else None
+
+
+# daphne's Server.create_application as checked: the names and constants of its code (its
+# docstring aside), for daphne 4.2. `replace_input_queue` replaces it only when it is this one.
+_CREATE_APPLICATION = (
+    ("connections", "asyncio", "Queue", "setdefault", "application", "get", "partial", "handle_reply",
+     "ensure_future", "get_event_loop"),
+    ("application_instance", "asgi", "version", "3.0", ("scope", "receive", "send"), None, ("loop",)),
+)  # fmt: skip
+
+
+def _create_application_is_known() -> bool:
+    from daphne.server import Server
+
+    code = getattr(getattr(Server, "create_application", None), "__code__", None)
+    if code is None:
+        return False
+    consts = tuple(c for c in code.co_consts if not (isinstance(c, str) and c.lstrip().startswith("Creates")))
+    return (code.co_names, consts) == _CREATE_APPLICATION
+
+
+def replace_input_queue(make: Callable[[], Any]) -> bool:
+    """Make daphne give each connection `make()` as its input queue instead of an
+    asyncio.Queue (the rest of Server.create_application as daphne 4.2 has it), if daphne's is
+    the one checked; False (nothing replaced) if not, or without daphne."""
+    try:
+        from daphne import server
+    except ImportError:
+        return False
+    if getattr(server.Server.create_application, "_broadcaster_replaced", False):
+        return True
+    if not _create_application_is_known():
+        return False
+
+    def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        # daphne 4.2's Server.create_application, with only the queue changed.
+        assert "application_instance" not in self.connections[protocol]
+        input_queue = make()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope, receive=input_queue.get, send=functools.partial(self.handle_reply, protocol)
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance, loop=asyncio.get_event_loop()
+        )
+        return input_queue
+
+    create_application._broadcaster_replaced = True  # type: ignore[attr-defined]
+    server.Server.create_application = create_application  # type: ignore[method-assign]
+    return True

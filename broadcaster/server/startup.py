@@ -18,6 +18,7 @@ from broadcaster.layer import FanoutChannelLayer, fast_path_problem, verify_fast
 from broadcaster.sending import log_health
 from broadcaster.server import body_limit, drain, gc_policy, guard
 from broadcaster.server.admission import admission
+from broadcaster.server.input_queue import InputQueue
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def prepare_server(*, limit_all_bodies: bool = False) -> None:
     gc_policy.configure()
     check_dependencies()
     autobahn.lazy_debug_text()
+    daphne.replace_input_queue(InputQueue)  # (a daphne without the one checked: said above)
     limit = raise_open_file_limit()
     ceiling = admission.configure(limit)
     logger.info("Open-file limit %d; at most %d receivers (BROADCAST_MAX_CONNECTIONS)", limit, ceiling)

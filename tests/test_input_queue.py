@@ -1,0 +1,89 @@
+"""The light per-connection input queue that replaces daphne's asyncio.Queue
+(broadcaster/server/input_queue.py), in-process, and its installation (broadcaster/compat/daphne.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tracemalloc
+
+from broadcaster.compat import daphne
+from broadcaster.server.input_queue import InputQueue
+
+
+async def test_items_come_out_in_order_to_a_waiting_getter():
+    queue = InputQueue()
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    for item in ("connect", "receive", "disconnect"):
+        queue.put_nowait(item)
+    assert await asyncio.wait_for(getter, 1) == "connect"
+    assert [await queue.get(), await queue.get()] == ["receive", "disconnect"]
+    assert queue.empty() and queue.qsize() == 0
+
+
+async def test_each_item_reaches_one_of_several_getters():
+    queue = InputQueue()
+    getters = [asyncio.ensure_future(queue.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    for item in range(3):
+        queue.put_nowait(item)
+    assert sorted(await asyncio.wait_for(asyncio.gather(*getters), 1)) == [0, 1, 2]
+
+
+async def test_a_getter_cancelled_after_it_was_woken_passes_the_item_on():
+    """asyncio.Queue's rule: a getter woken for an item and cancelled before it took it must
+    not strand the item while another getter waits."""
+    queue = InputQueue()
+    first, second = asyncio.ensure_future(queue.get()), asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("only")  # wakes the first getter ...
+    first.cancel()  # ... which is cancelled before it runs
+    assert await asyncio.wait_for(second, 1) == "only"
+    assert first.cancelled()
+
+
+async def test_a_cancelled_waiting_getter_leaves_nothing_behind():
+    queue = InputQueue()
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    getter.cancel()
+    await asyncio.gather(getter, return_exceptions=True)
+    queue.put_nowait("later")
+    assert await asyncio.wait_for(queue.get(), 1) == "later"
+
+
+def test_it_is_a_tenth_of_an_asyncio_queue():
+    def size(make):
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        kept = [make() for _ in range(1000)]
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        assert len(kept) == 1000
+        return sum(s.size_diff for s in after.compare_to(before, "filename")) / 1000
+
+    ours, theirs = size(InputQueue), size(asyncio.Queue)
+    assert ours * 10 < theirs, (ours, theirs)
+
+
+def test_daphnes_create_application_is_replaced_only_when_it_is_the_one_checked(monkeypatch):
+    from daphne.server import Server
+
+    original = Server.create_application
+    if getattr(original, "_broadcaster_replaced", False):
+        return  # a daphne started in this process replaced it already: checked below instead
+
+    def changed(self, protocol, scope):  # a daphne release whose method is not the one checked
+        return asyncio.Queue()
+
+    monkeypatch.setattr(Server, "create_application", changed)
+    assert daphne.replace_input_queue(InputQueue) is False
+    assert Server.create_application is changed
+    assert "Server.create_application as checked" in (daphne.optional_problem() or "")
+    monkeypatch.setattr(Server, "create_application", original)
+    assert daphne.optional_problem() is None or "create_application" not in daphne.optional_problem()
+    assert daphne.replace_input_queue(InputQueue) is True
+    assert Server.create_application._broadcaster_replaced
+    assert "daphne.server" in sys.modules
