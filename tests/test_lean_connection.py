@@ -1,5 +1,6 @@
-"""The light per-connection input queue that replaces daphne's asyncio.Queue
-(broadcaster/server/input_queue.py), in-process, and its installation (broadcaster/compat/daphne.py)."""
+"""What a connection keeps, in-process: the light input queue that replaces daphne's
+asyncio.Queue (broadcaster/server/input_queue.py, installed by broadcaster/compat/daphne.py), and
+autobahn's per-connection options kept once per process (compat.autobahn.share_options)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import sys
 import tracemalloc
 
-from broadcaster.compat import daphne
+from broadcaster.compat import autobahn, daphne
 from broadcaster.server.input_queue import InputQueue
 
 
@@ -87,3 +88,39 @@ def test_daphnes_create_application_is_replaced_only_when_it_is_the_one_checked(
     assert daphne.replace_input_queue(InputQueue) is True
     assert Server.create_application._broadcaster_replaced
     assert "daphne.server" in sys.modules
+
+
+def _connection(factory):
+    """An autobahn server connection with its options copied from `factory`, as autobahn's
+    _connectionMade copies them."""
+    protocol = factory.buildProtocol(None)
+    for name in protocol.CONFIG_ATTRS:
+        setattr(protocol, name, getattr(factory, name))
+    for i in range(60):  # the rest of a live connection's state (99 names in all under daphne)
+        setattr(protocol, f"state_{i}", i)
+    return protocol
+
+
+def test_options_are_kept_once_and_read_the_same():
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    first, second = _connection(factory), _connection(factory)
+    second.maxFramePayloadSize = 4096  # set for this connection (as limit_client_frames does)
+    before = {name: getattr(first, name) for name in first.CONFIG_ATTRS}
+    size = sys.getsizeof(vars(first))
+    for protocol in (first, second):
+        autobahn.share_options(protocol)
+    assert {name: getattr(first, name) for name in first.CONFIG_ATTRS} == before
+    assert second.maxFramePayloadSize == 4096 and first.maxFramePayloadSize == factory.maxFramePayloadSize
+    assert type(first) is type(second) and issubclass(type(first), WebSocketServerProtocol)
+    assert type(first).__name__ == "WebSocketServerProtocol"
+    assert set(first.CONFIG_ATTRS) & set(vars(first)) == {"perMessageCompressionAccept"}  # a function: kept
+    assert "maxFramePayloadSize" in vars(second)
+    assert sys.getsizeof(vars(first)) * 2 <= size, (sys.getsizeof(vars(first)), size)
+    assert first.state_59 == 59
+    first.autoPingInterval = 5  # set later: this connection's own again
+    assert first.autoPingInterval == 5 and second.autoPingInterval == factory.autoPingInterval
+    autobahn.share_options(first)  # twice: nothing more moves
+    assert first.autoPingInterval == 5
