@@ -124,3 +124,23 @@ def test_options_are_kept_once_and_read_the_same():
     assert first.autoPingInterval == 5 and second.autoPingInterval == factory.autoPingInterval
     autobahn.share_options(first)  # twice: nothing more moves
     assert first.autoPingInterval == 5
+
+
+def test_the_upgraded_http_channel_lets_go_of_the_handshake():
+    """The HTTP channel that parsed a WebSocket handshake stays the transport's producer; its
+    bytes and parsed request go. A producer of another kind is left alone."""
+    from types import SimpleNamespace
+
+    from twisted.web import http
+
+    from broadcaster.compat.twisted import shed_upgraded_channel
+
+    channel = http.HTTPChannel()
+    channel._buffer, channel.requests = b"GET /ws/broadcast/ HTTP/1.1\r\n", [object()]
+    transport = SimpleNamespace(producer=channel)
+    shed_upgraded_channel(transport)
+    assert (channel._buffer, channel.requests, transport.producer) == (b"", [], channel)
+    other = SimpleNamespace(_buffer=b"kept", requests=[1])
+    shed_upgraded_channel(SimpleNamespace(producer=other))
+    shed_upgraded_channel(None)
+    assert (other._buffer, other.requests) == (b"kept", [1])

@@ -12,7 +12,7 @@ from broadcaster.compat.probe import version
 
 __all__ = [
     "USES", "cap_send_buffer", "drop_pipelined", "generic_channel", "has_pipelined", "is_tcp", "problem",
-    "raw_socket", "running_reactor", "tcp_of", "tcp_unsent", "unsent",
+    "raw_socket", "running_reactor", "shed_upgraded_channel", "tcp_of", "tcp_unsent", "unsent",
 ]  # fmt: skip
 
 USES: dict[str, tuple[str, ...]] = {
@@ -23,6 +23,9 @@ USES: dict[str, tuple[str, ...]] = {
     # Requests pipelined behind the one being answered; the wrapper that picks HTTP/1.1 or h2.
     "twisted.web.http.HTTPChannel": ("_dataBuffer",),
     "twisted.web.http": ("_GenericHTTPChannelProtocol",),
+    # Once daphne hands a connection to the WebSocket protocol, the HTTPChannel that parsed its
+    # handshake stays on as the transport's producer, with the request and its bytes.
+    "twisted.web.http.HTTPChannel (upgraded)": ("producer", "_buffer", "requests"),
 }
 
 try:
@@ -74,6 +77,22 @@ def cap_send_buffer(transport: Any, size: int) -> None:
     if tcp is not None:
         with contextlib.suppress(OSError):
             tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def shed_upgraded_channel(transport: Any) -> None:
+    """Drop what the HTTP channel that parsed a WebSocket handshake still holds once daphne
+    has handed the connection over: the handshake's bytes and the parsed request (about 1.5 KB
+    per connection). The channel stays the transport's producer (it pauses reading while
+    writes are held), and nothing of it reads either again."""
+    from twisted.web import http
+
+    channel = getattr(transport, "producer", None)
+    if not isinstance(channel, http.HTTPChannel):
+        return
+    if isinstance(getattr(channel, "_buffer", None), bytes):
+        channel._buffer = b""
+    if isinstance(getattr(channel, "requests", None), list):
+        channel.requests = []
 
 
 def running_reactor() -> Any:

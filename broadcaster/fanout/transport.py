@@ -32,7 +32,7 @@ from typing import Any
 
 from broadcaster.compat import autobahn, daphne
 from broadcaster.compat.autobahn import is_open_and_idle
-from broadcaster.compat.twisted import cap_send_buffer, is_tcp, raw_socket, tcp_unsent
+from broadcaster.compat.twisted import cap_send_buffer, is_tcp, raw_socket, shed_upgraded_channel, tcp_unsent
 from broadcaster.compat.twisted import unsent as twisted_unsent
 
 logger = logging.getLogger(__name__)
@@ -246,6 +246,7 @@ class TwistedLink(Link):
         autobahn.shed_handshake(self.protocol)
         daphne.shed_handshake(self.protocol)
         autobahn.share_options(self.protocol)
+        shed_upgraded_channel(getattr(self.protocol, "transport", None))
 
 
 class DirectLink(TwistedLink):
