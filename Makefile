@@ -44,10 +44,10 @@ serve: $(VENV)/.installed
 	exec env WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT) PROXY_HEADERS=$(PROXY_HEADERS) \
 	  BIN=$(abspath $(BIN)) RUN_DIR=$(abspath $(RUN_DIR)) deploy/serve.sh
 
-# Processes the parallel part of `make test` runs on (pytest-xdist). One more than the cores:
-# these tests spend much of their time waiting on the processes they start (on 2 cores, 3
-# workers took the tier from 317 s to 250 s).
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) + 1 )))
+# Processes the parallel part of `make test` runs on (pytest-xdist): one per core. One more
+# (3 on 2 cores) took the tier from 317 s to 250 s, but slowed the browser tests' pages past
+# the server's keep-alive timeout in two runs of three (a reused connection reset).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST := env -u PROMETHEUS_MULTIPROC_DIR BROADCAST_DOTENV= $(BIN)/pytest
 
 ## test: lint, format check and the whole test suite: in parallel, then the timing and memory tests alone

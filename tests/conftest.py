@@ -187,11 +187,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names = set(getattr(item, "fixturenames", ()))
         if names & PROCESS_FIXTURES or "browser" in item.keywords or "serial" in item.keywords:
             item.add_marker(pytest.mark.integration)
-        if "browser" in item.keywords:
-            # One xdist worker runs every browser test (`--dist loadgroup`): one chromium at a
-            # time. Three at once on two cores slowed pages past the server's keep-alive
-            # timeout (a reused connection reset under a POST) in one run of three.
-            item.add_marker(pytest.mark.xdist_group("browser"))
     if os.path.exists(os.environ.get("CHROMIUM", "/usr/bin/chromium")):
         return
     if os.environ.get("BROADCAST_REQUIRE_BROWSER") == "1":
