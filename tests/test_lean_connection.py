@@ -5,8 +5,11 @@ autobahn's per-connection options kept once per process (compat.autobahn.share_o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tracemalloc
+
+import pytest
 
 from broadcaster.compat import autobahn, daphne
 from broadcaster.server.input_queue import InputQueue
@@ -74,7 +77,9 @@ def test_daphnes_create_application_is_replaced_only_when_it_is_the_one_checked(
 
     original = Server.create_application
     if getattr(original, "_broadcaster_replaced", False):
-        return  # a daphne started in this process replaced it already: checked below instead
+        # Replaced by a server started in this process: it counts as the one checked.
+        assert "create_application" not in (daphne.optional_problem() or "")
+        return
 
     def changed(self, protocol, scope):  # a daphne release whose method is not the one checked
         return asyncio.Queue()
@@ -87,6 +92,7 @@ def test_daphnes_create_application_is_replaced_only_when_it_is_the_one_checked(
     assert daphne.optional_problem() is None or "create_application" not in daphne.optional_problem()
     assert daphne.replace_input_queue(InputQueue) is True
     assert Server.create_application._broadcaster_replaced
+    assert "create_application" not in (daphne.optional_problem() or "")  # replaced is no problem
     assert "daphne.server" in sys.modules
 
 
@@ -144,3 +150,54 @@ def test_the_upgraded_http_channel_lets_go_of_the_handshake():
     shed_upgraded_channel(SimpleNamespace(producer=other))
     shed_upgraded_channel(None)
     assert (other._buffer, other.requests) == (b"kept", [1])
+
+
+class _Transport:
+    """What write_now needs of a Twisted TCP transport: `write` into its own buffer."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.buffered: list[bytes] = []
+        self.fail = fail
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("this transport fails")
+        self.buffered.append(data)
+
+
+def test_held_writes_go_out_at_the_end_of_the_block_in_order():
+    import socket
+
+    from broadcaster.fanout.transport import release_held, write_now, writes_after
+
+    left, right = socket.socketpair()
+    other_left, other_right = socket.socketpair()
+    for sock in (left, right, other_left, other_right):
+        sock.setblocking(False)
+    try:
+        transport, failing = _Transport(), _Transport(fail=True)
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        with writes_after():
+            write_now(transport, left, b"one|", 0)
+            write_now(transport, left, b"two|", 0)
+            with writes_after():  # nested: joins the outer block
+                write_now(transport, left, b"three|", 0)
+            with pytest.raises(BlockingIOError):  # nothing written yet
+                right.recv(100)
+            release_held()  # a write that bypasses them is coming: what is held goes now
+            assert right.recv(100) == b"one|two|three|"
+            big = b"x" * (4 * 1024 * 1024)  # more than the kernel takes at once: the rest buffered
+            write_now(transport, left, big, 0)
+            write_now(transport, left, b"after", 0)  # behind the rest, in the transport's buffer
+            # A connection whose transport raises does not stop the others' writes.
+            write_now(failing, other_left, b"y" * (4 * 1024 * 1024), 0)
+            write_now(transport, left, b"", 0)
+        taken = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := right.recv(1 << 20):
+                taken += chunk
+        assert taken and set(taken) == {ord("x")}
+        assert b"".join([taken, *transport.buffered]) == big + b"after"
+    finally:
+        for sock in (left, right, other_left, other_right):
+            sock.close()

@@ -166,7 +166,10 @@ _CREATE_APPLICATION = (
 def _create_application_is_known() -> bool:
     from daphne.server import Server
 
-    code = getattr(getattr(Server, "create_application", None), "__code__", None)
+    method = getattr(Server, "create_application", None)
+    if getattr(method, "_broadcaster_replaced", False):
+        return True  # replaced already, after it was checked
+    code = getattr(method, "__code__", None)
     if code is None:
         return False
     consts = tuple(c for c in code.co_consts if not (isinstance(c, str) and c.lstrip().startswith("Creates")))

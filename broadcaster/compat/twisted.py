@@ -81,9 +81,9 @@ def cap_send_buffer(transport: Any, size: int) -> None:
 
 def shed_upgraded_channel(transport: Any) -> None:
     """Drop what the HTTP channel that parsed a WebSocket handshake still holds once daphne
-    has handed the connection over: the handshake's bytes and the parsed request (about 1.5 KB
-    per connection). The channel stays the transport's producer (it pauses reading while
-    writes are held), and nothing of it reads either again."""
+    has handed the connection over: the parsed request (its headers, about 1 KB per
+    connection) and any bytes left. The channel stays the transport's producer; nothing of it
+    reads either again. Under TLS the producer is TLS's own: nothing is dropped there."""
     from twisted.web import http
 
     channel = getattr(transport, "producer", None)

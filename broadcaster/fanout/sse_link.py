@@ -25,7 +25,7 @@ from broadcaster import protocol
 from broadcaster.compat import daphne
 from broadcaster.compat.twisted import cap_send_buffer, is_tcp, raw_socket
 from broadcaster.compat.twisted import unsent as twisted_unsent
-from broadcaster.fanout.transport import CLOSE_GRACE, AsgiLink, Send, send_now, write_now
+from broadcaster.fanout.transport import CLOSE_GRACE, AsgiLink, Send, release_held, send_now, write_now
 
 # The last frame encoded as an event (and as a chunk): the hub writes one message object to
 # every receiver, so each SSE receiver after the first reuses the bytes. Holding the message
@@ -130,6 +130,7 @@ class DaphneSseLink(SseLink):
         if self.sock is not None and request.startedWriting and request.chunked and not request.finished:
             write_now(self.transport, self.sock, chunk, self.unsent())
         else:
+            release_held()  # twisted.web writes it now: what is held goes first
             self.write_bytes(event)
 
     def cap_kernel_buffer(self, size: int) -> None:

@@ -181,22 +181,35 @@ def writes_after() -> Iterator[None]:
         _write_held(held)
 
 
+def release_held() -> None:
+    """Make the writes held so far now: called before a write that goes to a transport some
+    other way (daphne's `send`, a close), so that every client's bytes keep their order."""
+    if _held_writes:
+        held = list(_held_writes)
+        _held_writes.clear()
+        _write_held(held)
+
+
 def _write_held(held: list[tuple[Any, socket.socket, bytes]]) -> None:
     # A transport given part of a write holds the rest: what follows for it goes there too.
     buffered: set[int] = set()
     for transport, sock, data in held:
-        if buffered and id(transport) in buffered:
-            transport.write(data)
-            continue
         try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
+            if buffered and id(transport) in buffered:
+                transport.write(data)
+                continue
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent != len(data):
+                transport.write(data[sent:])
+                buffered.add(id(transport))
         except OSError:
             continue  # the connection broke; Twisted notices and closes it
-        if sent != len(data):
-            transport.write(data[sent:])
-            buffered.add(id(transport))
+        except Exception:
+            # One connection's failure never stops the others' writes.
+            logger.exception("Could not write to a receiver's connection")
 
 
 class TwistedLink(Link):
@@ -217,6 +230,7 @@ class TwistedLink(Link):
 
     def close(self, message: dict[str, Any]) -> None:
         autobahn.set_close_grace(self.protocol, CLOSE_GRACE)
+        release_held()
         send_now(self.send, message)
 
     def gone(self) -> bool:
@@ -234,6 +248,7 @@ class TwistedLink(Link):
         return autobahn.close_failure(self.protocol)
 
     def refuse(self, code: int, reason: str) -> None:
+        release_held()
         autobahn.send_close_frame(self.protocol, code, reason)
 
     def cap_kernel_buffer(self, size: int) -> None:
@@ -272,6 +287,7 @@ class DirectLink(TwistedLink):
         if held > self.max_unsent:
             return False
         if frame is None or not is_open_and_idle(self.protocol):
+            release_held()  # daphne's send writes to the transport now: what is held goes first
             send_now(self.send, message)
             return True
         if transport.disconnecting or transport.disconnected:

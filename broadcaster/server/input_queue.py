@@ -19,10 +19,13 @@ __all__ = ["InputQueue"]
 class InputQueue:
     """First in, first out; unbounded, as daphne's is; for one event loop."""
 
-    __slots__ = ("_items", "_waiters")
+    __slots__ = ("_head", "_items", "_waiters")
 
     def __init__(self) -> None:
+        # Items from `_head` on are waiting (taking one moves the head: a large request body,
+        # queued at once in thousands of chunks, is taken in linear time).
         self._items: list[Any] = []
+        self._head = 0
         self._waiters: list[asyncio.Future[None]] = []
 
     def put_nowait(self, item: Any) -> None:
@@ -30,30 +33,39 @@ class InputQueue:
         self._wake()
 
     async def get(self) -> Any:
-        while not self._items:
+        while self._head == len(self._items):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
             except BaseException:
                 # Woken, then cancelled before taking the item: the next getter has it.
-                if self._items and not waiter.cancelled():
+                if self._head < len(self._items) and not waiter.cancelled():
                     self._wake()
                 raise
             finally:
                 self._waiters.remove(waiter)
-        return self._items.pop(0)
+        return self._take()
 
     def get_nowait(self) -> Any:
-        if not self._items:
+        if self._head == len(self._items):
             raise asyncio.QueueEmpty
-        return self._items.pop(0)
+        return self._take()
 
     def qsize(self) -> int:
-        return len(self._items)
+        return len(self._items) - self._head
 
     def empty(self) -> bool:
-        return not self._items
+        return self._head == len(self._items)
+
+    def _take(self) -> Any:
+        item = self._items[self._head]
+        self._items[self._head] = None
+        self._head += 1
+        if self._head == len(self._items):
+            self._items.clear()
+            self._head = 0
+        return item
 
     def _wake(self) -> None:
         for waiter in self._waiters:
