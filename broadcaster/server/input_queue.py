@@ -4,8 +4,8 @@ daphne gives every connection an `asyncio.Queue` for what the client sends: thre
 Event (with a fourth), about 3.3 KB per connection, kept for the connection's life, where a
 receiver takes a handful of messages in all. This one keeps what daphne and an ASGI
 application use of it (`put_nowait`, `get`, any number of getters, cancellation) in two lists:
-about 0.2 KB. Installed by broadcaster/compat/daphne.py (`replace_input_queue`) where daphne's code that
-makes the queue is the one that was checked.
+about 0.2 KB. Installed by broadcaster/compat/daphne.py (`replace_input_queue`) where
+daphne's code that makes the queue is the one that was checked.
 """
 
 from __future__ import annotations
