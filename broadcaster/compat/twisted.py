@@ -30,8 +30,9 @@ USES: dict[str, tuple[str, ...]] = {
 
 try:
     from twisted.internet.tcp import Connection as _TcpConnection
+    from twisted.web.http import HTTPChannel as _HTTPChannel
 except ImportError:  # not under daphne: nothing here is used
-    _TcpConnection = None
+    _TcpConnection = _HTTPChannel = None
 
 
 def is_tcp(transport: Any) -> bool:
@@ -84,10 +85,8 @@ def shed_upgraded_channel(transport: Any) -> None:
     has handed the connection over: the parsed request (its headers, about 1 KB per
     connection) and any bytes left. The channel stays the transport's producer; nothing of it
     reads either again. Under TLS the producer is TLS's own: nothing is dropped there."""
-    from twisted.web import http
-
     channel = getattr(transport, "producer", None)
-    if not isinstance(channel, http.HTTPChannel):
+    if _HTTPChannel is None or not isinstance(channel, _HTTPChannel):
         return
     if isinstance(getattr(channel, "_buffer", None), bytes):
         channel._buffer = b""
