@@ -143,20 +143,27 @@ def write_now(transport: Any, sock: socket.socket, data: bytes, unsent: int) -> 
     """Write `data` to a Twisted TCP transport: straight to its socket when nothing is queued
     ahead of it (`unsent` is 0), the rest (or all) to Twisted's buffer. Inside `writes_after`,
     the socket write is made at the end of the block, in order."""
-    if not unsent:
-        if _held_writes is not None:
-            _held_writes.append((transport, sock, data))
-            return
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return  # the connection broke; Twisted notices and closes it
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+    if unsent:
+        transport.write(data)
+    elif _held_writes is not None:
+        _held_writes.append((transport, sock, data))
+    else:
+        _send_or_buffer(transport, sock, data)
+
+
+def _send_or_buffer(transport: Any, sock: socket.socket, data: bytes) -> bool:
+    """`data` straight to the socket, what it does not take to Twisted's buffer; True when
+    Twisted holds some of it now."""
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False  # the connection broke; Twisted notices and closes it
+    if sent == len(data):
+        return False
+    transport.write(data[sent:])
+    return True
 
 
 @contextlib.contextmanager
@@ -198,16 +205,8 @@ def _write_held(held: list[tuple[Any, socket.socket, bytes]]) -> None:
         try:
             if buffered and id(transport) in buffered:
                 transport.write(data)
-                continue
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent != len(data):
-                transport.write(data[sent:])
+            elif _send_or_buffer(transport, sock, data):
                 buffered.add(id(transport))
-        except OSError:
-            continue  # the connection broke; Twisted notices and closes it
         except Exception:
             # One connection's failure never stops the others' writes.
             logger.exception("Could not write to a receiver's connection")
